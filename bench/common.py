@@ -1,0 +1,67 @@
+"""Shared pieces of the benchmarks: machine description, fp32 matmul roofline, results file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def best_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def gemm_seconds(m: int, k: int, n: int, batch: int = 1, repeats: int = 5) -> float:
+    """Best-of-``repeats`` wall time of one fp32 ``[batch, m, k] @ [batch, k, n]`` product."""
+    import torch
+
+    a, b = torch.randn(batch, m, k).squeeze(0), torch.randn(batch, k, n).squeeze(0)
+    return best_seconds(lambda: a @ b, repeats=repeats)
+
+
+def roofline_seconds(gemms: list[tuple[int, int, int, int, int]], repeats: int = 5) -> tuple[float, float]:
+    """Time the workload's own matmuls would take, each at its measured best rate.
+
+    ``gemms`` lists ``(count, batch, m, k, n)``. Returns (seconds, GFLOP/s overall). This is the
+    fp32 matmul roofline of the workload: everything else (norms, activations, copies) is
+    overhead that the ratio to it exposes.
+    """
+    seconds = flops = 0.0
+    for count, batch, m, k, n in gemms:
+        seconds += count * gemm_seconds(m, k, n, batch, repeats)
+        flops += count * 2 * batch * m * k * n
+    return seconds, flops / seconds / 1e9
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) the ``## title`` section of bench/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in bench/. Ratios are taken within one run.\n"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = f"## {title}\n\n_{stamp}; {machine()}_\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text)

@@ -1,0 +1,179 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every section is a frozen pydantic dataclass with ``extra="forbid"``, so a typo'd key, a wrong
+type, an unknown model or a layer out of range fails at load, before any compute, as one
+:class:`~darkmatter.errors.ConfigError` line that names the key and the allowed values.
+Stages call :func:`load_params` and read only their own section.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from darkmatter.errors import ConfigError
+from darkmatter.registry import MODELS, HookSite
+
+STRICT = ConfigDict(extra="forbid")
+Device = Literal["auto", "cpu", "cuda"]
+WeightDtype = Literal["float32", "bfloat16", "float16"]
+StoreDtype = Literal["float32", "float16"]
+
+
+@dataclass(config=STRICT, frozen=True)
+class ModelConfig:
+    """The subject model and the residual-stream site whose activations we study."""
+
+    name: str = "gemma-3-270m"
+    layer: int = 9
+    site: HookSite = "resid_post"
+    device: Device = "auto"
+    #: Weight dtype. bf16/fp16 are allowed only on CUDA: on these CPUs bf16 is ~6x slower.
+    dtype: WeightDtype = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _layer_in_range(self) -> ModelConfig:
+        n_layers = MODELS[self.name].n_layers
+        if not 0 <= self.layer < n_layers:
+            raise ValueError(
+                f"layer {self.layer} out of range for {self.name}; allowed: 0..{n_layers - 1}"
+            )
+        if self.dtype != "float32" and self.device == "cpu":
+            raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy; use float32 on cpu")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class OfflineSource:
+    """One pinned offline text source: a Debian .deb or a PyPI sdist, verified by sha256."""
+
+    name: str
+    kind: Literal["deb", "sdist"]
+    package: str
+    version: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    licence: str
+    #: Glob patterns (relative to the archive root; ``**/`` spans directories) of files to read.
+    include: tuple[str, ...]
+    #: How to strip markup: reStructuredText, plain text, or a Project Gutenberg play.
+    format: Literal["rst", "text", "gutenberg"]
+    #: Cap on the words taken from this source, so no single source dominates the mix.
+    max_words: Annotated[int, Field(gt=0)]
+    #: Glob patterns of matched files to skip (translations, generated or non-prose files).
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(config=STRICT, frozen=True)
+class HubCorpus:
+    """A Hugging Face dataset streamed for hub runs (never used by tests: they use a local fixture)."""
+
+    dataset: str = "Skylion007/openwebtext"
+    split: str = "train"
+    text_field: str = "text"
+    n_docs: int = Field(default=20000, gt=0)
+    streaming: bool = True
+
+
+@dataclass(config=STRICT, frozen=True)
+class CorpusConfig:
+    source: Literal["offline", "hf"] = "offline"
+    seed: int = 0
+    #: Documents shorter than this (after cleaning) are dropped.
+    min_chars: int = Field(default=200, gt=0)
+    #: Longer documents are split at paragraph boundaries into pieces of at most this size.
+    max_chars: int = Field(default=4000, gt=0)
+    offline_sources: tuple[OfflineSource, ...] = ()
+    hf: HubCorpus = HubCorpus()
+
+    @model_validator(mode="after")
+    def _has_sources(self) -> CorpusConfig:
+        if self.source == "offline" and not self.offline_sources:
+            raise ValueError("source is 'offline' but offline_sources is empty")
+        if self.min_chars >= self.max_chars:
+            raise ValueError("min_chars must be smaller than max_chars")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class ActivationsConfig:
+    """The activation cache: how many tokens, in what shape, stored how."""
+
+    context_length: int = Field(default=128, gt=1)
+    n_tokens: int = Field(default=262144, gt=0)
+    #: Tokens per resumable chunk (a multiple of context_length).
+    chunk_tokens: int = Field(default=16384, gt=0)
+    #: Sequences per forward pass.
+    batch_size: int = Field(default=32, gt=0)
+    store_dtype: StoreDtype = "float32"
+
+    @model_validator(mode="after")
+    def _chunk_multiple(self) -> ActivationsConfig:
+        if self.chunk_tokens % self.context_length:
+            raise ValueError(
+                f"chunk_tokens {self.chunk_tokens} must be a multiple of "
+                f"context_length {self.context_length}"
+            )
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class Params:
+    """All of ``params.yaml``. Sections are required: params.yaml is the one source of truth."""
+
+    model: ModelConfig
+    corpus: CorpusConfig
+    activations: ActivationsConfig
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names of the dataclass that holds the offending key at ``loc``."""
+    cls: Any = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        hint = typing.get_type_hints(cls)[part]
+        args = typing.get_args(hint)
+        cls = next((a for a in args if hasattr(a, "__dataclass_fields__")), hint)
+    return list(cls.__dataclass_fields__)
+
+
+def _one_line(exc: ValidationError, origin: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        msg = f"unknown key; allowed: {', '.join(_allowed_keys(err['loc']))}"
+    elif err["type"] == "literal_error":
+        msg = f"{err.get('input')!r} is not allowed; {msg.replace('Input should be', 'allowed:')}"
+    return f"{origin}: {key}: {msg}"
+
+
+def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise :class:`ConfigError` with one line on the first problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level")
+    try:
+        return Params(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, origin)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found; run from the repository root or pass --params")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    return parse_params(raw, origin=str(path))
