@@ -48,6 +48,14 @@ def test_repo_params_load():
         ("activations.n_tokns", 5, "activations.n_tokns: unknown key; allowed: context_length, n_tokens"),
         ("corpus.source", "web", "corpus.source: 'web' is not allowed; allowed: 'offline' or 'hf'"),
         ("corpus.offline_sources", [], "source is 'offline' but offline_sources is empty"),
+        ("sae.sparsity", "tanh", "sae.sparsity: 'tanh' is not allowed; allowed: 'step' or 'quadratic'"),
+        ("sae.sparsity", "quadratic", "sparsity 'quadratic' needs target_l0"),
+        ("sae.target_l0", 10**6, "target_l0 1000000.0 exceeds width 4096"),
+        ("sae.width", 0, "sae.width: Input should be greater than 0"),
+        ("sae.heldout_fraction", 1.0, "sae.heldout_fraction: Input should be less than 1"),
+        ("sae.optimiser", "sgd", "sae.optimiser: unknown key; allowed: width, sparsity"),
+        ("sae_sweep.l0_coefficients", [], "sae_sweep.l0_coefficients: Tuple should have at least 1 item"),
+        ("sae_sweep.l0_coefficients", [0.001, -1], "sae_sweep.l0_coefficients.1: Input should be greater than 0"),
     ],
 )
 def test_bad_params_fail_with_one_line(path, value, expected):

@@ -8,6 +8,7 @@ Stages call :func:`load_params` and read only their own section.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -128,6 +129,67 @@ class ActivationsConfig:
         return self
 
 
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+@dataclass(config=STRICT, frozen=True)
+class SAEConfig:
+    """JumpReLU SAE trained with the Gemma Scope recipe (see ``darkmatter.sae_train``)."""
+
+    width: Annotated[int, Field(gt=0)] = 4096
+    #: ``step``: λ·L0 with a λ warm-up (Gemma Scope 1); ``quadratic``: Gemma Scope 2 L0 target.
+    sparsity: Literal["step", "quadratic"] = "step"
+    l0_coefficient: Positive = 1e-2
+    #: Required by ``quadratic`` (penalty ``2/target_l0 · (l0 − target_l0)²``).
+    target_l0: Positive | None = None
+    l0_warm_up_fraction: Fraction = 0.1
+    #: ε of the rectangle-kernel pseudo-derivatives (inputs have unit mean squared norm).
+    bandwidth: Positive = 0.001
+    init_threshold: Annotated[float, Field(ge=0.0)] = 0.001
+    lr: Positive = 2e-3
+    lr_warm_up_fraction: Fraction = 0.05
+    batch_size: Annotated[int, Field(gt=0)] = 1024
+    train_tokens: Annotated[int, Field(gt=0)] = 1_000_000
+    #: Last fraction of cache rows, never trained on; the eval stage uses them.
+    heldout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    checkpoint_every: Annotated[int, Field(gt=0)] = 200
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _target_for_quadratic(self) -> SAEConfig:
+        if self.sparsity == "quadratic" and self.target_l0 is None:
+            raise ValueError("sparsity 'quadratic' needs target_l0 (e.g. 50)")
+        if self.target_l0 is not None and self.target_l0 > self.width:
+            raise ValueError(f"target_l0 {self.target_l0} exceeds width {self.width}")
+        return self
+
+    def replace(self, **overrides) -> SAEConfig:
+        """A copy with the non-None ``overrides`` applied (and validated)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(config=STRICT, frozen=True)
+class SAESweepConfig:
+    """Sparsity–fidelity sweep: one short training run per L0 coefficient (DVC foreach)."""
+
+    l0_coefficients: Annotated[tuple[Positive, ...], Field(min_length=1)] = (3e-3, 1e-2, 3e-2)
+    train_tokens: Annotated[int, Field(gt=0)] = 300_000
+    #: Held-out rows for each point's ΔLM loss (fewer than the main SAE's, to fit the budget).
+    lm_rows: Annotated[int, Field(gt=0)] = 8
+
+
+@dataclass(config=STRICT, frozen=True)
+class SAEEvalConfig:
+    """Held-out evaluation of an SAE."""
+
+    #: Held-out rows run through the full model for ΔLM loss and KL (full forwards are costly on CPU).
+    lm_rows: Annotated[int, Field(gt=0)] = 32
+    lm_batch_rows: Annotated[int, Field(gt=0)] = 8
+    #: A feature is "dense" if it fires on more than this fraction of held-out tokens.
+    dense_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+
 @dataclass(config=STRICT, frozen=True)
 class Params:
     """All of ``params.yaml``. Sections are required: params.yaml is the one source of truth."""
@@ -135,6 +197,9 @@ class Params:
     model: ModelConfig
     corpus: CorpusConfig
     activations: ActivationsConfig
+    sae: SAEConfig
+    sae_sweep: SAESweepConfig
+    sae_eval: SAEEvalConfig
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -190,6 +190,16 @@ class SubjectModel:
             resid = self.model(tokens.to(self.device), stop_at_layer=stop)
         return resid.float()
 
+    def logprobs(
+        self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, object]] = ()
+    ) -> torch.Tensor:
+        """Full forward: next-token log-probabilities ``[batch, seq, vocab]``, with optional hooks."""
+        import torch
+
+        with torch.inference_mode(), self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = self.model(tokens.to(self.device), return_type="logits")
+        return torch.log_softmax(logits.float(), dim=-1)
+
     def loss_per_token(
         self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, object]] = ()
     ) -> torch.Tensor:
