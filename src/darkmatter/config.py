@@ -140,7 +140,7 @@ class SAEConfig:
     width: Annotated[int, Field(gt=0)] = 4096
     #: ``step``: λ·L0 with a λ warm-up (Gemma Scope 1); ``quadratic``: Gemma Scope 2 L0 target.
     sparsity: Literal["step", "quadratic"] = "step"
-    l0_coefficient: Positive = 1e-2
+    l0_coefficient: Positive = 1e-4
     #: Required by ``quadratic`` (penalty ``2/target_l0 · (l0 − target_l0)²``).
     target_l0: Positive | None = None
     l0_warm_up_fraction: Fraction = 0.1
@@ -173,7 +173,7 @@ class SAEConfig:
 class SAESweepConfig:
     """Sparsity–fidelity sweep: one short training run per L0 coefficient (DVC foreach)."""
 
-    l0_coefficients: Annotated[tuple[Positive, ...], Field(min_length=1)] = (3e-3, 1e-2, 3e-2)
+    l0_coefficients: Annotated[tuple[Positive, ...], Field(min_length=1)] = (3e-5, 1e-4, 3e-4)
     train_tokens: Annotated[int, Field(gt=0)] = 300_000
     #: Held-out rows for each point's ΔLM loss (fewer than the main SAE's, to fit the budget).
     lm_rows: Annotated[int, Field(gt=0)] = 8

@@ -39,7 +39,7 @@ def sweep_points(eval_files: list[Path]) -> list[dict]:
     return sorted(points, key=lambda p: p["l0"])
 
 
-def plot(points: list[dict], main: dict | None, out_stem: Path) -> None:
+def plot(points: list[dict], main: dict | None, out_stem: Path, sweep_tokens: int, main_tokens: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,12 +47,12 @@ def plot(points: list[dict], main: dict | None, out_stem: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
     for ax, key, label in ((axes[0], "fvu", "FVU (held-out, no special tokens)"), (axes[1], "delta_lm_loss", "ΔLM loss (nats/token)")):
-        ax.plot([p["l0"] for p in points], [p[key] for p in points], "o-", color="C0", label="sweep (λ)")
+        ax.plot([p["l0"] for p in points], [p[key] for p in points], "o-", color="C0", label=f"sweep (λ; {sweep_tokens:,} training tokens)")
         for p in points:
             ax.annotate(f"λ={p['l0_coefficient']:g}" + (" all dead" if p["all_dead"] else ""), (p["l0"], p[key]),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
         if main is not None:
-            ax.plot([main["l0"]], [main[key]], "*", color="C3", markersize=11, label="main SAE")
+            ax.plot([main["l0"]], [main[key]], "*", color="C3", markersize=11, label=f"main SAE ({main_tokens:,} tokens)")
         ax.set_xscale("log")
         ax.set_xlabel("L0 (active features per token)")
         ax.set_ylabel(label)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         if main_report else None
     )
     args.out.write_text(json.dumps(points, indent=2) + "\n")
-    plot(points, main_point, args.figure)
+    plot(points, main_point, args.figure, params.sae_sweep.train_tokens, params.sae.train_tokens)
     print(json.dumps(points, indent=2))
 
 

@@ -17,6 +17,7 @@ Recipe (Rajamanoharan et al. 2024; Lieberum et al. 2024, arXiv 2408.05147) and w
   - *unit-norm decoder rows with gradient projection*: a gradient hook removes from each
     decoder row's gradient its component along the row, and an optimizer post-step hook
     renormalises the rows (SAELens v6 has no decoder-norm constraint);
+  - *centred initialisation*: b_dec = E x, b_enc = −W_encᵀ E x (see :func:`centre_at_init`);
   - *the training loop* around ``SAETrainer.step`` (its public seam), for tqdm with loss, L0
     and FVU, resumable checkpoints, and a NaN check that names the step. Training data comes
     from the activation cache, special tokens excluded, held-out rows excluded.
@@ -63,12 +64,27 @@ def token_index(cache: ActivationCache, rows: np.ndarray) -> np.ndarray:
     return flat[~np.asarray(cache.special)[flat]]
 
 
-def mean_squared_norm(acts: np.ndarray, index: np.ndarray, max_samples: int = 65536, seed: int = 0) -> float:
-    """E‖x‖² over (a seeded sample of) the indexed tokens."""
+def input_moments(acts, index: np.ndarray, max_samples: int = 65536, seed: int = 0) -> tuple[float, np.ndarray]:
+    """E‖x‖² and E x over (a seeded sample of) the indexed tokens."""
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(index, size=min(max_samples, len(index)), replace=False))
     x = np.asarray(acts[sample], dtype=np.float64)
-    return float((x**2).sum(axis=1).mean())
+    return float((x**2).sum(axis=1).mean()), x.mean(axis=0)
+
+
+def centre_at_init(sae, mean) -> None:
+    """b_dec = E x and b_enc = −W_encᵀ E x, so initial pre-activations read x − E x.
+
+    The residual stream has a large mean (‖E x‖² is most of E‖x‖² here); from b_dec = b_enc = 0
+    a handful of features learn that constant and fire on every token while the rest die.
+    Starting at the mean keeps the Gemma Scope form f = JumpReLU(W_enc x + b_enc) unchanged.
+    """
+    import torch
+
+    with torch.no_grad():
+        m = torch.as_tensor(mean, dtype=sae.b_dec.dtype, device=sae.b_dec.device)
+        sae.b_dec.copy_(m)
+        sae.b_enc.copy_(-(m @ sae.W_enc))
 
 
 class TokenBatches:
@@ -219,10 +235,11 @@ def train(
     steps = cfg.train_tokens // cfg.batch_size
     if steps < 1:
         raise UserError(f"sae.train_tokens {cfg.train_tokens} is less than one batch of {cfg.batch_size}")
-    msq = mean_squared_norm(acts, train_index, seed=cfg.seed)
+    msq, mean = input_moments(acts, train_index, seed=cfg.seed)
     scale = 1.0 / float(np.sqrt(msq))
     batches = TokenBatches(acts, train_index, cfg.batch_size, cfg.seed, scale)
     sae, trainer = build_training_sae(acts.shape[1], cfg, steps, device)
+    centre_at_init(sae, mean * scale)
     ckpts = Checkpoints(scratch / fingerprint({"cfg": asdict(cfg), "identity": identity, "n_train": len(train_index)}))
     start = ckpts.restore(sae, trainer)
     stats = {"loss": float("nan"), "l0": float("nan"), "fvu": float("nan")}
