@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from darkmatter.errors import CacheCorruptError, NonFiniteError, UserError, cli
+from darkmatter.models import sha256_file
 
 ARRAYS = ("acts", "tokens", "doc_ids", "positions", "special")
 
@@ -120,14 +121,6 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -169,7 +162,7 @@ class ChunkStore:
             info = json.loads(seal.read_text())
         except json.JSONDecodeError:
             return False
-        return info.get("n_rows") == n_rows and _sha256(data) == info.get("sha256")
+        return info.get("n_rows") == n_rows and sha256_file(data) == info.get("sha256")
 
     def write(self, index: int, acts: np.ndarray, n_rows: int) -> None:
         data, seal = self._paths(index)
@@ -178,7 +171,7 @@ class ChunkStore:
         with tmp.open("wb") as fh:
             np.save(fh, acts)
         os.replace(tmp, data)
-        _atomic_write_bytes(seal, json.dumps({"n_rows": n_rows, "sha256": _sha256(data)}).encode())
+        _atomic_write_bytes(seal, json.dumps({"n_rows": n_rows, "sha256": sha256_file(data)}).encode())
 
     def read(self, index: int) -> np.ndarray:
         data, _ = self._paths(index)
@@ -413,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.corpus} not found; run `dvc repro corpus` first")
     weights = args.weights or Path("data/models") / mcfg.name
 
-    from darkmatter.models import load_subject, sha256_file
+    from darkmatter.models import load_subject
 
     subject = load_subject(mcfg.name, weights, device=mcfg.device, dtype=mcfg.dtype)
     tokenizer = subject.tokenizer
