@@ -185,7 +185,7 @@ class SAEEvalConfig:
 
     #: Held-out rows run through the full model for ΔLM loss and KL (full forwards are costly on CPU).
     lm_rows: Annotated[int, Field(gt=0)] = 32
-    lm_batch_rows: Annotated[int, Field(gt=0)] = 8
+    lm_batch_rows: Annotated[int, Field(gt=0)] = 4
     #: A feature is "dense" if it fires on more than this fraction of held-out tokens.
     dense_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
 

@@ -29,22 +29,19 @@ from tqdm.auto import tqdm
 
 from darkmatter.activations import ActivationCache
 from darkmatter.errors import NonFiniteError, UserError, cli
-from darkmatter.sae_train import split_rows
+from darkmatter.sae_train import row_tokens, split_rows
 
 L0_BINS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9)
 
 
-def load_sae(path: str | Path, cache: ActivationCache | None = None):
-    """Load an SAE saved in SAELens format and check it fits the cache (d_in and hook)."""
+def load_sae(path: str | Path):
+    """Load an SAE saved in SAELens format (:func:`evaluate` checks it fits the cache)."""
     from sae_lens import SAE
 
     path = Path(path)
     if not (path / "cfg.json").exists():
         raise UserError(f"{path} holds no SAE (no cfg.json); run `dvc repro train_sae` first")
-    sae = SAE.load_from_disk(str(path), device="cpu")
-    if cache is not None:
-        check_compatible(sae, cache)
-    return sae.eval()
+    return SAE.load_from_disk(str(path), device="cpu").eval()
 
 
 def check_compatible(sae, cache: ActivationCache) -> None:
@@ -63,8 +60,7 @@ def check_compatible(sae, cache: ActivationCache) -> None:
 def heldout_tokens(cache: ActivationCache, heldout_fraction: float) -> np.ndarray:
     """Flat ids of every token in the held-out rows (special tokens included; masks come later)."""
     _, rows = split_rows(cache.meta["n_rows"], heldout_fraction)
-    context = cache.meta["context_length"]
-    return np.arange(rows[0] * context, (rows[-1] + 1) * context)
+    return row_tokens(rows, cache.meta["context_length"])
 
 
 class _Moments:
@@ -207,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cache = ActivationCache.open(args.cache)
-    sae = load_sae(args.sae, cache)
+    sae = load_sae(args.sae)
     report = {"sae": str(args.sae), "hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
     report |= evaluate(sae, cache, params.sae.heldout_fraction, params.sae_eval.dense_threshold)
     lm_rows = args.lm_rows or params.sae_eval.lm_rows

@@ -57,10 +57,14 @@ def split_rows(n_rows: int, heldout_fraction: float) -> tuple[np.ndarray, np.nda
     return np.arange(n_rows - n_heldout), np.arange(n_rows - n_heldout, n_rows)
 
 
+def row_tokens(rows: np.ndarray, context: int) -> np.ndarray:
+    """Flat token ids of every token in ``rows`` (row r holds tokens r*T .. r*T+T-1)."""
+    return (rows[:, None] * context + np.arange(context)[None, :]).reshape(-1)
+
+
 def token_index(cache: ActivationCache, rows: np.ndarray) -> np.ndarray:
     """Flat token ids of the non-special tokens in ``rows``."""
-    context = cache.meta["context_length"]
-    flat = (rows[:, None] * context + np.arange(context)[None, :]).reshape(-1)
+    flat = row_tokens(rows, cache.meta["context_length"])
     return flat[~np.asarray(cache.special)[flat]]
 
 
