@@ -37,8 +37,10 @@ def test_repo_params_load():
     "path, value, expected",
     [
         ("model.name", "gpt-5", "model.name: unknown model 'gpt-5'; allowed: gemma-3-270m, smollm2-135m"),
-        ("model.layer", 18, "layer 18 out of range for gemma-3-270m; allowed: 0..17"),
-        ("model.layer", -1, "allowed: 0..17"),
+        ("model.layers", [18], "layer 18 out of range for gemma-3-270m; allowed: 0..17"),
+        ("model.layers", [9, -1], "allowed: 0..17"),
+        ("model.layers", [9, 9], "layers [9, 9] has duplicates"),
+        ("model.layers", [], "model.layers: Tuple should have at least 1 item"),
         ("model.site", "mlp_out", "model.site: 'mlp_out' is not allowed; allowed: 'resid_pre' or 'resid_post'"),
         ("model.dtype", "int4", "model.dtype: 'int4' is not allowed"),
         ("activations.n_tokens", 0, "activations.n_tokens: Input should be greater than 0"),
@@ -67,10 +69,17 @@ def test_bad_params_fail_with_one_line(path, value, expected):
 
 
 def test_layer_range_follows_the_model():
-    params = parse_params(_with("model", {"name": "smollm2-135m", "layer": 29}))
-    assert params.model.layer == 29
+    params = parse_params(_with("model", {"name": "smollm2-135m", "layers": [29, 3]}))
+    assert params.model.layer == 29, "the first listed layer is the main layer"
     with pytest.raises(ConfigError, match="allowed: 0..29"):
-        parse_params(_with("model", {"name": "smollm2-135m", "layer": 30}))
+        parse_params(_with("model", {"name": "smollm2-135m", "layers": [30]}))
+
+
+def test_stage_layer_must_be_listed():
+    model = parse_params(_with("model.layers", [9, 4])).model
+    assert model.check_layer(4) == 4
+    with pytest.raises(ConfigError, match=r"layer 5 is not in model.layers \[9, 4\]; add it there"):
+        model.check_layer(5)
 
 
 def test_bf16_on_cpu_is_refused():
@@ -78,13 +87,16 @@ def test_bf16_on_cpu_is_refused():
         parse_params(_with("model", {"name": "gemma-3-270m", "device": "cpu", "dtype": "bfloat16"}))
 
 
-@pytest.mark.parametrize("module", ["darkmatter.activations", "darkmatter.models"])
-def test_stage_cli_fails_fast_on_bad_params(tmp_path, module):
+@pytest.mark.parametrize(
+    "module, args",
+    [("darkmatter.activations", ["--out", "acts", "--metrics", "m.json"]), ("darkmatter.models", [])],
+)
+def test_stage_cli_fails_fast_on_bad_params(tmp_path, module, args):
     """The stage exits 2 with a single `error:` line before loading any model."""
     bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump(_with("model.layer", 99)))
+    bad.write_text(yaml.safe_dump(_with("model.layers", [99])))
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--params", str(bad)],
+        [sys.executable, "-m", module, "--params", str(bad), *args],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert proc.returncode == 2

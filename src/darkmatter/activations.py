@@ -396,12 +396,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus/docs.jsonl"))
     parser.add_argument("--weights", type=Path, default=None, help="default: data/models/<model.name>")
-    parser.add_argument("--out", type=Path, default=Path("data/activations"))
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/activations"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/activations.json"))
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--layer", type=int, default=None, help="one of model.layers (default: the main layer)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cfg, mcfg = params.activations, params.model
+    layer = mcfg.layer if args.layer is None else mcfg.check_layer(args.layer)
     if not args.corpus.exists():
         raise UserError(f"{args.corpus} not found; run `dvc repro corpus` first")
     weights = args.weights or Path("data/models") / mcfg.name
@@ -420,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": mcfg.dtype,
         "corpus_sha256": sha256_file(args.corpus),
     }
-    spec = CacheSpec(mcfg.layer, mcfg.site, cfg.chunk_tokens, cfg.batch_size, cfg.store_dtype, identity)
+    spec = CacheSpec(layer, mcfg.site, cfg.chunk_tokens, cfg.batch_size, cfg.store_dtype, identity)
     metrics = build_cache(
         subject, rows, subject.special_token_ids(), spec, args.out, args.scratch,
         extra_metrics={"corpus_tokens": corpus_tokens},

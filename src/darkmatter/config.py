@@ -31,7 +31,9 @@ class ModelConfig:
     """The subject model and the residual-stream site whose activations we study."""
 
     name: str = "gemma-3-270m"
-    layer: int = 9
+    #: One full pipeline per layer (DVC foreach). The first is the main layer: the SAE sweep
+    #: and the paper's headline numbers use it.
+    layers: Annotated[tuple[int, ...], Field(min_length=1)] = (9,)
     site: HookSite = "resid_post"
     device: Device = "auto"
     #: Weight dtype. bf16/fp16 are allowed only on CUDA: on these CPUs bf16 is ~6x slower.
@@ -45,15 +47,29 @@ class ModelConfig:
         return name
 
     @model_validator(mode="after")
-    def _layer_in_range(self) -> ModelConfig:
+    def _layers_in_range(self) -> ModelConfig:
         n_layers = MODELS[self.name].n_layers
-        if not 0 <= self.layer < n_layers:
-            raise ValueError(
-                f"layer {self.layer} out of range for {self.name}; allowed: 0..{n_layers - 1}"
-            )
+        for layer in self.layers:
+            if not 0 <= layer < n_layers:
+                raise ValueError(
+                    f"layer {layer} out of range for {self.name}; allowed: 0..{n_layers - 1}"
+                )
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {list(self.layers)} has duplicates")
         if self.dtype != "float32" and self.device == "cpu":
             raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy; use float32 on cpu")
         return self
+
+    @property
+    def layer(self) -> int:
+        """The main layer."""
+        return self.layers[0]
+
+    def check_layer(self, layer: int) -> int:
+        """``layer`` if it is one of ``layers``, else a one-line ConfigError."""
+        if layer not in self.layers:
+            raise ConfigError(f"layer {layer} is not in model.layers {list(self.layers)}; add it there")
+        return layer
 
 
 @dataclass(config=STRICT, frozen=True)

@@ -53,7 +53,7 @@ def check_compatible(sae, cache: ActivationCache) -> None:
     if hook is not None and hook != cache.meta["hook_name"]:
         raise UserError(
             f"SAE was trained at {hook} but the cache holds {cache.meta['hook_name']}; "
-            "set model.layer/model.site to match the SAE"
+            "cache the layer/site the SAE was trained on (model.layers, model.site)"
         )
 
 
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Evaluate an SAE on held-out tokens (reconstruction and LM loss).")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--sae", type=Path, default=Path("data/sae"))
-    parser.add_argument("--cache", type=Path, default=Path("data/activations"))
+    parser.add_argument("--sae", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=None, help="default: data/models/<model.name>")
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/sae_eval.json"))
+    parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--lm-rows", type=int, default=None, help="override sae_eval.lm_rows")
     args = parser.parse_args(argv)
     params = load_params(args.params)

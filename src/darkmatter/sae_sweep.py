@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Summarise the SAE sparsity–fidelity sweep.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--sweep-dir", type=Path, default=Path("metrics/sae_sweep"))
-    parser.add_argument("--main", type=Path, default=Path("metrics/sae_eval.json"))
+    parser.add_argument("--main", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("metrics/sae_sweep.json"))
     parser.add_argument("--figure", type=Path, default=Path("figures/sae_sweep"))
     args = parser.parse_args(argv)

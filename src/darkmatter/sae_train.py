@@ -324,9 +324,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Train a JumpReLU SAE (Gemma Scope recipe) on the activation cache.")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--cache", type=Path, default=Path("data/activations"))
-    parser.add_argument("--out", type=Path, default=Path("data/sae"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/sae_train.json"))
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/sae"))
     parser.add_argument("--l0-coefficient", type=float, default=None, help="override sae.l0_coefficient (sweep)")
     parser.add_argument("--train-tokens", type=int, default=None, help="override sae.train_tokens (sweep)")
