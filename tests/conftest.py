@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +136,40 @@ def sshd_server(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def write_cache(root: Path, acts: np.ndarray, context_length: int, tokens: np.ndarray | None = None,
+                special: np.ndarray | None = None, hook_name: str = "blocks.1.hook_resid_post") -> Path:
+    """A synthetic activation cache in the real on-disk format (for analysis-stage tests)."""
+    n, d = acts.shape
+    root.mkdir(parents=True, exist_ok=True)
+    tokens = np.arange(n) % 97 + 3 if tokens is None else tokens
+    special = (np.arange(n) % context_length == 0) if special is None else special
+    arrays = {
+        "acts": acts.astype(np.float32), "tokens": tokens.astype(np.int32),
+        "doc_ids": (np.arange(n) // context_length).astype(np.int32),
+        "positions": (np.arange(n) % context_length).astype(np.int32), "special": special.astype(bool),
+    }
+    for name, array in arrays.items():
+        np.save(root / f"{name}.npy", array)
+    meta = {"model": "synthetic", "layer": 1, "site": "resid_post", "hook_name": hook_name, "d_model": d,
+            "context_length": context_length, "n_rows": n // context_length, "n_tokens": n,
+            "store_dtype": "float32", "special_token_ids": [0], "fingerprint": "synthetic"}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def random_jumprelu_sae(d_in: int, d_sae: int, seed: int = 0, threshold: float = 0.1,
+                        hook_name: str = "blocks.1.hook_resid_post"):
+    """A SAELens JumpReLUSAE with random weights and the given hook in its metadata."""
+    import torch
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    torch.manual_seed(seed)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+        sae.threshold.fill_(threshold)
+    sae.cfg.metadata.hook_name = hook_name
+    return sae.eval()

@@ -207,6 +207,89 @@ class SAEEvalConfig:
 
 
 @dataclass(config=STRICT, frozen=True)
+class ResidualConfig:
+    """The dark-matter pass: r = x − SAE(x) streamed over the cache (``darkmatter.residual``)."""
+
+    #: Cap on one chunk of SAE latents (tokens × d_sae × 4 B, twice for encode temporaries), so
+    #: 262k and 1M widths stream in small token chunks instead of an N × d_sae matrix.
+    latent_budget_mb: Annotated[int, Field(gt=0)] = 2048
+    #: Random unit directions: the Gaussian-projection baseline for kurtosis.
+    n_random_directions: Annotated[int, Field(gt=0)] = 256
+    #: Ridge penalty for r ≈ W x + b, relative to the mean eigenvalue of x's covariance.
+    ridge_alpha: Annotated[float, Field(ge=0.0)] = 1e-3
+    seed: int = 0
+
+
+@dataclass(config=STRICT, frozen=True)
+class ICAConfig:
+    """PCA-whitening + ICA of the dark matter (``darkmatter.ica``)."""
+
+    #: ``residual``: r itself; ``nonlinear``: r minus its ridge prediction from x.
+    target: Literal["residual", "nonlinear"] = "residual"
+    #: Whitened dimensions; ``auto`` = fewest PCs reaching ``auto_variance``, capped at ``max_components``.
+    n_components: Annotated[int, Field(gt=1)] | Literal["auto"] = "auto"
+    auto_variance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    max_components: Annotated[int, Field(gt=1)] = 64
+    #: ``picard``: Picard-O (ortho, extended); ``fastica``: scikit-learn parallel logcosh.
+    backend: Literal["picard", "fastica"] = "picard"
+    #: Independent restarts; components are matched across them for stability.
+    seeds: Annotated[int, Field(gt=0)] = 3
+    #: A component is stable if its best match has |cos| above this in every other seed.
+    stable_threshold: Fraction = 0.9
+    max_iter: Annotated[int, Field(gt=0)] = 1000
+    #: Convergence tolerance; None = the backend's own default (Picard: 1e-7 on the max
+    #: |relative gradient|; FastICA: 1e-4 on the max change of W).
+    tol: Positive | None = None
+    #: Non-special tokens used to fit ICA (a seeded subsample when the cache holds more).
+    max_tokens: Annotated[int, Field(gt=0)] = 65536
+    seed: int = 0
+
+
+@dataclass(config=STRICT, frozen=True)
+class CompareConfig:
+    """ICA mixing directions vs SAE decoder rows, and the kurtosis gap (``darkmatter.compare``)."""
+
+    #: Max |cos| below this: a direction the SAE does not have ("novel").
+    novel_below: Fraction = 0.3
+    #: Max |cos| above this: the SAE has it.
+    match_above: Fraction = 0.8
+    #: Random unit directions per baseline (whole space; r's top-k PCA subspace).
+    n_random: Annotated[int, Field(gt=0)] = 1000
+    #: An SAE feature is "active" if it fires on more than this fraction of non-special tokens.
+    active_frequency: Fraction = 0.001
+    #: Decoder rows per block of the cosine computation (bounds memory at 1M widths).
+    decoder_chunk: Annotated[int, Field(gt=0)] = 65536
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CompareConfig:
+        if self.novel_below >= self.match_above:
+            raise ValueError("novel_below must be smaller than match_above")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class ExamplesConfig:
+    """Contexts per unit for the dashboard and autointerp (``darkmatter.examples``)."""
+
+    #: Highest-activating contexts kept per unit.
+    top_k: Annotated[int, Field(gt=0)] = 20
+    #: Activation quantile bins above the unit's activity threshold, and samples per bin.
+    n_quantiles: Annotated[int, Field(gt=0)] = 10
+    per_quantile: Annotated[int, Field(gt=0)] = 2
+    #: Contexts below the threshold (negatives for detection scoring).
+    n_non_activating: Annotated[int, Field(ge=0)] = 20
+    #: Tokens shown on each side of the activating token.
+    window: Annotated[int, Field(ge=0)] = 8
+    #: Baseline units: randomly sampled active SAE features and random unit directions in x.
+    n_sae_features: Annotated[int, Field(ge=0)] = 32
+    n_random_directions: Annotated[int, Field(ge=0)] = 32
+    #: A dense unit (ICA source, random direction; z-scored) "activates" above this z.
+    z_threshold: Positive = 2.0
+    seed: int = 0
+
+
+@dataclass(config=STRICT, frozen=True)
 class Params:
     """All of ``params.yaml``. Sections are required: params.yaml is the one source of truth."""
 
@@ -216,6 +299,10 @@ class Params:
     sae: SAEConfig
     sae_sweep: SAESweepConfig
     sae_eval: SAEEvalConfig
+    residual: ResidualConfig
+    ica: ICAConfig
+    compare: CompareConfig
+    examples: ExamplesConfig
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -236,6 +236,18 @@ def _hook_local(weights_dir: Path, hf_model, tokenizer, device: str, dtype) -> H
     return model
 
 
+def load_tokenizer(name: str, weights_dir: Path | None = None):
+    """The subject model's tokenizer alone (for decoding cached token ids), without the weights."""
+    from transformers import AutoTokenizer
+
+    spec = spec_for(name)
+    if spec.offline:
+        if weights_dir is None or not (Path(weights_dir) / "tokenizer_config.json").exists():
+            raise UserError(f"no prepared tokenizer for {name} in {weights_dir}; run `dvc repro model` first")
+        return AutoTokenizer.from_pretrained(weights_dir)
+    return AutoTokenizer.from_pretrained(spec.tl_name)
+
+
 def load_subject(
     name: str,
     weights_dir: Path | None = None,

@@ -40,12 +40,9 @@ def sweep_points(eval_files: list[Path]) -> list[dict]:
 
 
 def plot(points: list[dict], main: dict | None, out_stem: Path, sweep_tokens: int, main_tokens: int) -> None:
-    import matplotlib
+    from darkmatter.figures import save_figure, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
+    fig, axes = subplots(1, 2, figsize=(7.5, 3.0))
     for ax, key, label in ((axes[0], "fvu", "FVU (held-out, no special tokens)"), (axes[1], "delta_lm_loss", "ΔLM loss (nats/token)")):
         ax.plot([p["l0"] for p in points], [p[key] for p in points], "o-", color="C0", label=f"sweep (λ; {sweep_tokens:,} training tokens)")
         for p in points:
@@ -58,10 +55,7 @@ def plot(points: list[dict], main: dict | None, out_stem: Path, sweep_tokens: in
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".png", ".pdf"):
-        fig.savefig(out_stem.with_suffix(suffix), dpi=150)
-    plt.close(fig)
+    save_figure(fig, out_stem)
 
 
 @cli

@@ -1,0 +1,78 @@
+"""Residual-pass throughput vs the fp32 GEMM roofline of the SAE it runs.
+
+    python bench/bench_residual.py [--tokens 32768] [--layer 9]
+
+The residual stage (``darkmatter.residual.accumulate``) runs the SAE on every token (encode
+x·W_enc and decode f·W_dec, 2·d·d_sae FLOPs each) and accumulates float64 statistics (power
+sums, ridge and covariance moments, latent moments). Three numbers, taken in one run on the
+default run's cache and SAE: the full pass, the SAE forward alone over the same chunks (the
+reference), and the roofline: the two GEMMs timed alone at their best of 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import best_seconds, roofline_seconds, write_section  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    import torch
+
+    from darkmatter.activations import ActivationCache
+    from darkmatter.config import ResidualConfig
+    from darkmatter.residual import MAX_CHUNK_TOKENS, accumulate
+    from darkmatter.sae_eval import load_sae
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=32768)
+    parser.add_argument("--layer", type=int, default=9)
+    args = parser.parse_args()
+
+    cache = ActivationCache.open(REPO / f"data/layer{args.layer}/activations")
+    sae = load_sae(REPO / f"data/layer{args.layer}/sae")
+    n_rows = args.tokens // cache.meta["context_length"]
+
+    class Prefix:  # the first ``tokens`` tokens of the cache, same format
+        root, meta = cache.root, {**cache.meta, "n_tokens": n_rows * cache.meta["context_length"], "n_rows": n_rows}
+        acts, special = cache.acts, np.asarray(cache.special[: n_rows * cache.meta["context_length"]])
+
+    n, d, width = Prefix.meta["n_tokens"], cache.meta["d_model"], sae.cfg.d_sae
+    chunk = MAX_CHUNK_TOKENS
+
+    def full():
+        accumulate(sae, Prefix, np.arange(n_rows - 2, n_rows), ResidualConfig(), chunk)
+
+    def forward_only():
+        with torch.no_grad():
+            for lo in range(0, n, chunk):
+                x = torch.from_numpy(np.asarray(cache.acts[lo : lo + chunk], dtype=np.float32))
+                x - sae.decode(sae.encode(x))
+
+    ours = best_seconds(full, repeats=2, warmup=0)
+    reference = best_seconds(forward_only, repeats=2)
+    roofline, gflops = roofline_seconds([(n // chunk, 1, chunk, d, width), (n // chunk, 1, chunk, width, d)])
+    rows = [
+        ("SAE", f"d_in {d}, width {width} (`data/layer{args.layer}/sae`), {n:,} cached tokens, chunks of {chunk}"),
+        ("roofline: encode + decode GEMMs alone", f"{n / roofline:,.0f} tok/s ({gflops:.0f} GFLOP/s)"),
+        ("reference: SAE forward only, same chunks", f"{n / reference:,.0f} tok/s"),
+        ("**ours: full residual pass** (all statistics)", f"**{n / ours:,.0f} tok/s**"),
+        ("**ours / roofline**", f"**{roofline / ours:.2f}**"),
+        ("ours / SAE forward only", f"{reference / ours:.2f}"),
+    ]
+    body = "\n".join(["| quantity | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
+    print(body)
+    write_section("Residual pass", body)
+
+
+if __name__ == "__main__":
+    main()

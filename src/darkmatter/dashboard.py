@@ -1,0 +1,148 @@
+"""A static HTML dashboard per run: the first thing to open after ``dvc repro``.
+
+One self-contained file (no scripts, no network): the run's headline numbers, then one section
+per ICA component (max |cos| to the SAE decoder and the nearest feature, source kurtosis,
+variance share, seed stability, an activation histogram and its contexts with every token
+shaded by the component's activation), then the baseline units (sampled SAE features, random
+directions) in the same format, folded.
+
+Histograms are hand-written inline SVG: a few hundred bytes each, where a matplotlib PNG per
+unit would cost ~0.1 s and ~20 kB of base64 for each of several hundred units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+
+from darkmatter.errors import UserError, cli
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1100px;color:#222}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em} h3{font-size:1em;margin:0}
+table.kv td{padding:1px 10px 1px 0} .unit{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:10px 0}
+.stats span{margin-right:14px} .ctx{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap;margin:2px 0}
+.tok{border-radius:2px} .focus{outline:1.5px solid #c00} .act{color:#888;font-size:11px;margin-right:6px}
+.novel{color:#060;font-weight:bold} .unstable{color:#a00} summary{cursor:pointer}
+"""
+
+
+def histogram_svg(counts: list[int], edges: list[float], width: int = 220, height: int = 60) -> str:
+    """Bars on a log-count scale, with the range under them."""
+    import math
+
+    top = max(math.log1p(c) for c in counts) or 1.0
+    bar = width / len(counts)
+    rects = "".join(
+        f'<rect x="{i * bar:.1f}" y="{height - math.log1p(c) / top * height:.1f}" width="{bar - 0.5:.1f}" '
+        f'height="{math.log1p(c) / top * height:.1f}" fill="#4a7fb5"/>'
+        for i, c in enumerate(counts)
+    )
+    label = f"{edges[0]:.3g} … {edges[-1]:.3g} (log count)"
+    return (f'<svg class="hist" width="{width}" height="{height + 14}" role="img" aria-label="activation histogram">'
+            f'{rects}<text x="0" y="{height + 12}" font-size="10">{html.escape(label)}</text></svg>')
+
+
+def token_span(text: str, activation: float | None, scale: float, focus: bool) -> str:
+    shown = text.replace("\n", "↵")
+    alpha = 0.0 if activation is None or scale <= 0 else max(0.0, min(1.0, activation / scale))
+    classes = "tok focus" if focus else "tok"
+    title = "special" if activation is None else f"{activation:.3g}"
+    return (f'<span class="{classes}" style="background:rgba(255,140,0,{alpha:.2f})" '
+            f'title="{html.escape(title)}">{html.escape(shown)}</span>')
+
+
+def context_html(ctx: dict, scale: float) -> str:
+    spans = "".join(token_span(t, a, scale, i == ctx["focus"]) for i, (t, a) in enumerate(zip(ctx["tokens"], ctx["activations"])))
+    return f'<div class="ctx"><span class="act">{ctx["activation"]:.3g}</span>{spans}</div>'
+
+
+def unit_html(unit: dict, novel_below: float) -> str:
+    kind, uid = unit["kind"], unit["id"]
+    scale = unit["max_activation"]
+    stats = [f"kurtosis {unit['kurtosis']:.2f}", f"active {unit['active_fraction']:.2%} (> {unit['threshold']:g})"]
+    if kind == "ica":
+        novel = unit["max_cos_sae"] < novel_below
+        stats = [
+            f'<span class="{"novel" if novel else ""}">max |cos| to SAE {unit["max_cos_sae"]:.3f}'
+            f'{" (novel)" if novel else ""}</span>',
+            f"nearest feature #{unit['nearest_sae_feature']}",
+            f"variance share {unit['variance_share']:.2%}",
+            '<span class="unstable">unstable</span>' if not unit["stable"] else "stable across seeds",
+        ] + stats
+    elif kind == "sae":
+        stats = [f"firing frequency {unit['frequency']:.3%}"] + stats
+    title = {"ica": "ICA component", "sae": "SAE feature", "random": "random direction"}[kind]
+    quantiles = "".join(context_html(c, scale) for c in unit["quantiles"])
+    negatives = "".join(context_html(c, scale) for c in unit["non_activating"][:5])
+    return (
+        f'<section class="unit" id="{kind}-{uid}"><h3>{title} {uid}</h3>'
+        f'<div class="stats">{"".join(f"<span>{s}</span>" for s in stats)}</div>'
+        f'{histogram_svg(unit["histogram"]["counts"], unit["histogram"]["edges"])}'
+        f'<h4>top activations</h4>{"".join(context_html(c, scale) for c in unit["top"])}'
+        f'<details><summary>quantile sample ({len(unit["quantiles"])})</summary>{quantiles}</details>'
+        f'<details><summary>non-activating ({len(unit["non_activating"])}, first 5)</summary>{negatives}</details>'
+        "</section>"
+    )
+
+
+def headline(residual: dict, ica: dict, compare: dict) -> str:
+    gap = compare["kurtosis_gap"]["all_components"]
+    rows = [
+        ("hook", residual["hook_name"]),
+        ("dark-matter fraction (FVU, held-out, no special / with special)",
+         f"{residual['dark_matter_fraction']:.4f} / {residual['dark_matter_fraction_with_special']:.4f}"),
+        ("linear predictability of r from x (held-out R²)", f"{residual['linear_predictability']['r2_heldout']:.3f}"),
+        ("median excess kurtosis: x dims / r dims / r on random directions",
+         " / ".join(f"{residual['kurtosis'][k]['quantiles']['0.5']:.3f}" for k in ("x", "r", "r_random_directions"))),
+        ("ICA", f"{ica['n_components']} components on {ica['target']} ({ica['backend']}), "
+                f"{ica['n_stable']} stable ({ica['stable_fraction']:.0%}), converged: {ica['all_converged']}"),
+        ("novel (max |cos| < {:g}): ICA / random / random in PCA subspace".format(compare["thresholds"]["novel_below"]),
+         " / ".join(f"{compare[k]['novel']} of {compare[k]['n']}" for k in ("ica", "random", "random_in_pca_subspace"))),
+        ("kurtosis gap (active SAE / ICA): ratio of medians, of means",
+         f"{gap['ratio_of_medians']:.3g}, {gap['ratio_of_means']:.3g}" if gap["ratio_of_medians"] is not None else "n/a"),
+    ]
+    return '<table class="kv">' + "".join(f"<tr><td>{html.escape(a)}</td><td><b>{html.escape(str(b))}</b></td></tr>" for a, b in rows) + "</table>"
+
+
+def render(examples: dict, residual: dict, ica: dict, compare: dict) -> str:
+    novel_below = compare["thresholds"]["novel_below"]
+    units = examples["units"]
+    groups = {kind: [u for u in units if u["kind"] == kind] for kind in ("ica", "sae", "random")}
+    meta = examples["meta"]
+    body = [
+        f"<h1>Dark matter of the SAE at {html.escape(meta['hook_name'])} ({html.escape(str(meta['model']))})</h1>",
+        headline(residual, ica, compare),
+        f"<h2>ICA components ({len(groups['ica'])}), by source kurtosis</h2>",
+        *(unit_html(u, novel_below) for u in groups["ica"]),
+    ]
+    for kind, title in (("sae", "Baseline: sampled active SAE features"), ("random", "Baseline: random directions")):
+        body.append(f"<details><summary><h2 style='display:inline'>{title} ({len(groups[kind])})</h2></summary>"
+                    + "".join(unit_html(u, novel_below) for u in groups[kind]) + "</details>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dark matter: {html.escape(meta["hook_name"])}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the static HTML dashboard of one run.")
+    parser.add_argument("--examples", type=Path, required=True)
+    parser.add_argument("--residual", type=Path, required=True)
+    parser.add_argument("--ica", type=Path, required=True)
+    parser.add_argument("--compare", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    inputs = [args.examples, args.residual, args.ica, args.compare]
+    for path in inputs:
+        if not path.exists():
+            raise UserError(f"{path} not found; run the analysis stages first (`dvc repro`)")
+    examples, residual, ica, compare = (json.loads(p.read_text()) for p in inputs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(examples, residual, ica, compare))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
