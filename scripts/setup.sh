@@ -7,7 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Debian packages the pipeline and tests use:
 #   openssh-server/-client  the SSH DVC remote test starts a real sshd on 127.0.0.1
 #   dpkg-dev/apt             corpus stage: `apt-get download` + `dpkg-deb -x` of pinned .debs
-SYSTEM_PACKAGES=(openssh-server openssh-client)
+#   texlive-*, latexmk       the paper stage (booktabs, natbib, hyperref, siunitx, graphicx; ~280 MB)
+#   poppler-utils            pdftotext/pdftoppm: the paper tests read the built PDF
+SYSTEM_PACKAGES=(openssh-server openssh-client texlive-latex-base texlive-latex-recommended
+                 texlive-science latexmk poppler-utils)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -1,0 +1,394 @@
+"""The paper's numbers: metrics JSON -> ``paper/generated/*.tex``; and the PDF build.
+
+``generate`` writes, from the metrics files alone:
+
+- ``macros.tex``: a ``\\dm...`` command for every number the prose quotes, and the
+  data-dependent words (``\\dmNovelVerdict`` is "exceeds" or "does not exceed", ...), chosen
+  here from the numbers so the text never claims more than the metrics show;
+- booktabs tables (``tab_*.tex``); rows whose run has no metrics say "not run";
+- ``sec_*.tex`` for the later experiments (autointerp, probes, causal): their results when
+  their metrics exist, otherwise a paragraph saying the experiment was not run in this build.
+
+All formatting and rounding lives in the ``fmt_*`` functions below. Every output is rewritten
+on each run, so a number from an older run can never survive. A missing required metrics file
+stops generation with one line naming the stage to run, before anything is written.
+
+``build`` runs latexmk (pdflatex + bibtex) in a scratch directory and moves ``main.pdf`` into
+place only if the build succeeded, so a failed build never leaves a half-built PDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from darkmatter.errors import UserError, cli
+
+#: Hub-ladder rows of the paper's ladder table: label, metrics directory under metrics/ (written
+#: by the ladder stages when a run exists), SAE description.
+LADDER = (
+    ("GPT-2 small", "ladder/gpt2-small", "SAELens \\texttt{gpt2-small-res-jb}, resid\\_pre 6"),
+    ("Gemma 3 270M", "ladder/gemma-3-270m-gs2", "Gemma Scope 2, 16k and 262k, layer 9"),
+    ("Gemma 3 1B", "ladder/gemma-3-1b", "Gemma Scope 2, 16k and 262k, layer 13"),
+    ("Gemma 3 4B", "ladder/gemma-3-4b", "Gemma Scope 2, layer 17"),
+)
+REQUIRED = ("activations", "sae_train", "sae_eval", "residual", "ica", "compare")
+LATER = ("autointerp", "probes", "causal")
+MODEL_NAMES = {"gemma-3-270m": "Gemma 3 270M", "smollm2-135m": "SmolLM2 135M"}
+NOT_RUN = "\\textit{not run}"
+
+
+# ---- formatting: the one place where numbers become text ------------------------------------
+
+def fmt_fixed(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def fmt_sig(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits, no exponent for ordinary magnitudes."""
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else "n/a"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:.{decimals}f}"
+
+
+def fmt_pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}\\%"
+
+
+def fmt_count(n: int) -> str:
+    return f"{int(n):,}".replace(",", "{,}")
+
+
+def fmt_sci(x: float) -> str:
+    """Small positive numbers as m×10^e in ``\\ensuremath`` (text or math); mantissa 1 dropped."""
+    exponent = int(math.floor(math.log10(x)))
+    mantissa = x / 10**exponent
+    if abs(mantissa - 1) < 0.05:
+        return f"\\ensuremath{{10^{{{exponent}}}}}"
+    return f"\\ensuremath{{{mantissa:.1f}\\times10^{{{exponent}}}}}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    if p == 0:
+        return "\\ensuremath{<10^{-300}}"
+    return f"{p:.3f}" if p >= 0.001 else fmt_sci(p)
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def read_run(metrics_dir: Path, required: bool) -> dict | None:
+    """The metrics of one run (``None`` if absent and not required)."""
+    out = {}
+    for name in REQUIRED:
+        path = metrics_dir / f"{name}.json"
+        if not path.exists():
+            if required:
+                stage = {"sae_train": "train_sae", "sae_eval": "eval_sae"}.get(name, name)
+                raise UserError(f"{path} is missing; run `dvc repro {stage}` before generating the paper")
+            return None
+        out[name] = json.loads(path.read_text())
+    for name in LATER:
+        path = metrics_dir / f"{name}.json"
+        out[name] = json.loads(path.read_text()) if path.exists() else None
+    return out
+
+
+# ---- data-dependent wording -----------------------------------------------------------------
+
+def verdicts(run: dict) -> dict[str, str]:
+    """Words whose choice depends on the numbers."""
+    res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
+    k_r = res["kurtosis"]["r"]["quantiles"]["0.5"]
+    k_rand = res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"]
+    novel_ica, novel_sub = cmp_["ica"]["novel_fraction"], cmp_["random_in_pca_subspace"]["novel_fraction"]
+    p = cmp_["mann_whitney_p"]["ica_vs_random_in_pca_subspace"]
+    closer = cmp_["ica"]["median_max_cos"] > cmp_["random_in_pca_subspace"]["median_max_cos"]
+    stable = ica["stable_fraction"]
+    gap = cmp_["kurtosis_gap"]["all_components"]["ratio_of_medians"]
+    return {
+        "ResidualShape": ("markedly more heavy-tailed than" if k_r > 2 * k_rand
+                          else "about as heavy-tailed as" if k_r < 1.25 * k_rand else "somewhat more heavy-tailed than"),
+        "NovelVerdict": "exceeds" if novel_ica > novel_sub else "does not exceed",
+        "CloserVerdict": "closer to" if closer else "farther from",
+        "SignificanceVerdict": "significant" if p is not None and p < 0.05 else "not significant",
+        "StableVerdict": ("most" if stable > 0.5 else "a minority" if stable >= 0.25
+                          else "only a small minority" if stable > 0 else "none"),
+        "GapVerdict": "sparser" if gap is not None and gap > 1 else "no sparser",
+        "ConvergedVerdict": "all converged" if ica["all_converged"] else "did not all converge",
+        "LinearVerdict": ("more than half" if res["linear_predictability"]["r2_heldout"] > 0.5 else "less than half"),
+    }
+
+
+# ---- macros ---------------------------------------------------------------------------------
+
+def macros(run: dict, params, card: dict | None) -> dict[str, str]:
+    act, train, ev, res, ica, cmp_ = (run[k] for k in REQUIRED)
+    lp = res["linear_predictability"]
+    gap = cmp_["kurtosis_gap"]["all_components"]
+    iters = [r["n_iter"] for r in ica["runs"]]
+    m = {
+        "Model": MODEL_NAMES.get(params.model.name, params.model.name),
+        "Layer": str(params.model.layer),
+        "NLayers": str(_n_layers(params.model.name)),
+        "DModel": fmt_count(_d_model(params.model.name)),
+        "Hook": res["hook_name"].replace("_", "\\_"),
+        "NTokens": fmt_count(act["n_tokens"]),
+        "Context": fmt_count(params.activations.context_length),
+        "CorpusTokens": fmt_count(act["corpus_tokens"]["total"]),
+        "CorpusDocs": fmt_count(card["totals"]["documents"]) if card else "n/a",
+        "SpecialFrac": fmt_pct(act["special_fraction"], 2),
+        "NormPosZero": fmt_count(round(act["norm_mean_position0"])),
+        "NormNonspecial": fmt_count(round(act["norm_mean_nonspecial"])),
+        "SaeWidth": fmt_count(params.sae.width),
+        "SaeTrainTokens": fmt_count(train["tokens"]),
+        "SaeLambda": fmt_sci(params.sae.l0_coefficient),
+        "HeldoutTokens": fmt_count(ev["n_tokens"]),
+        "SaeLzero": fmt_sig(ev["l0"], 3),
+        "SaeLzeroSpecial": fmt_sig(ev["l0_with_special"], 3),
+        "SaeDead": fmt_pct(ev["dead_fraction"]),
+        "SaeDeltaLoss": fmt_fixed(ev["lm"]["delta_loss"], 2),
+        "SaeKL": fmt_fixed(ev["lm"]["kl"], 2),
+        "SaeCleanLoss": fmt_fixed(ev["lm"]["loss_clean"], 2),
+        "SaeLossRecovered": fmt_fixed(ev["lm"]["loss_recovered"], 3),
+        "SaeZeroAblation": fmt_fixed(ev["lm"]["delta_loss_zero_ablation"], 1),
+        "Fvu": fmt_fixed(res["dark_matter_fraction"]),
+        "FvuSpecial": fmt_fixed(res["dark_matter_fraction_with_special"]),
+        "FvuAllRows": fmt_fixed(res["dark_matter_fraction_all_rows"]),
+        "ErrNormFrac": fmt_fixed(res["error_norm_fraction"]["per_token"]["quantiles"]["0.5"]),
+        "Rsq": fmt_fixed(lp["r2_heldout"]),
+        "RsqTrain": fmt_fixed(lp["r2_train"]),
+        "LinFrac": fmt_fixed(lp["linear_fraction"]),
+        "NonlinFrac": fmt_fixed(lp["nonlinear_fraction"]),
+        "MeanFrac": fmt_fixed(lp["mean_fraction"]),
+        "RidgeAlpha": fmt_sci(lp["ridge_alpha"]) if lp["ridge_alpha"] > 0 else "0",
+        "KurtX": fmt_fixed(res["kurtosis"]["x"]["quantiles"]["0.5"], 2),
+        "KurtR": fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
+        "KurtRSpecial": fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 1),
+        "KurtRand": fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2),
+        "KurtRMax": fmt_sig(res["kurtosis"]["r"]["max"], 3),
+        "PcaHalf": fmt_count(res["pca"]["residual"]["n_components_50"]),
+        "PcaNinety": fmt_count(res["pca"]["residual"]["n_components_90"]),
+        "PcaNinetyNonlin": fmt_count(res["pca"]["nonlinear"]["n_components_90"]),
+        "IcaTarget": {"residual": "the residual $r$", "nonlinear": "the nonlinear part of $r$"}[ica["target"]],
+        "IcaK": fmt_count(ica["n_components"]),
+        "IcaTokens": fmt_count(ica["n_tokens"]),
+        "IcaSeeds": fmt_count(ica["seeds"]),
+        "IcaVarFrac": fmt_pct(ica["reconstruction_fraction"]),
+        "IcaItersMin": fmt_count(min(iters)),
+        "IcaItersMax": fmt_count(max(iters)),
+        "IcaNStable": fmt_count(ica["n_stable"]),
+        "IcaStableFrac": fmt_pct(ica["stable_fraction"], 0),
+        "StableThreshold": fmt_fixed(ica["stable_threshold"], 1),
+        "IcaKurtMedian": fmt_fixed(ica["source_kurtosis"]["quantiles"]["0.5"], 2),
+        "IcaKurtMax": fmt_sig(ica["source_kurtosis"]["max"], 3),
+        "NovelThreshold": fmt_fixed(cmp_["thresholds"]["novel_below"], 1),
+        "MatchThreshold": fmt_fixed(cmp_["thresholds"]["match_above"], 1),
+        "NovelIca": fmt_count(cmp_["ica"]["novel"]),
+        "NovelIcaFrac": fmt_pct(cmp_["ica"]["novel_fraction"], 0),
+        "NovelRandomFrac": fmt_pct(cmp_["random"]["novel_fraction"], 0),
+        "NovelSubspaceFrac": fmt_pct(cmp_["random_in_pca_subspace"]["novel_fraction"], 0),
+        "MatchedIca": fmt_count(cmp_["ica"]["matched"]),
+        "NRandom": fmt_count(cmp_["random"]["n"]),
+        "MedianCosIca": fmt_fixed(cmp_["ica"]["median_max_cos"], 2),
+        "MedianCosRandom": fmt_fixed(cmp_["random"]["median_max_cos"], 2),
+        "MedianCosSubspace": fmt_fixed(cmp_["random_in_pca_subspace"]["median_max_cos"], 2),
+        "MannWhitneyP": fmt_p(cmp_["mann_whitney_p"]["ica_vs_random_in_pca_subspace"]),
+        "NActiveFeatures": fmt_count(cmp_["kurtosis_gap"]["n_active_features"]),
+        "ActiveFreq": fmt_pct(cmp_["kurtosis_gap"]["active_frequency"], 1),
+        "SaeKurtMedian": fmt_sig(gap["median_sae"], 3) if gap.get("median_sae") is not None else "n/a",
+        "GapMedians": fmt_sig(gap["ratio_of_medians"], 3) if gap["ratio_of_medians"] is not None else "n/a",
+        "GapMeans": fmt_sig(gap["ratio_of_means"], 3) if gap["ratio_of_means"] is not None else "n/a",
+        "FigDir": f"layer{params.model.layer}",
+    }
+    m.update(verdicts(run))
+    return m
+
+
+def _n_layers(name: str) -> int:
+    from darkmatter.registry import MODELS
+
+    return MODELS[name].n_layers
+
+
+def _d_model(name: str) -> int:
+    from darkmatter.registry import MODELS
+
+    return MODELS[name].d_model
+
+
+def macro_file(values: dict[str, str]) -> str:
+    lines = ["% Generated by darkmatter.paper from metrics/*.json. Do not edit."]
+    lines += [f"\\newcommand{{\\dm{name}}}{{{value}}}" for name, value in sorted(values.items())]
+    return "\n".join(lines) + "\n"
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+def table(spec: str, header: list[str], rows: list[list[str]]) -> str:
+    body = [" & ".join(header) + " \\\\", "\\midrule"] + [" & ".join(r) + " \\\\" for r in rows]
+    return "\n".join(["% Generated by darkmatter.paper. Do not edit.", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+                      *body, "\\bottomrule", "\\end{tabular}"]) + "\n"
+
+
+def compare_table(cmp_: dict) -> str:
+    rows = []
+    for key, label in (("ica", "ICA mixing directions"), ("ica_stable", "\\quad stable only"),
+                       ("random", "random directions"), ("random_in_pca_subspace", "random, in PCA subspace")):
+        b = cmp_[key]
+        rows.append([label, fmt_count(b["n"]), fmt_count(b["matched"]), fmt_count(b["partial"]), fmt_count(b["novel"]),
+                     fmt_pct(b["novel_fraction"], 0) if b["n"] else "--",
+                     fmt_fixed(b["median_max_cos"], 2) if b["n"] else "--"])
+    t = cmp_["thresholds"]
+    return table("lrrrrrr", ["directions", "$n$", f"$>{t['match_above']:g}$", "partial", f"$<{t['novel_below']:g}$",
+                             "novel", "median"], rows)
+
+
+def dark_matter_table(res: dict) -> str:
+    lp = res["linear_predictability"]
+    rows = [
+        ["dark-matter fraction (FVU), held-out", fmt_fixed(res["dark_matter_fraction"]), fmt_fixed(res["dark_matter_fraction_with_special"])],
+        ["dark-matter fraction, all rows", fmt_fixed(res["dark_matter_fraction_all_rows"]), fmt_fixed(res["dark_matter_fraction_all_rows_with_special"])],
+        ["\\quad linearly predictable from $x$", fmt_fixed(lp["linear_fraction"]), "--"],
+        ["\\quad nonlinear", fmt_fixed(lp["nonlinear_fraction"]), "--"],
+        ["\\quad mean of $r$", fmt_fixed(lp["mean_fraction"]), "--"],
+        ["held-out $R^2$ of ridge $r \\approx Wx+b$", fmt_fixed(lp["r2_heldout"]), "--"],
+        ["median excess kurtosis, dims of $x$", fmt_fixed(res["kurtosis"]["x"]["quantiles"]["0.5"], 2),
+         fmt_fixed(res["kurtosis"]["x_with_special"]["quantiles"]["0.5"], 2)],
+        ["median excess kurtosis, dims of $r$", fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
+         fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 2)],
+        ["\\quad $r$ on random unit directions", fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2), "--"],
+        ["PCs for 50\\% / 90\\% of var$(r)$", f"{fmt_count(res['pca']['residual']['n_components_50'])} / "
+                                             f"{fmt_count(res['pca']['residual']['n_components_90'])}", "--"],
+    ]
+    return table("lrr", ["quantity", "no special", "with special"], rows)
+
+
+def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, dict | None, str]]) -> str:
+    def cells(r):
+        if r is None:
+            return [NOT_RUN] * 4
+        return [fmt_fixed(r["residual"]["dark_matter_fraction"]), fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
+                f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
+                f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}"]
+
+    rows = [[main_label, "trained here (JumpReLU, CPU)", *cells(run)]]
+    rows += [[label, sae, *cells(r)] for label, r, sae in ladder]
+    return table("llrrrr", ["model", "SAE", "FVU", "$R^2$", "stable", "novel"], rows)
+
+
+def layers_table(runs: dict[int, dict | None]) -> str:
+    rows = []
+    for layer, r in runs.items():
+        if r is None:
+            rows.append([str(layer), *[NOT_RUN] * 5])
+            continue
+        rows.append([str(layer), fmt_fixed(r["residual"]["dark_matter_fraction"]),
+                     fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
+                     fmt_fixed(r["residual"]["kurtosis"]["r"]["quantiles"]["0.5"], 2),
+                     f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
+                     f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}"])
+    return table("rrrrrr", ["layer", "FVU", "$R^2$", "median kurt.\\ $r$", "stable", "novel"], rows)
+
+
+def sae_table(ev: dict, sweep: list[dict]) -> str:
+    rows = [["main", fmt_sig(ev["l0"], 3), fmt_fixed(ev["fvu"]), fmt_fixed(ev["fvu_with_special"]),
+             fmt_fixed(ev["lm"]["delta_loss"], 2), fmt_pct(ev["dead_fraction"], 0)]]
+    rows += [[f"$\\lambda={p['l0_coefficient']:g}$", fmt_sig(p["l0"], 3), fmt_fixed(p["fvu"]), fmt_fixed(p["fvu_with_special"]),
+              fmt_fixed(p["delta_lm_loss"], 2), fmt_pct(p["dead_fraction"], 0)] for p in sweep]
+    return table("lrrrrr", ["SAE", "L0", "FVU", "FVU (special)", "$\\Delta$LM loss", "dead"], rows)
+
+
+def later_section(name: str, metrics: dict | None) -> str:
+    title = {"autointerp": "automated interpretability", "probes": "dataset-geometry probes", "causal": "causal ablations"}[name]
+    if metrics is None:
+        return (f"% Generated by darkmatter.paper: no metrics for {name}.\n"
+                f"The {title} experiment was \\textit{{not run}} in this build: its metrics file does not exist, "
+                "so this section reports nothing.\n")
+    summary = ", ".join(f"{k.replace('_', ' ')} {fmt_sig(v, 3)}" for k, v in metrics.get("summary", {}).items()
+                        if isinstance(v, (int, float)))
+    return f"% Generated by darkmatter.paper.\nThe {title} stage reports: {summary}.\n"
+
+
+# ---- stage ----------------------------------------------------------------------------------
+
+def generate(params, metrics_root: Path, out: Path, card_path: Path | None = None) -> list[Path]:
+    """Write every generated file; returns their paths. Raises before writing if inputs are missing."""
+    main = read_run(metrics_root / f"layer{params.model.layer}", required=True)
+    layer_runs = {layer: read_run(metrics_root / f"layer{layer}", required=False) for layer in params.model.layers}
+    ladder = [(label, read_run(metrics_root / d, required=False), sae) for label, d, sae in LADDER]
+    sweep_path = metrics_root / "sae_sweep.json"
+    if not sweep_path.exists():
+        raise UserError(f"{sweep_path} is missing; run `dvc repro sae_sweep` before generating the paper")
+    sweep = json.loads(sweep_path.read_text())
+    card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None
+    files = {
+        "macros.tex": macro_file(macros(main, params, card)),
+        "tab_dark_matter.tex": dark_matter_table(main["residual"]),
+        "tab_compare.tex": compare_table(main["compare"]),
+        "tab_ladder.tex": ladder_table(MODEL_NAMES.get(params.model.name, params.model.name), main, ladder),
+        "tab_layers.tex": layers_table(layer_runs),
+        "tab_sae.tex": sae_table(main["sae_eval"], sweep),
+        **{f"sec_{name}.tex": later_section(name, main[name]) for name in LATER},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tex"):
+        stale.unlink()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return [out / name for name in files]
+
+
+def build(paper_dir: Path) -> Path:
+    """latexmk the paper in a scratch copy; move main.pdf into ``paper_dir`` only on success."""
+    if shutil.which("latexmk") is None or shutil.which("pdflatex") is None:
+        raise UserError("latexmk/pdflatex not found; run scripts/setup.sh (apt-get install --no-install-recommends "
+                        "texlive-latex-base texlive-latex-recommended texlive-science latexmk)")
+    with tempfile.TemporaryDirectory(prefix="paper-") as tmp:
+        proc = subprocess.run(
+            ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={tmp}", "main.tex"],
+            cwd=paper_dir, capture_output=True, text=True,
+        )
+        pdf = Path(tmp) / "main.pdf"
+        if proc.returncode != 0 or not pdf.exists():
+            log = (Path(tmp) / "main.log").read_text(errors="replace") if (Path(tmp) / "main.log").exists() else proc.stdout
+            lines = log.splitlines()
+            at = next((i for i, line in enumerate(lines) if line.startswith("!")), None)
+            where = next((line.strip() for line in lines[at:at + 12] if line.startswith("l.")), "") if at is not None else ""
+            what = lines[at].lstrip("! ") if at is not None else "see the latexmk output"
+            raise UserError(f"LaTeX failed: {what} {where}; fix paper/main.tex or regenerate paper/generated")
+        target = paper_dir / "main.pdf"
+        shutil.move(str(pdf), target)
+    return target
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from darkmatter.config import load_params
+
+    parser = argparse.ArgumentParser(description="Generate the paper's tables/macros from metrics, or build the PDF.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate")
+    gen.add_argument("--params", default="params.yaml")
+    gen.add_argument("--metrics", type=Path, default=Path("metrics"))
+    gen.add_argument("--card", type=Path, default=Path("data/corpus/card.json"))
+    gen.add_argument("--out", type=Path, default=Path("paper/generated"))
+    bld = sub.add_parser("build")
+    bld.add_argument("--paper", type=Path, default=Path("paper"))
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        files = generate(load_params(args.params), args.metrics, args.out, args.card)
+        print(f"wrote {len(files)} files to {args.out}")
+    else:
+        print(f"wrote {build(args.paper)}")
+
+
+if __name__ == "__main__":
+    main()
