@@ -110,3 +110,12 @@ def test_formatting_rules():
     assert fmt_sig(246.13) == "246" and fmt_sig(0.0123456) == "0.0123"
     assert fmt_sci(1e-4) == "\\ensuremath{10^{-4}}" and fmt_sci(3e-5) == "\\ensuremath{3.0\\times10^{-5}}"
     assert fmt_p(0.2) == "0.200" and fmt_p(3.27e-16) == "\\ensuremath{3.3\\times10^{-16}}"
+
+
+def test_the_pdf_is_byte_reproducible(workspace):
+    import hashlib
+
+    _generate_and_build(workspace)
+    first = hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest()
+    _generate_and_build(workspace)
+    assert hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest() == first

@@ -21,6 +21,6 @@ def save_figure(fig, stem: Path) -> None:
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix), dpi=150)
+    fig.savefig(stem.with_suffix(".png"), dpi=150)
+    fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None})  # byte-reproducible
     plt.close(fig)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -355,6 +356,7 @@ def build(paper_dir: Path) -> Path:
         proc = subprocess.run(
             ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={tmp}", "main.tex"],
             cwd=paper_dir, capture_output=True, text=True,
+            env={**os.environ, "SOURCE_DATE_EPOCH": "0", "FORCE_SOURCE_DATE": "1"},  # byte-reproducible PDF
         )
         pdf = Path(tmp) / "main.pdf"
         if proc.returncode != 0 or not pdf.exists():
