@@ -119,3 +119,26 @@ def test_the_pdf_is_byte_reproducible(workspace):
     first = hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest()
     _generate_and_build(workspace)
     assert hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest() == first
+
+
+def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    entry = {"mean": 0.71, "ci": [0.66, 0.76], "n": 64}
+    chance = {"mean": 0.5, "ci": [0.45, 0.55], "n": 16}
+    report = {"model": "SmolLM2-135M-Instruct", "judge_is_weak": True,
+              "groups": {"ica": {"n_units": 64, "balanced_accuracy": entry, "f1": entry, "auc": entry},
+                         "ica_stable": {"n_units": 2, "balanced_accuracy": entry, "f1": entry, "auc": None},
+                         "sae": {"n_units": 16, "balanced_accuracy": entry, "f1": entry, "auc": entry},
+                         "random": {"n_units": 16, "balanced_accuracy": chance, "f1": chance, "auc": chance}},
+              "tests": {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005},
+                        "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97}}}
+    (metrics / "layer9/autointerp.json").write_text(json.dumps(report))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    table = (out / "tab_autointerp.tex").read_text()
+    assert "0.71 [0.66, 0.76]" in table and "0.50 [0.45, 0.55]" in table and "not run" not in table
+    prose = (out / "sec_autointerp.tex").read_text()
+    assert "ICA components are detected better than random directions" in prose
+    assert "not detected significantly differently from density-matched SAE features" in prose
+    assert "a weak judge" in prose

@@ -290,6 +290,34 @@ class ExamplesConfig:
 
 
 @dataclass(config=STRICT, frozen=True)
+class AutointerpConfig:
+    """Explain + detection scoring of units (``darkmatter.autointerp``, ``darkmatter.llm``)."""
+
+    #: ``local``: SmolLM2-135M-Instruct on CPU (offline, weak); ``anthropic``: Messages API
+    #: (key from ANTHROPIC_API_KEY only); ``replay``: the response cache only.
+    backend: Literal["local", "anthropic", "replay"] = "local"
+    model: str = "claude-sonnet-5-5"
+    local_model: str = "SmolLM2-135M-Instruct"
+    #: Which backend's cached responses ``replay`` reads.
+    replay_of: Literal["local", "anthropic"] = "local"
+    #: Anthropic endpoint override (a proxy, or the loopback server in tests).
+    base_url: str | None = None
+    concurrency: Annotated[int, Field(gt=0)] = 4
+    #: Message Batches API: half price, asynchronous (anthropic only).
+    use_batches: bool = False
+    max_ica_units: Annotated[int, Field(ge=0)] = 64
+    #: SAE features and random directions each (hub runs: 200).
+    max_baseline_units: Annotated[int, Field(ge=0)] = 16
+    #: Top contexts shown to the explainer.
+    explain_top: Annotated[int, Field(gt=0)] = 8
+    #: Held-out detection contexts per unit: activating (across quantiles) and not.
+    detect_positives: Annotated[int, Field(gt=0)] = 5
+    detect_negatives: Annotated[int, Field(gt=0)] = 5
+    n_bootstrap: Annotated[int, Field(gt=0)] = 2000
+    seed: int = 0
+
+
+@dataclass(config=STRICT, frozen=True)
 class Params:
     """All of ``params.yaml``. Sections are required: params.yaml is the one source of truth."""
 
@@ -303,6 +331,7 @@ class Params:
     ica: ICAConfig
     compare: CompareConfig
     examples: ExamplesConfig
+    autointerp: AutointerpConfig
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -4,8 +4,14 @@ Units of one run, each with an activation on every non-special token:
 
 - ``ica``: every ICA component; activation = its source s_j = u_j·(t − μ) (unmixing filter,
   unit variance, sign fixed so large positive = active);
-- ``sae``: ``examples.n_sae_features`` SAE features sampled uniformly (seeded) from the active
-  ones (firing on more than ``compare.active_frequency`` of tokens); activation = the latent;
+- ``sae``: ``examples.n_sae_features`` SAE features *density-matched* to the ICA components;
+  activation = the latent. Density is the fraction of tokens on which a unit counts as active:
+  latent > 0 for an SAE feature, source z-score > ``examples.z_threshold`` for a component
+  (estimated on a token subsample before the pass). Each component in turn (cycling if more
+  features are asked for) takes the unused active feature (firing on more than
+  ``compare.active_frequency``) nearest in log density. Matching density rather than kurtosis
+  makes the detection task's base rate of "activating" contexts comparable across groups;
+  kurtosis cannot be matched, since it is the very thing that differs (the kurtosis gap);
 - ``random``: ``examples.n_random_directions`` random unit directions v in activation space;
   activation = v·x, z-scored over the tokens.
 
@@ -30,13 +36,37 @@ import numpy as np
 from darkmatter.errors import UserError, cli
 
 HIST_BINS = 30
+#: Non-special tokens used to estimate the ICA components' densities for the matching.
+DENSITY_TOKENS = 16384
 
 
-def select_sae_features(frequency: np.ndarray, active_frequency: float, n: int, seed: int) -> np.ndarray:
-    active = np.flatnonzero(frequency > active_frequency)
-    if n > len(active):
-        n = len(active)
-    return np.sort(np.random.default_rng(seed).choice(active, n, replace=False))
+def density_matched_features(ica_density: np.ndarray, frequency: np.ndarray, active_frequency: float,
+                             n: int) -> tuple[np.ndarray, np.ndarray]:
+    """SAE features nearest in log density to the ICA components, and the component each matches."""
+    pool = list(np.flatnonzero(frequency > active_frequency))
+    chosen, matched = [], []
+    for i in range(min(n, len(pool))):
+        j = i % len(ica_density)
+        target = np.log(max(ica_density[j], 1e-9))
+        best = min(pool, key=lambda f: abs(np.log(frequency[f]) - target))
+        pool.remove(best)
+        chosen.append(int(best))
+        matched.append(j)
+    return np.array(chosen, dtype=np.int64), np.array(matched, dtype=np.int64)
+
+
+def ica_density(sae, cache, components: dict, target: str, stats: dict, z_threshold: float,
+                n_tokens: int, seed: int, chunk_tokens: int) -> np.ndarray:
+    """Fraction of (subsampled) non-special tokens on which each ICA source exceeds ``z_threshold``."""
+    from darkmatter.ica import ica_target, target_rows
+    from darkmatter.residual import stream
+
+    index = target_rows(cache, n_tokens, seed)
+    above = np.zeros(len(components["mixing"]))
+    for chunk in stream(sae, cache.acts, index, chunk_tokens, desc="ICA densities"):
+        t = ica_target(chunk, target, stats).cpu().numpy()
+        above += (((t - components["mean"]) @ components["unmixing"].T) > z_threshold).sum(0)
+    return above / len(index)
 
 
 def unit_activations(sae, cache, components: dict, target: str, stats: dict, features: np.ndarray,
@@ -165,9 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     sae = sae.to(resolve_device(params.model.device))
     tokenizer = load_tokenizer(params.model.name, args.weights or Path("data/models") / params.model.name)
 
-    features = select_sae_features(stats["latent_frequency"], params.compare.active_frequency, cfg.n_sae_features, cfg.seed)
-    directions = random_unit_directions(cfg.n_random_directions, cache.meta["d_model"], cfg.seed + 1)
     chunk = latent_chunk_tokens(sae.cfg.d_sae, params.residual.latent_budget_mb << 20)
+    density = ica_density(sae, cache, components, params.ica.target, stats, cfg.z_threshold, DENSITY_TOKENS, cfg.seed, chunk)
+    features, matched = density_matched_features(density, stats["latent_frequency"], params.compare.active_frequency,
+                                                 cfg.n_sae_features)
+    directions = random_unit_directions(cfg.n_random_directions, cache.meta["d_model"], cfg.seed + 1)
     acts = unit_activations(sae, cache, components, params.ica.target, stats, features, directions, chunk)
     k = len(components["mixing"])
     for col in range(k + len(features), acts.shape[1]):
@@ -177,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
               "source_kurtosis_fit": float(components["kurtosis"][j]),
               "max_cos_sae": float(comparison["ica_max_cos"][j]),
               "nearest_sae_feature": int(comparison["ica_nearest_feature"][j])} for j in range(k)]
-    units += [{"kind": "sae", "id": int(f), "frequency": float(stats["latent_frequency"][f])} for f in features]
+    units += [{"kind": "sae", "id": int(f), "frequency": float(stats["latent_frequency"][f]),
+               "matched_to_ica": int(j), "ica_density": float(density[j])} for f, j in zip(features, matched)]
     units += [{"kind": "random", "id": i} for i in range(len(directions))]
     _, heldout_rows = split_rows(cache.meta["n_rows"], params.sae.heldout_fraction)
     heldout = np.zeros(cache.meta["n_rows"], dtype=bool)

