@@ -17,6 +17,7 @@ ALLOWED_DIGITS = [
     r"Gemma(~| )3", r"GPT-2", r"Q4\\_K\\_M", r"float32", r"R\^2", r"\^\{-1/2\}", r"\^\{1/2\}",
     r"\[x,1\]", r"90\\%",  # "PCs for 90% of the variance" is the definition of the reported count
     r"[Pp]osition 0", r"\bL0\b", r"float64", r"\|\^2",
+    r"Scope(~| )2", r"\b(270M|1B|4B|12B)\b",  # model and release names
 ]
 #: Commands whose arguments are not prose (files, keys, options).
 NON_PROSE = r"\\(documentclass|usepackage|includegraphics|input|cite[pt]?|label|ref|bibliography|bibliographystyle|graphicspath|begin|end)(\[[^\]]*\])?(\{[^}]*\})+"
@@ -80,11 +81,19 @@ def test_pdf_follows_the_metrics(workspace):
 def test_a_ladder_row_appears_when_its_metrics_exist(workspace, tmp_path):
     metrics = tmp_path / "metrics"
     shutil.copytree(workspace / "metrics", metrics)
-    shutil.copytree(metrics / "layer9", metrics / "ladder/gpt2-small")
     out = tmp_path / "generated"
     generate(load_params(REPO / "params.yaml"), metrics, out)
-    rows = [line for line in (out / "tab_ladder.tex").read_text().splitlines() if line.startswith("GPT-2")]
-    assert rows and "not run" not in rows[0]
+    rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
+    assert "not run" in rows["GPT-2 small"] and "planned" in rows["Gemma 3 12B (262k)"]
+    assert "\\newcommand{\\dmLadderDone}{0}" in (out / "macros.tex").read_text()
+
+    run = metrics / "ladder/gpt2-small"
+    shutil.copytree(metrics / "layer9", run)
+    (run / "sae_train.json").rename(run / "sae_load.json")  # a ladder run loads its SAE
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
+    assert "not run" not in rows["GPT-2 small"] and "not run" in rows["Gemma 3 1B (16k)"]
+    assert "\\newcommand{\\dmLadderDone}{1}" in (out / "macros.tex").read_text()
 
 
 def test_missing_metrics_fail_clearly_and_write_nothing(tmp_path):

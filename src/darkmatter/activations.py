@@ -390,10 +390,10 @@ def _tokenise_corpus(tokenizer, docs_path: Path, batch: int = 256) -> tuple[list
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
 
     parser = argparse.ArgumentParser(description="Cache residual-stream activations of the subject model.")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus/docs.jsonl"))
     parser.add_argument("--weights", type=Path, default=None, help="default: data/models/<model.name>")
     parser.add_argument("--out", type=Path, required=True)
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--layer", type=int, default=None, help="one of model.layers (default: the main layer)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = params_from_args(args)
     cfg, mcfg = params.activations, params.model
     layer = mcfg.layer if args.layer is None else mcfg.check_layer(args.layer)
     if not args.corpus.exists():
@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from darkmatter.models import load_subject
 
-    subject = load_subject(mcfg.name, weights, device=mcfg.device, dtype=mcfg.dtype)
+    subject = load_subject(mcfg.name, weights, device=mcfg.device, dtype=mcfg.dtype,
+                           from_pretrained_kwargs=mcfg.from_pretrained_kwargs)
     tokenizer = subject.tokenizer
     doc_ids, corpus_tokens = _tokenise_corpus(tokenizer, args.corpus)
     n_rows = -(-cfg.n_tokens // cfg.context_length)
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": mcfg.name,
         "weights": json.loads(provenance.read_text()) if provenance.exists() else mcfg.name,
         "dtype": mcfg.dtype,
+        **({"from_pretrained_kwargs": mcfg.from_pretrained_kwargs} if mcfg.from_pretrained_kwargs else {}),
         "corpus_sha256": sha256_file(args.corpus),
     }
     spec = CacheSpec(layer, mcfg.site, cfg.chunk_tokens, cfg.batch_size, cfg.store_dtype, identity)

@@ -196,10 +196,10 @@ def make_llm(cfg, cache_dir: Path, judge_weights: Path) -> CachedLLM:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
 
     parser = argparse.ArgumentParser(description="Explain and detection-score ICA components vs SAE features vs random directions.")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--examples", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True, help="response cache directory (DVC, persist)")
     parser.add_argument("--judge", type=Path, default=Path("data/models/smollm2-135m"), help="local judge weights")
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
     args = parser.parse_args(argv)
-    cfg = load_params(args.params).autointerp
+    cfg = params_from_args(args).autointerp
     if not args.examples.exists():
         raise UserError(f"{args.examples} not found; run the examples stage first")
     units = select_units(json.loads(args.examples.read_text())["units"],

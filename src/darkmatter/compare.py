@@ -161,11 +161,11 @@ def plot(arrays: dict, components: dict, stats: dict, cfg, out_dir: Path) -> Non
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
     from darkmatter.sae_eval import load_sae
 
     parser = argparse.ArgumentParser(description="Compare ICA mixing directions with the SAE dictionary; kurtosis gap.")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--sae", type=Path, required=True)
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--components", type=Path, required=True)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = params_from_args(args)
     for path, stage in ((args.stats, "residual"), (args.components, "ica")):
         if not path.exists():
             raise UserError(f"{path} not found; run the {stage} stage first")

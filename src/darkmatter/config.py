@@ -3,7 +3,9 @@
 Every section is a frozen pydantic dataclass with ``extra="forbid"``, so a typo'd key, a wrong
 type, an unknown model or a layer out of range fails at load, before any compute, as one
 :class:`~darkmatter.errors.ConfigError` line that names the key and the allowed values.
-Stages call :func:`load_params` and read only their own section.
+Stages call :func:`load_params` and read only their own section; with ``--run NAME`` a stage
+sees the params of that hub-ladder run instead (:func:`run_params`), so one stage module serves
+the default pipeline and every ladder row.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class ModelConfig:
     device: Device = "auto"
     #: Weight dtype. bf16/fp16 are allowed only on CUDA: on these CPUs bf16 is ~6x slower.
     dtype: WeightDtype = "float32"
+    #: Extra ``HookedTransformer.from_pretrained`` kwargs. Ladder runs take them from the SAE
+    #: release (``center_writing_weights`` for gpt2-small-res-jb): the SAE only fits the model
+    #: processed the way it was trained on.
+    from_pretrained_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -97,6 +103,9 @@ class HubCorpus:
     """A Hugging Face dataset streamed for hub runs (never used by tests: they use a local fixture)."""
 
     dataset: str = "Skylion007/openwebtext"
+    #: Folder of the dataset repo to read (e.g. FineWeb's ``sample/10BT``). Unlike a config
+    #: name, it also works offline from a partial download of a multi-config dataset.
+    data_dir: str | None = None
     split: str = "train"
     text_field: str = "text"
     n_docs: int = Field(default=20000, gt=0)
@@ -318,6 +327,74 @@ class AutointerpConfig:
 
 
 @dataclass(config=STRICT, frozen=True)
+class LadderRun:
+    """One rung of the hub ladder: a hub model, a pretrained SAE at its hook, a web-text corpus."""
+
+    #: Row label in the paper's ladder table.
+    label: str
+    #: Registry name of a hub model (``darkmatter.registry``).
+    model: str
+    #: SAELens release and SAE id (``sae_lens/pretrained_saes.yaml``).
+    release: str
+    sae_id: str
+    #: Where the SAE reads the residual stream; checked against the loaded SAE's hook.
+    layer: Annotated[int, Field(ge=0)]
+    site: HookSite
+    #: Key of ``ladder.corpora``.
+    corpus: str
+    #: Tokens per cached row: the SAE's training context (jb: 128; Gemma Scope 2: 1024).
+    context_length: Annotated[int, Field(gt=1)] = 128
+    #: Listed in the paper as planned; the switch refuses it (too large for one GPU here).
+    planned: bool = False
+
+    @model_validator(mode="after")
+    def _hub_model(self) -> LadderRun:
+        spec = MODELS.get(self.model)
+        if spec is None or spec.source != "hub":
+            hub = [name for name, m in MODELS.items() if m.source == "hub"]
+            raise ValueError(f"model {self.model!r} is not a hub model; allowed: {', '.join(hub)}")
+        if self.layer >= spec.n_layers:
+            raise ValueError(f"layer {self.layer} out of range for {self.model}; allowed: 0..{spec.n_layers - 1}")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class LadderConfig:
+    """The hub ladder (README "Hub ladder"): real pretrained SAEs on GPT-2 small and Gemma 3.
+
+    ``runs`` is the switch: each name listed gets the whole pipeline under ``data/ladder/<run>/``
+    and ``metrics/ladder/<run>/``, with ``overrides`` (full sizes) applied on top of params.yaml.
+    """
+
+    runs: tuple[str, ...] = ()
+    device: Device = "auto"
+    #: Subject-model weights; bf16/fp16 need CUDA. The analysis is fp32 either way.
+    dtype: WeightDtype = "float32"
+    corpora: dict[str, HubCorpus] = Field(default_factory=dict)
+    definitions: dict[str, LadderRun] = Field(default_factory=dict)
+    #: Params sections merged over params.yaml for every ladder run, e.g. ``{ica: {max_tokens: ...}}``.
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LadderConfig:
+        for name, run in self.definitions.items():
+            if run.corpus not in self.corpora:
+                raise ValueError(f"definitions.{name}.corpus {run.corpus!r} unknown; allowed: {', '.join(self.corpora)}")
+        runnable = [name for name, run in self.definitions.items() if not run.planned]
+        for name in self.runs:
+            if name not in self.definitions:
+                raise ValueError(f"runs: {name!r} is not defined; allowed: {', '.join(runnable)}")
+            if self.definitions[name].planned:
+                raise ValueError(f"runs: {name!r} is planned only (see its definition); remove it from runs")
+        if len(set(self.runs)) != len(self.runs):
+            raise ValueError(f"runs {list(self.runs)} has duplicates")
+        for section in self.overrides:
+            if section not in ("activations", "sae_eval", "residual", "ica", "compare", "examples", "autointerp"):
+                raise ValueError(f"overrides.{section}: not an analysis section")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
 class Params:
     """All of ``params.yaml``. Sections are required: params.yaml is the one source of truth."""
 
@@ -332,6 +409,7 @@ class Params:
     compare: CompareConfig
     examples: ExamplesConfig
     autointerp: AutointerpConfig
+    ladder: LadderConfig
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -367,10 +445,53 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
         raise ConfigError(_one_line(exc, origin)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", run: str | None = None) -> Params:
+    """params.yaml, validated; with ``run``, the params of that hub-ladder run (:func:`run_params`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found; run from the repository root or pass --params")
     with path.open() as fh:
         raw = yaml.safe_load(fh) or {}
-    return parse_params(raw, origin=str(path))
+    params = parse_params(raw, origin=str(path))
+    return params if run is None else run_params(raw, params, run, origin=str(path))
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def run_params(raw: dict[str, Any], params: Params, run: str, origin: str = "params.yaml") -> Params:
+    """The params a ladder run's stages see: its model, layer, site and corpus, the SAE release's
+    model kwargs, and ``ladder.overrides``, validated like params.yaml itself.
+
+    Checks the release and SAE id against SAELens's directory (close matches on a typo) before
+    any stage does work.
+    """
+    from darkmatter.hub import release_model_kwargs
+
+    ladder = params.ladder
+    if run not in ladder.definitions:
+        raise ConfigError(f"{origin}: ladder run {run!r} is not defined; allowed: {', '.join(ladder.definitions)}")
+    d = ladder.definitions[run]
+    if d.planned:
+        raise ConfigError(f"{origin}: ladder run {run!r} is planned only; it cannot be run")
+    merged = _merged(raw, ladder.overrides)
+    merged["model"] = {"name": d.model, "layers": [d.layer], "site": d.site, "device": ladder.device,
+                       "dtype": ladder.dtype, "from_pretrained_kwargs": release_model_kwargs(d.release, d.sae_id)}
+    merged["corpus"] = {**merged["corpus"], "source": "hf", "hf": raw["ladder"]["corpora"][d.corpus]}
+    merged["activations"] = {**merged["activations"], "context_length": d.context_length}
+    return parse_params(merged, origin=f"{origin} (ladder run {run})")
+
+
+def add_params_arguments(parser) -> None:
+    """``--params`` and ``--run``, shared by every stage CLI."""
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--run", default=None,
+                        help="a hub-ladder run (ladder.definitions): its model, SAE, corpus and full sizes")
+
+
+def params_from_args(args) -> Params:
+    return load_params(args.params, run=args.run)

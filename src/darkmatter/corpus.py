@@ -768,13 +768,36 @@ def build_offline(
     return records, _card(cfg, "offline", [asdict(c) for c in cards], records)
 
 
+def dataset_location(dataset: str, data_dir: str | None = None) -> str:
+    """What to hand ``datasets.load_dataset``: the Hub id, or offline its snapshot in the HF cache.
+
+    datasets 4.x resolves a Hub id through the Hub API even when every file is cached, so with
+    ``HF_HUB_OFFLINE=1`` it fails on a full cache; the cached snapshot directory loads the same
+    files through the same builder. A local path is used as it is.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if Path(dataset).exists() or not constants.HF_HUB_OFFLINE:
+        return dataset
+    try:
+        return snapshot_download(dataset, repo_type="dataset", local_files_only=True)
+    except LocalEntryNotFoundError:
+        include = f" --include '{data_dir}/*'" if data_dir else ""
+        raise UserError(
+            f"dataset {dataset} is not in the HF cache and HF_HUB_OFFLINE is set; on a machine with access run "
+            f"`hf download {dataset} --repo-type dataset{include}` and copy the HF cache over (HF_HUB_CACHE)"
+        ) from None
+
+
 def build_hf(cfg, load_dataset: Callable[..., Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The hub corpus: the first ``n_docs`` rows of ``cfg.hf.dataset``, cleaned and shuffled."""
     hf = cfg.hf
     if load_dataset is None:
         from datasets import load_dataset
+    location = dataset_location(hf.dataset, hf.data_dir)
     try:
-        ds = load_dataset(hf.dataset, split=hf.split, streaming=hf.streaming)
+        ds = load_dataset(location, data_dir=hf.data_dir, split=hf.split, streaming=hf.streaming)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; one line for the user
         raise UserError(
             f"could not load dataset {hf.dataset!r} split {hf.split!r}: {type(exc).__name__}: "
@@ -794,7 +817,7 @@ def build_hf(cfg, load_dataset: Callable[..., Any] | None = None) -> tuple[list[
     pieces, dup = dedupe(pieces, para_min_chars=math.inf)
     records = mix({"hf": pieces}, cfg.seed)
     source = {
-        "name": "hf", "kind": "hf", "dataset": hf.dataset, "split": hf.split,
+        "name": "hf", "kind": "hf", "dataset": hf.dataset, "data_dir": hf.data_dir, "split": hf.split,
         "text_field": hf.text_field, "licence": "see the dataset card on the Hugging Face Hub",
         "rows_read": rows, "duplicate_documents": stats.duplicate_documents + dup.duplicate_documents,
         "duplicate_paragraphs": stats.duplicate_paragraphs, "pieces_too_short": short,
@@ -905,15 +928,15 @@ def build(cfg, out: Path, downloads: Path = DOWNLOADS, fetcher: Callable[..., Pa
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
 
     parser = argparse.ArgumentParser(description="Build the text corpus (data/corpus/) from params.yaml.")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("data/corpus"))
     parser.add_argument("--downloads", type=Path, default=DOWNLOADS,
                         help="where fetched archives are kept between runs (default: %(default)s)")
     args = parser.parse_args(argv)
-    cfg = load_params(args.params).corpus
+    cfg = params_from_args(args).corpus
     t0 = time.perf_counter()
     card = build(cfg, args.out, args.downloads)
     t = card["totals"]

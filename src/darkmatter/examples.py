@@ -167,14 +167,14 @@ def build(cache, acts: np.ndarray, units: list[dict], cfg, heldout: np.ndarray, 
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.activations import ActivationCache
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
     from darkmatter.models import load_tokenizer, resolve_device
     from darkmatter.residual import latent_chunk_tokens, random_unit_directions
     from darkmatter.sae_eval import check_compatible, load_sae
     from darkmatter.sae_train import split_rows
 
     parser = argparse.ArgumentParser(description="Top, quantile and negative contexts for ICA components and baseline units.")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--sae", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=None, help="default: data/models/<model.name>")
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--comparison", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="examples JSON")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = params_from_args(args)
     cfg = params.examples
     for path in (args.stats, args.components, args.comparison):
         if not path.exists():

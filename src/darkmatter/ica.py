@@ -296,13 +296,13 @@ def plot(result: ICAResult, out_dir: Path) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
     from darkmatter.models import resolve_device
     from darkmatter.residual import latent_chunk_tokens
     from darkmatter.sae_eval import check_compatible, load_sae
 
     parser = argparse.ArgumentParser(description="PCA-whiten the dark matter and run ICA (mixing directions, filters, stability).")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--sae", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--stats", type=Path, required=True, help="the residual stage's stats.npz")
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = params_from_args(args)
     cfg = params.ica
     if not args.stats.exists():
         raise UserError(f"{args.stats} not found; run the residual stage first (`dvc repro residual`)")

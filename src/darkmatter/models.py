@@ -17,6 +17,7 @@ Hub models load by TransformerLens name with SAELens's per-release ``from_pretra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -114,7 +115,6 @@ def prepare_weights(name: str, out_dir: Path, scratch: Path) -> dict:
             "model": name,
             "source": "hub",
             "tl_name": spec.tl_name,
-            "from_pretrained_kwargs": spec.from_pretrained_kwargs,
             "licence": spec.licence,
             "note": "hub model: TransformerLens loads it from the HF cache at run time",
         }
@@ -245,7 +245,29 @@ def load_tokenizer(name: str, weights_dir: Path | None = None):
         if weights_dir is None or not (Path(weights_dir) / "tokenizer_config.json").exists():
             raise UserError(f"no prepared tokenizer for {name} in {weights_dir}; run `dvc repro model` first")
         return AutoTokenizer.from_pretrained(weights_dir)
-    return AutoTokenizer.from_pretrained(spec.tl_name)
+    with hub_errors(spec):
+        return AutoTokenizer.from_pretrained(spec.tl_name)
+
+
+@contextlib.contextmanager
+def hub_errors(spec: ModelSpec):
+    """A hub model missing from the HF cache, with no Hub to fetch it from, becomes one line."""
+    try:
+        yield
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load {spec.name} from the Hub or the HF cache ({first[:160]}); on a machine with "
+                        f"access run `hf download {spec.tl_name}` and copy the HF cache over (HF_HUB_CACHE)") from None
+
+
+def hub_config(name: str):
+    """TransformerLens's config of a hub model without its weights: the true ``d_model`` and
+    ``n_layers`` (from ``config.json`` in the HF cache, or TransformerLens's built-in table)."""
+    spec = spec_for(name)
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    with hub_errors(spec):
+        return get_pretrained_model_config(spec.tl_name)
 
 
 def load_subject(
@@ -253,11 +275,14 @@ def load_subject(
     weights_dir: Path | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    from_pretrained_kwargs: dict | None = None,
 ) -> SubjectModel:
     """Load a subject model by registry name.
 
     Offline models read the ``model`` stage's safetensors copy from ``weights_dir``; hub models
-    go through TransformerLens (and the HF cache) by their official name.
+    go through TransformerLens (and the HF cache) by their official name, with the SAE
+    release's ``from_pretrained_kwargs`` (e.g. ``center_writing_weights``) and no other weight
+    processing.
     """
     spec = spec_for(name)
     if spec.offline and (weights_dir is None or not (Path(weights_dir) / "config.json").exists()):
@@ -282,9 +307,10 @@ def load_subject(
             model = _hook_local(Path(weights_dir), hf_model, tokenizer, device, torch_dtype)
         del hf_model
     else:
-        model = HookedTransformer.from_pretrained_no_processing(
-            spec.tl_name, device=device, dtype=torch_dtype, **spec.from_pretrained_kwargs
-        )
+        with hub_errors(spec):
+            model = HookedTransformer.from_pretrained_no_processing(
+                spec.tl_name, device=device, dtype=torch_dtype, **(from_pretrained_kwargs or {})
+            )
     model.eval()
     return SubjectModel(spec=spec, model=model, device=device)
 

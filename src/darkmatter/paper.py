@@ -31,18 +31,13 @@ from pathlib import Path
 from darkmatter.autointerp import CI_LEVEL
 from darkmatter.errors import UserError, cli
 
-#: Hub-ladder rows of the paper's ladder table: label, metrics directory under metrics/ (written
-#: by the ladder stages when a run exists), SAE description.
-LADDER = (
-    ("GPT-2 small", "ladder/gpt2-small", "SAELens \\texttt{gpt2-small-res-jb}, resid\\_pre 6"),
-    ("Gemma 3 270M", "ladder/gemma-3-270m-gs2", "Gemma Scope 2, 16k and 262k, layer 9"),
-    ("Gemma 3 1B", "ladder/gemma-3-1b", "Gemma Scope 2, 16k and 262k, layer 13"),
-    ("Gemma 3 4B", "ladder/gemma-3-4b", "Gemma Scope 2, layer 17"),
-)
 REQUIRED = ("activations", "sae_train", "sae_eval", "residual", "ica", "compare")
+#: A ladder run loads its SAE (``sae_load``) instead of training one.
+LADDER_REQUIRED = ("activations", "sae_load", "sae_eval", "residual", "ica", "compare")
 LATER = ("autointerp", "probes", "causal")
 MODEL_NAMES = {"gemma-3-270m": "Gemma 3 270M", "smollm2-135m": "SmolLM2 135M"}
 NOT_RUN = "\\textit{not run}"
+PLANNED = "\\textit{planned}"
 
 
 # ---- formatting: the one place where numbers become text ------------------------------------
@@ -86,10 +81,10 @@ def fmt_p(p: float | None) -> str:
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-def read_run(metrics_dir: Path, required: bool) -> dict | None:
+def read_run(metrics_dir: Path, required: bool, names: tuple[str, ...] = REQUIRED) -> dict | None:
     """The metrics of one run (``None`` if absent and not required)."""
     out = {}
-    for name in REQUIRED:
+    for name in names:
         path = metrics_dir / f"{name}.json"
         if not path.exists():
             if required:
@@ -215,6 +210,11 @@ def macros(run: dict, params, card: dict | None) -> dict[str, str]:
     return m
 
 
+def ladder_macros(ladder: list[tuple[str, str, dict | None | str]]) -> dict[str, str]:
+    runnable = [r for _, _, r in ladder if r != "planned"]
+    return {"LadderDone": fmt_count(sum(r is not None for r in runnable)), "LadderRunnable": fmt_count(len(runnable))}
+
+
 def _n_layers(name: str) -> int:
     from darkmatter.registry import MODELS
 
@@ -274,17 +274,36 @@ def dark_matter_table(res: dict) -> str:
     return table("lrr", ["quantity", "no special", "with special"], rows)
 
 
-def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, dict | None, str]]) -> str:
+def tex_escape(text: str) -> str:
+    return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
+
+
+def ladder_rows(params, metrics_root: Path) -> list[tuple[str, str, dict | None | str]]:
+    """(label, SAE, metrics) per ladder definition: metrics, None (not run) or "planned"."""
+    rows = []
+    for name, run in params.ladder.definitions.items():
+        sae = f"\\texttt{{{tex_escape(run.release)}}} {tex_escape(run.sae_id)}"
+        found = "planned" if run.planned else read_run(metrics_root / "ladder" / name, False, LADDER_REQUIRED)
+        rows.append((tex_escape(run.label), sae, found))
+    return rows
+
+
+def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, str, dict | None | str]]) -> str:
     def cells(r):
-        if r is None:
-            return [NOT_RUN] * 4
+        if r is None or r == "planned":  # one marker, the numeric cells left empty
+            return [NOT_RUN if r is None else PLANNED] + [""] * 4
+        ai = r["autointerp"]
+        detect = (f"{fmt_fixed(ai['groups']['ica']['balanced_accuracy']['mean'], 2)} / "
+                  f"{fmt_fixed(ai['groups']['random']['balanced_accuracy']['mean'], 2)}"
+                  if ai and ai["groups"]["ica"]["balanced_accuracy"] and ai["groups"]["random"]["balanced_accuracy"]
+                  else NOT_RUN)
         return [fmt_fixed(r["residual"]["dark_matter_fraction"]), fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
                 f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
-                f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}"]
+                f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}", detect]
 
     rows = [[main_label, "trained here (JumpReLU, CPU)", *cells(run)]]
-    rows += [[label, sae, *cells(r)] for label, r, sae in ladder]
-    return table("llrrrr", ["model", "SAE", "FVU", "$R^2$", "stable", "novel"], rows)
+    rows += [[label, sae, *cells(r)] for label, sae, r in ladder]
+    return table("llrrrrr", ["model", "SAE", "FVU", "$R^2$", "stable", "novel", "detect ICA / random"], rows)
 
 
 def layers_table(runs: dict[int, dict | None]) -> str:
@@ -376,14 +395,14 @@ def generate(params, metrics_root: Path, out: Path, card_path: Path | None = Non
     """Write every generated file; returns their paths. Raises before writing if inputs are missing."""
     main = read_run(metrics_root / f"layer{params.model.layer}", required=True)
     layer_runs = {layer: read_run(metrics_root / f"layer{layer}", required=False) for layer in params.model.layers}
-    ladder = [(label, read_run(metrics_root / d, required=False), sae) for label, d, sae in LADDER]
+    ladder = ladder_rows(params, metrics_root)
     sweep_path = metrics_root / "sae_sweep.json"
     if not sweep_path.exists():
         raise UserError(f"{sweep_path} is missing; run `dvc repro sae_sweep` before generating the paper")
     sweep = json.loads(sweep_path.read_text())
     card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None
     files = {
-        "macros.tex": macro_file(macros(main, params, card)),
+        "macros.tex": macro_file({**macros(main, params, card), **ladder_macros(ladder)}),
         "tab_dark_matter.tex": dark_matter_table(main["residual"]),
         "tab_compare.tex": compare_table(main["compare"]),
         "tab_ladder.tex": ladder_table(MODEL_NAMES.get(params.model.name, params.model.name), main, ladder),

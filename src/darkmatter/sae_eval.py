@@ -190,18 +190,18 @@ def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_thresho
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from darkmatter.config import load_params
+    from darkmatter.config import add_params_arguments, params_from_args
     from darkmatter.models import load_subject
 
     parser = argparse.ArgumentParser(description="Evaluate an SAE on held-out tokens (reconstruction and LM loss).")
-    parser.add_argument("--params", default="params.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--sae", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=None, help="default: data/models/<model.name>")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--lm-rows", type=int, default=None, help="override sae_eval.lm_rows")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = params_from_args(args)
     cache = ActivationCache.open(args.cache)
     sae = load_sae(args.sae)
     report = {"sae": str(args.sae), "hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = np.asarray(cache.tokens).reshape(-1, context)[rows]
     special = np.asarray(cache.special).reshape(-1, context)[rows]
     subject = load_subject(params.model.name, args.weights or Path("data/models") / params.model.name,
-                           device=params.model.device, dtype=params.model.dtype)
+                           device=params.model.device, dtype=params.model.dtype,
+                           from_pretrained_kwargs=params.model.from_pretrained_kwargs)
     report["lm"] = lm_stats(subject, sae, tokens, special, cache.meta["hook_name"], params.sae_eval.lm_batch_rows)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
