@@ -142,3 +142,15 @@ def test_an_sae_that_does_not_fit_the_run_fails_before_compute(hf_cache):
     moved = run.__class__(**{**run.__dict__, "layer": 7})
     with pytest.raises(UserError, match=re.escape("reads blocks.6.hook_resid_pre but the run says blocks.7.hook_resid_pre")):
         check_fits(sae, moved, 48)
+
+
+def test_a_hub_model_or_dataset_missing_offline_is_one_line(hf_cache):
+    from darkmatter.corpus import dataset_location
+    from darkmatter.models import load_subject
+
+    with pytest.raises(UserError, match=r"cannot load gpt2 from the Hub or the HF cache .*run `hf download gpt2`") as info:
+        load_subject("gpt2", device="cpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=re.escape(
+            "run `hf download HuggingFaceFW/fineweb --repo-type dataset --include 'sample/10BT/*'`")):
+        dataset_location("HuggingFaceFW/fineweb", "sample/10BT")
