@@ -28,6 +28,12 @@ WeightDtype = Literal["float32", "bfloat16", "float16"]
 StoreDtype = Literal["float32", "float16"]
 
 
+def _check_layer_in_range(model: str, layer: int) -> None:
+    n_layers = MODELS[model].n_layers
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range for {model}; allowed: 0..{n_layers - 1}")
+
+
 @dataclass(config=STRICT, frozen=True)
 class ModelConfig:
     """The subject model and the residual-stream site whose activations we study."""
@@ -54,12 +60,8 @@ class ModelConfig:
 
     @model_validator(mode="after")
     def _layers_in_range(self) -> ModelConfig:
-        n_layers = MODELS[self.name].n_layers
         for layer in self.layers:
-            if not 0 <= layer < n_layers:
-                raise ValueError(
-                    f"layer {layer} out of range for {self.name}; allowed: 0..{n_layers - 1}"
-                )
+            _check_layer_in_range(self.name, layer)
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers {list(self.layers)} has duplicates")
         if self.dtype != "float32" and self.device == "cpu":
@@ -353,8 +355,7 @@ class LadderRun:
         if spec is None or spec.source != "hub":
             hub = [name for name, m in MODELS.items() if m.source == "hub"]
             raise ValueError(f"model {self.model!r} is not a hub model; allowed: {', '.join(hub)}")
-        if self.layer >= spec.n_layers:
-            raise ValueError(f"layer {self.layer} out of range for {self.model}; allowed: 0..{spec.n_layers - 1}")
+        _check_layer_in_range(self.model, self.layer)
         return self
 
 

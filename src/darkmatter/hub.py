@@ -119,20 +119,10 @@ def check_fits(sae, run, d_model: int) -> None:
                         f"{d_model}; the SAE belongs to another model")
 
 
-def sha256_state(sae) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(sae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import load_params
-    from darkmatter.models import hub_config
+    from darkmatter.models import hub_config, sha256_file
 
     parser = argparse.ArgumentParser(description="Load a ladder run's pretrained SAE (SAELens) and save it to disk.")
     parser.add_argument("--params", default="params.yaml")
@@ -140,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args(argv)
-    run = load_params(args.params, run=args.run).ladder.definitions[args.run]  # validates run and release first
+    params = load_params(args.params, run=args.run)  # validates the run and its release first
+    run = params.ladder.definitions[args.run]
     sae = load_pretrained_sae(run.release, run.sae_id)
     check_fits(sae, run, hub_config(run.model).d_model)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"run": args.run, "release": run.release, "sae_id": run.sae_id, "repo_id": entry["repo_id"],
               "path": info["path"], "architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in,
               "d_sae": sae.cfg.d_sae, "hook_name": sae.cfg.metadata.hook_name,
-              "model_from_pretrained_kwargs": release_model_kwargs(run.release, run.sae_id),
-              "published_l0": info.get("l0"), "weights_sha256": sha256_state(sae)}
+              "model_from_pretrained_kwargs": params.model.from_pretrained_kwargs,
+              "published_l0": info.get("l0"), "weights_sha256": sha256_file(args.out / "sae_weights.safetensors")}
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
