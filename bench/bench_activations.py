@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_seconds, roofline_seconds, write_section  # noqa: E402
 from conftest import prepared_weights  # noqa: E402
 
-from darkmatter.models import load_subject  # noqa: E402
+from darkmatter.data.models import load_subject  # noqa: E402
 
 
 def block_gemms(cfg, batch: int, context: int) -> list[tuple[int, int, int, int, int]]:

@@ -22,24 +22,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_section  # noqa: E402
 
-from darkmatter.ica import Whitener, match, run_ica, to_components  # noqa: E402
-from darkmatter.residual import pca  # noqa: E402
+from darkmatter.analysis.ica import Whitener, match, run_ica, to_components  # noqa: E402
+from darkmatter.analysis.residual import pca  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def real_data(k: int, tokens: int, layer: int):
-    from darkmatter.activations import ActivationCache
-    from darkmatter.ica import target_rows, whitened_target
-    from darkmatter.sae_eval import load_sae
+def real_data(k: int, tokens: int, run: str):
+    from darkmatter.data.activations import ActivationCache
+    from darkmatter.analysis.ica import target_rows, whitened_target
+    from darkmatter.sae.io import load_sae
 
-    stats = dict(np.load(REPO / f"data/layer{layer}/residual/stats.npz"))
-    cache = ActivationCache.open(REPO / f"data/layer{layer}/activations")
-    sae = load_sae(REPO / f"data/layer{layer}/sae")
+    stats = dict(np.load(REPO / f"data/runs/{run}/residual/stats.npz"))
+    cache = ActivationCache.open(REPO / f"data/runs/{run}/activations")
+    sae = load_sae(REPO / f"data/runs/{run}/sae")
     values = stats["pca_residual_values"]
     whitener = Whitener.from_pca(stats["mean_residual"], values, stats["pca_residual_vectors"], k)
     z, _ = whitened_target(sae, cache, target_rows(cache, tokens, 0), whitener, "residual", stats, 8192)
-    return z, whitener, float(values.sum()), f"layer-{layer} SAE residual of the default run, {len(z):,} non-special tokens"
+    return z, whitener, float(values.sum()), f"SAE residual of run {run}, {len(z):,} non-special tokens"
 
 
 def synthetic_data(k: int, tokens: int):
@@ -57,12 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=65536)
-    parser.add_argument("--layer", type=int, default=9)
+    parser.add_argument("--run", default="gemma-3-270m-l9", help="a run built by dvc repro")
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--synthetic", action="store_true")
     args = parser.parse_args()
 
-    z, whitener, total, what = synthetic_data(args.k, args.tokens) if args.synthetic else real_data(args.k, args.tokens, args.layer)
+    z, whitener, total, what = synthetic_data(args.k, args.tokens) if args.synthetic else real_data(args.k, args.tokens, args.run)
     runs, comps = {}, {}
     for backend in ("picard", "fastica"):
         runs[backend] = run_ica(z, backend, 0, args.max_iter)

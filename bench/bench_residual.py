@@ -1,8 +1,8 @@
 """Residual-pass throughput vs the fp32 GEMM roofline of the SAE it runs.
 
-    python bench/bench_residual.py [--tokens 32768] [--layer 9]
+    python bench/bench_residual.py [--tokens 32768] [--run gemma-3-270m-l9]
 
-The residual stage (``darkmatter.residual.accumulate``) runs the SAE on every token (encode
+The residual stage (``darkmatter.analysis.residual.accumulate``) runs the SAE on every token (encode
 x·W_enc and decode f·W_dec, 2·d·d_sae FLOPs each) and accumulates float64 statistics (power
 sums, ridge and covariance moments, latent moments). Three numbers, taken in one run on the
 default run's cache and SAE: the full pass, the SAE forward alone over the same chunks (the
@@ -28,18 +28,19 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     import torch
 
-    from darkmatter.activations import ActivationCache
+    from darkmatter.data.activations import ActivationCache
     from darkmatter.config import ResidualConfig
-    from darkmatter.residual import MAX_CHUNK_TOKENS, accumulate
-    from darkmatter.sae_eval import load_sae
+    from darkmatter.analysis.residual import accumulate
+    from darkmatter.analysis.stream import MAX_CHUNK_TOKENS
+    from darkmatter.sae.io import load_sae
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=32768)
-    parser.add_argument("--layer", type=int, default=9)
+    parser.add_argument("--run", default="gemma-3-270m-l9", help="a run built by dvc repro")
     args = parser.parse_args()
 
-    cache = ActivationCache.open(REPO / f"data/layer{args.layer}/activations")
-    sae = load_sae(REPO / f"data/layer{args.layer}/sae")
+    cache = ActivationCache.open(REPO / f"data/runs/{args.run}/activations")
+    sae = load_sae(REPO / f"data/runs/{args.run}/sae")
     n_rows = args.tokens // cache.meta["context_length"]
 
     class Prefix:  # the first ``tokens`` tokens of the cache, same format
@@ -62,7 +63,7 @@ def main() -> None:
     reference = best_seconds(forward_only, repeats=2)
     roofline, gflops = roofline_seconds([(n // chunk, 1, chunk, d, width), (n // chunk, 1, chunk, width, d)])
     rows = [
-        ("SAE", f"d_in {d}, width {width} (`data/layer{args.layer}/sae`), {n:,} cached tokens, chunks of {chunk}"),
+        ("SAE", f"d_in {d}, width {width} (`data/runs/{args.run}/sae`), {n:,} cached tokens, chunks of {chunk}"),
         ("roofline: encode + decode GEMMs alone", f"{n / roofline:,.0f} tok/s ({gflops:.0f} GFLOP/s)"),
         ("reference: SAE forward only, same chunks", f"{n / reference:,.0f} tok/s"),
         ("**ours: full residual pass** (all statistics)", f"**{n / ours:,.0f} tok/s**"),

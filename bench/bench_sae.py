@@ -3,7 +3,7 @@
     python bench/bench_sae.py [--width 4096] [--batch 1024] [--steps 30]
 
 One training step (forward + backward, SAELens ``JumpReLUTrainingSAE`` driven by
-``SAETrainer.step`` as in ``darkmatter.sae_train``) does five GEMMs:
+``SAETrainer.step`` as in ``darkmatter.sae.train``) does five GEMMs:
 x·W_enc, f·W_dec, and in the backward fᵀ·g (∂W_dec), g·W_decᵀ (∂f) and xᵀ·g_pre (∂W_enc).
 The roofline is the time those five GEMMs take when timed alone, each at its best of 5; the
 ratio exposes everything else (JumpReLU, losses, Adam, decoder-norm projection, data gather).
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import roofline_seconds, write_section  # noqa: E402
 
 from darkmatter.config import SAEConfig  # noqa: E402
-from darkmatter.sae_train import TokenBatches, build_training_sae  # noqa: E402
+from darkmatter.sae.train import TokenBatches, build_training_sae  # noqa: E402
 
 
 def main() -> None:

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1
 dvc repro "$@"
 dvc metrics show --json > /dev/null  # fails loudly if a metrics file is unreadable
-echo "reproduce: done. Paper: paper/main.pdf ($(pdfinfo paper/main.pdf | awk '/^Pages/ {print $2}') pages); dashboard: reports/layer*/index.html"
+echo "reproduce: done. Paper: paper/main.pdf ($(pdfinfo paper/main.pdf | awk '/^Pages/ {print $2}') pages); dashboards: reports/runs/*/index.html"

@@ -23,8 +23,8 @@ def tiny_subject():
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from darkmatter.models import SubjectModel
-    from darkmatter.registry import ModelSpec
+    from darkmatter.data.models import SubjectModel
+    from darkmatter.config import ModelSpec
 
     torch.manual_seed(0)
     cfg = HookedTransformerConfig(
@@ -52,7 +52,7 @@ def prepared_weights(name: str) -> Path:
     Reuses ``data/models/<name>`` when `dvc repro` already built it; otherwise builds a copy
     under ``data/scratch/test-models`` (gitignored) that later test runs reuse.
     """
-    from darkmatter.models import prepare_weights
+    from darkmatter.data.models import prepare_weights
 
     built = REPO / "data/models" / name
     if (built / "model.safetensors").exists():
@@ -70,7 +70,7 @@ def gemma_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def gemma(gemma_weights):
-    from darkmatter.models import load_subject
+    from darkmatter.data.models import load_subject
 
     return load_subject("gemma-3-270m", gemma_weights, device="cpu")
 

@@ -5,57 +5,69 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from darkmatter.config import load_params, parse_params
 from darkmatter.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
+MAIN = "run_definitions.gemma-3-270m-l9"
 
 
 def _with(path: str, value):
     raw = copy.deepcopy(RAW)
-    *parents, leaf = path.split(".")
+    *parents, leaf = path.replace(MAIN, "run_definitions/gemma-3-270m-l9").split(".")
     node = raw
     for key in parents:
-        node = node[key]
+        for part in key.split("/"):
+            node = node[part]
     node[leaf] = value
     return raw
 
 
 def test_repo_params_load():
     params = load_params(REPO / "params.yaml")
-    assert params.model.name == "gemma-3-270m" and params.model.layer == 9
-    assert {s.name for s in params.corpus.offline_sources} == {"python-docs", "linux-docs", "shakespeare"}
+    main = params.main
+    assert (main.name, main.model.name, main.layer, main.context_length) == ("gemma-3-270m-l9", "gemma-3-270m", 9, 128)
+    assert main.sae_source.source == "train" and main.corpus.kind == "offline"
+    assert {s.name for s in main.corpus.sources} == {"python-docs", "linux-docs", "shakespeare"}
+    assert main.ica == params.ica, "the cpu profile overrides nothing"
 
 
 @pytest.mark.parametrize(
     "path, value, expected",
     [
-        ("model.name", "gpt-5", "model.name: unknown model 'gpt-5'; allowed: gemma-3-270m, smollm2-135m"),
-        ("model.layers", [18], "layer 18 out of range for gemma-3-270m; allowed: 0..17"),
-        ("model.layers", [9, -1], "allowed: 0..17"),
-        ("model.layers", [9, 9], "layers [9, 9] has duplicates"),
-        ("model.layers", [], "model.layers: Tuple should have at least 1 item"),
-        ("model.site", "mlp_out", "model.site: 'mlp_out' is not allowed; allowed: 'resid_pre' or 'resid_post'"),
-        ("model.dtype", "int4", "model.dtype: 'int4' is not allowed"),
+        (f"{MAIN}.subject.model", "gpt-5", f"{MAIN}.subject.model: unknown model 'gpt-5'; allowed: gemma-3-270m, smollm2-135m"),
+        (f"{MAIN}.subject.layer", 18, "layer 18 out of range for gemma-3-270m; allowed: 0..17"),
+        (f"{MAIN}.subject.layer", -1, f"{MAIN}.subject.layer: Input should be greater than or equal to 0"),
+        (f"{MAIN}.subject.site", "mlp_out", "subject.site: 'mlp_out' is not allowed; allowed: 'resid_pre' or 'resid_post'"),
+        (f"{MAIN}.subject.dtype", "int4", "subject.dtype: 'int4' is not allowed"),
+        (f"{MAIN}.subject.lyer", 9, f"{MAIN}.subject.lyer: unknown key; allowed: model, layer, site"),
+        (f"{MAIN}.data.corpus", "web", f"{MAIN}.data.corpus: 'web' is not in corpora; allowed: offline, openwebtext"),
+        (f"{MAIN}.sae", {"source": "pretrained"}, "a pretrained SAE needs release and sae_id"),
+        (f"{MAIN}.sizes", {"ica": {}}, f"{MAIN}.sizes.activations: Field required; name every section ({{}} for none)"),
+        (f"{MAIN}.sizes.ica", {"seeds": 0}, f"{MAIN}.sizes.ica: seeds: Input should be greater than 0"),
+        (f"{MAIN}.sizes.ica", {"sedes": 3}, f"{MAIN}.sizes.ica: sedes: unknown key; allowed: target, n_components"),
+        ("runs", [], "runs: Tuple should have at least 1 item"),
+        ("runs", ["gemma-3-270m-l9", "gemma-3-270m-l9"], "runs: ['gemma-3-270m-l9', 'gemma-3-270m-l9'] has duplicates"),
+        ("main_run", "gpt2-small", "main_run: 'gpt2-small' is not in runs ['gemma-3-270m-l9']; add it there"),
         ("activations.n_tokens", 0, "activations.n_tokens: Input should be greater than 0"),
-        ("activations.n_tokens", -5, "activations.n_tokens"),
-        ("activations.chunk_tokens", 1000, "chunk_tokens 1000 must be a multiple of context_length 128"),
+        ("activations.chunk_tokens", 1000, "activations.chunk_tokens 1000 must be a multiple of data.context_length 128"),
         ("activations.store_dtype", "bfloat16", "allowed: 'float32' or 'float16'"),
-        ("activations.n_tokns", 5, "activations.n_tokns: unknown key; allowed: context_length, n_tokens"),
-        ("corpus.source", "web", "corpus.source: 'web' is not allowed; allowed: 'offline' or 'hf'"),
-        ("corpus.offline_sources", [], "source is 'offline' but offline_sources is empty"),
+        ("activations.n_tokns", 5, "activations.n_tokns: unknown key; allowed: n_tokens, chunk_tokens"),
+        ("corpora.offline.kind", "web", "corpora.offline.kind: 'web' is not allowed; allowed: 'offline' or 'hub'"),
+        ("corpora.offline.sources", [], "an offline corpus needs sources and no dataset"),
+        ("corpus.min_chars", 5000, "min_chars must be smaller than max_chars"),
         ("sae.sparsity", "tanh", "sae.sparsity: 'tanh' is not allowed; allowed: 'step' or 'quadratic'"),
         ("sae.sparsity", "quadratic", "sparsity 'quadratic' needs target_l0"),
         ("sae.target_l0", 10**6, "target_l0 1000000.0 exceeds width 4096"),
         ("sae.width", 0, "sae.width: Input should be greater than 0"),
         ("sae.heldout_fraction", 1.0, "sae.heldout_fraction: Input should be less than 1"),
         ("sae.optimiser", "sgd", "sae.optimiser: unknown key; allowed: width, sparsity"),
+        ("ica.backend", "foo", "ica.backend: 'foo' is not allowed; allowed: 'picard' or 'fastica'"),
         ("sae_sweep.l0_coefficients", [], "sae_sweep.l0_coefficients: Tuple should have at least 1 item"),
         ("sae_sweep.l0_coefficients", [0.001, -1], "sae_sweep.l0_coefficients.1: Input should be greater than 0"),
     ],
@@ -69,36 +81,44 @@ def test_bad_params_fail_with_one_line(path, value, expected):
 
 
 def test_layer_range_follows_the_model():
-    params = parse_params(_with("model", {"name": "smollm2-135m", "layers": [29, 3]}))
-    assert params.model.layer == 29, "the first listed layer is the main layer"
+    raw = _with(f"{MAIN}.subject", {"model": "smollm2-135m", "layer": 29})
+    assert parse_params(raw).main.layer == 29
     with pytest.raises(ConfigError, match="allowed: 0..29"):
-        parse_params(_with("model", {"name": "smollm2-135m", "layers": [30]}))
-
-
-def test_stage_layer_must_be_listed():
-    model = parse_params(_with("model.layers", [9, 4])).model
-    assert model.check_layer(4) == 4
-    with pytest.raises(ConfigError, match=r"layer 5 is not in model.layers \[9, 4\]; add it there"):
-        model.check_layer(5)
+        parse_params(_with(f"{MAIN}.subject", {"model": "smollm2-135m", "layer": 30}))
 
 
 def test_bf16_on_cpu_is_refused():
     with pytest.raises(ConfigError, match="use float32 on cpu"):
-        parse_params(_with("model", {"name": "gemma-3-270m", "device": "cpu", "dtype": "bfloat16"}))
+        parse_params(_with(f"{MAIN}.subject", {"model": "gemma-3-270m", "layer": 9, "device": "cpu", "dtype": "bfloat16"}))
+
+
+def test_a_run_merges_its_sizes_over_the_sections():
+    raw = _with(f"{MAIN}.sizes", {**RAW["size_profiles"]["cpu"], "ica": {"max_tokens": 1000}})
+    params = parse_params(raw)
+    assert params.main.ica.max_tokens == 1000 and params.ica.max_tokens == 65536
+    assert params.main.ica.seeds == params.ica.seeds, "what the override does not name comes from the section"
+
+
+def test_an_unknown_run_is_one_line():
+    with pytest.raises(ConfigError, match="run 'nope' is not defined in run_definitions; allowed: gemma-3-270m-l9"):
+        load_params(REPO / "params.yaml").run("nope")
 
 
 @pytest.mark.parametrize(
     "module, args",
-    [("darkmatter.activations", ["--out", "acts", "--metrics", "m.json"]), ("darkmatter.models", [])],
+    [("darkmatter.data.activations", ["--corpus", "c", "--weights", "w", "--out", "acts", "--metrics", "m.json"]),
+     ("darkmatter.data.models", ["--out", "m"]), ("darkmatter.validate", ["--out", "ok"])],
 )
 def test_stage_cli_fails_fast_on_bad_params(tmp_path, module, args):
     """The stage exits 2 with a single `error:` line before loading any model."""
     bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump(_with("model.layers", [99])))
+    bad.write_text(yaml.safe_dump(_with(f"{MAIN}.subject.layer", 99)))
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--params", str(bad), *args],
+        [sys.executable, "-m", module, "--params", str(bad), *(["--run", "gemma-3-270m-l9"] if module != "darkmatter.validate" else []),
+         *args],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"error: {bad}: model: layer 99 out of range for gemma-3-270m; allowed: 0..17"]
+    assert lines == [f"error: {bad}: {MAIN}.subject: layer 99 out of range for gemma-3-270m; allowed: 0..17"]
+    assert not (tmp_path / "ok").exists()

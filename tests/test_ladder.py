@@ -1,7 +1,9 @@
-"""The hub ladder end to end, offline: `dvc repro` of the ladder stages through the real
-TransformerLens / SAELens / datasets loaders on a hand-made HF cache (HF_HUB_OFFLINE=1), then
-autointerp through the real anthropic client on a loopback server, then the paper's tables."""
+"""The hub ladder end to end, offline: `dvc repro` of a pretrained-SAE run's stages (the same
+per-run stages as the default run) through the real TransformerLens / SAELens / datasets loaders
+on a hand-made HF cache (HF_HUB_OFFLINE=1), then autointerp through the real anthropic client on
+a loopback server, then the paper's tables."""
 
+import copy
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ from hub_fixtures import gemma_scope_2_sae, hub_copy_of, jb_sae, text_dataset, t
 
 SMALL = {
     "activations": {"n_tokens": 4096, "chunk_tokens": 2048, "batch_size": 8},
+    "sae": {},
     "sae_eval": {"lm_rows": 2, "lm_batch_rows": 2},
     "residual": {"n_random_directions": 16},
     "ica": {"max_tokens": 3000, "max_components": 8, "seeds": 2},
@@ -29,7 +32,7 @@ SMALL = {
 
 
 def workspace(tmp_path, runs, edit=None):
-    """A copy of the pipeline (dvc.yaml, params.yaml with ``runs`` switched on, src, metrics)."""
+    """A copy of the pipeline (dvc.yaml, params.yaml with ``runs`` added at small sizes, src, metrics)."""
     ws = tmp_path / "ws"
     ws.mkdir()
     for name in ("dvc.yaml", ".dvcignore"):
@@ -37,9 +40,14 @@ def workspace(tmp_path, runs, edit=None):
     for name in ("src", "metrics"):
         shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["ladder"] |= {"runs": runs, "device": "cpu", "overrides": SMALL}
-    for corpus in raw["ladder"]["corpora"].values():
-        corpus["n_docs"] = 200
+    raw["runs"] = [raw["main_run"], *runs]
+    for name in runs:
+        definition = raw["run_definitions"][name]
+        definition["sizes"] = copy.deepcopy(SMALL)
+        definition["subject"]["device"] = "cpu"
+    for corpus in raw["corpora"].values():
+        if corpus["kind"] == "hub":
+            corpus["n_docs"] = 200
     if edit:
         edit(raw)
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -68,17 +76,18 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     text_dataset(cache, "Skylion007/openwebtext", n_docs=200)
     ws = workspace(tmp_path, ["gpt2-small"])
     env = _env(tmp_path, cache)
-    dvc_repro(ws, env, "ladder_dashboard@gpt2-small", "ladder_eval_sae@gpt2-small")
+    dvc_repro(ws, env, "dashboard@gpt2-small", "eval_sae@gpt2-small")
 
-    metrics = ws / "metrics/ladder/gpt2-small"
-    loaded = json.loads((metrics / "sae_load.json").read_text())
-    assert loaded["hook_name"] == "blocks.6.hook_resid_pre" and loaded["architecture"] == "standard"
+    metrics = ws / "metrics/runs/gpt2-small"
+    loaded = json.loads((metrics / "sae.json").read_text())
+    assert loaded["source"] == "pretrained" and loaded["hook_name"] == "blocks.6.hook_resid_pre"
+    assert loaded["architecture"] == "standard"
     assert loaded["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
-    meta = json.loads((ws / "data/ladder/gpt2-small/activations/meta.json").read_text())
+    meta = json.loads((ws / "data/runs/gpt2-small/activations/meta.json").read_text())
     assert meta["model"] == "gpt2" and meta["hook_name"] == "blocks.6.hook_resid_pre" and meta["context_length"] == 128
     # center_writing_weights reached TransformerLens: every write to the residual stream is centred,
     # so each token's activation has zero mean over d_model (random GPT-2 weights are not centred).
-    acts = np.load(ws / "data/ladder/gpt2-small/activations/acts.npy")
+    acts = np.load(ws / "data/runs/gpt2-small/activations/acts.npy")
     assert np.abs(acts.mean(axis=1)).max() < 1e-4 * np.sqrt((acts ** 2).mean())
     residual = json.loads((metrics / "residual.json").read_text())
     assert 0 < residual["dark_matter_fraction"] < 10 and residual["hook_name"] == "blocks.6.hook_resid_pre"
@@ -86,12 +95,12 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     assert ica["n_components"] == 8 and ica["all_converged"]
     assert json.loads((metrics / "compare.json").read_text())["ica"]["n"] == 8
     assert np.isfinite(json.loads((metrics / "sae_eval.json").read_text())["lm"]["delta_loss"])
-    assert (ws / "reports/ladder/gpt2-small/index.html").stat().st_size > 1000
-    card = json.loads((ws / "data/ladder/gpt2-small/corpus/card.json").read_text())
+    assert (ws / "reports/runs/gpt2-small/index.html").stat().st_size > 1000
+    card = json.loads((ws / "data/runs/gpt2-small/corpus/card.json").read_text())
     assert card["sources"][0]["dataset"] == "Skylion007/openwebtext" and card["sources"][0]["rows_read"] == 200
 
     # Autointerp on the ladder row: the real anthropic client against a Messages API on 127.0.0.1.
-    from darkmatter import autointerp
+    from darkmatter.interp import autointerp
 
     raw = yaml.safe_load((ws / "params.yaml").read_text())
     with FakeAnthropic() as server:
@@ -100,17 +109,18 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-ladder")
         monkeypatch.chdir(ws)
         autointerp.main(["--params", "params_ai.yaml", "--run", "gpt2-small",
-                         "--examples", "data/ladder/gpt2-small/examples/examples.json",
-                         "--cache", "data/ladder/gpt2-small/autointerp_cache",
-                         "--out", "data/ladder/gpt2-small/autointerp/results.json",
-                         "--metrics", "metrics/ladder/gpt2-small/autointerp.json",
-                         "--figures", "figures/ladder/gpt2-small/autointerp"])
+                         "--examples", "data/runs/gpt2-small/examples/examples.json",
+                         "--cache", "data/runs/gpt2-small/autointerp_cache",
+                         "--out", "data/runs/gpt2-small/autointerp/results.json",
+                         "--metrics", "metrics/runs/gpt2-small/autointerp.json",
+                         "--figures", "figures/runs/gpt2-small/autointerp"])
     report = json.loads((metrics / "autointerp.json").read_text())
     assert report["groups"]["ica"]["n_units"] == 8 and report["groups"]["random"]["n_units"] == 4
     assert report["usage"]["calls"] > 0 and report["cost_usd"] > 0
 
-    proc = subprocess.run([sys.executable, "-m", "darkmatter.paper", "generate", "--params", "params.yaml",
-                           "--metrics", "metrics", "--out", "generated"], cwd=ws, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "darkmatter.paper.generate", "--params", "params.yaml",
+                           "--metrics", "metrics", "--card", "none.json", "--out", "generated"],
+                          cwd=ws, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     table = (ws / "generated/tab_ladder.tex").read_text()
     rows = {line.split(" & ")[0]: line for line in table.splitlines() if " & " in line}
@@ -131,15 +141,16 @@ def test_gemma_scope_2_ladder_row_on_real_gemma_3_270m_weights(tmp_path, gemma_w
     text_dataset(cache, "HuggingFaceFW/fineweb", n_docs=200, config_dir="sample/10BT")
 
     def tiny(raw):
-        raw["ladder"]["overrides"]["activations"] = {"n_tokens": 2048, "chunk_tokens": 2048, "batch_size": 1}
-        raw["ladder"]["overrides"]["sae_eval"] = {"lm_rows": 1, "lm_batch_rows": 1}
+        sizes = raw["run_definitions"]["gemma-3-270m-gs2-16k"]["sizes"]
+        sizes["activations"] = {"n_tokens": 2048, "chunk_tokens": 2048, "batch_size": 1}
+        sizes["sae_eval"] = {"lm_rows": 1, "lm_batch_rows": 1}
 
     ws = workspace(tmp_path, ["gemma-3-270m-gs2-16k"], tiny)
-    dvc_repro(ws, _env(tmp_path, cache), "ladder_residual@gemma-3-270m-gs2-16k", "ladder_eval_sae@gemma-3-270m-gs2-16k")
-    metrics = ws / "metrics/ladder/gemma-3-270m-gs2-16k"
-    loaded = json.loads((metrics / "sae_load.json").read_text())
+    dvc_repro(ws, _env(tmp_path, cache), "residual@gemma-3-270m-gs2-16k", "eval_sae@gemma-3-270m-gs2-16k")
+    metrics = ws / "metrics/runs/gemma-3-270m-gs2-16k"
+    loaded = json.loads((metrics / "sae.json").read_text())
     assert (loaded["d_in"], loaded["d_sae"], loaded["hook_name"]) == (640, 16384, "blocks.9.hook_resid_post")
-    meta = json.loads((ws / "data/ladder/gemma-3-270m-gs2-16k/activations/meta.json").read_text())
+    meta = json.loads((ws / "data/runs/gemma-3-270m-gs2-16k/activations/meta.json").read_text())
     assert meta["model"] == "google/gemma-3-270m" and meta["context_length"] == 1024 and meta["n_rows"] == 2
     residual = json.loads((metrics / "residual.json").read_text())
     assert np.isfinite(residual["dark_matter_fraction"]) and residual["dark_matter_fraction"] > 0

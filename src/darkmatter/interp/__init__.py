@@ -1,0 +1,1 @@
+"""Interpretation: contexts per unit, the dashboard, and autointerp with its LLM judges."""

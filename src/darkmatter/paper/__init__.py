@@ -1,0 +1,1 @@
+"""The paper: tables, macros and wording generated from the metrics, and the PDF build."""

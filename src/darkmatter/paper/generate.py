@@ -1,0 +1,428 @@
+"""The paper's numbers: metrics JSON -> ``paper/generated/*.tex`` (the ``paper_tables`` stage).
+
+From the metrics files alone (``metrics/runs/<run>/``, the main run's and whatever other runs
+exist), this writes:
+
+- ``macros.tex``: a ``\\dm...`` command for every number the prose quotes, and the
+  data-dependent words (``\\dmNovelVerdict`` is "exceeds" or "does not exceed", ...), chosen
+  here from the numbers so the text never claims more than the metrics show;
+- booktabs tables (``tab_*.tex``); rows whose run has no metrics say "not run";
+- ``sec_*.tex`` for the later experiments (autointerp, probes, causal): their results when
+  their metrics exist, otherwise a paragraph saying the experiment was not run in this build.
+
+All formatting and rounding lives in the ``fmt_*`` functions below. Every output is rewritten
+on each run, so a number from an older run can never survive. A missing required metrics file
+stops generation with one line naming the stage to run, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from darkmatter.interp.autointerp import CI_LEVEL
+from darkmatter.errors import UserError, cli
+
+REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
+LATER = ("autointerp", "probes", "causal")
+MODEL_NAMES = {"gemma-3-270m": "Gemma 3 270M", "smollm2-135m": "SmolLM2 135M"}
+NOT_RUN = "\\textit{not run}"
+PLANNED = "\\textit{planned}"
+
+
+# ---- formatting: the one place where numbers become text ------------------------------------
+
+def fmt_fixed(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def fmt_sig(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits, no exponent for ordinary magnitudes."""
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else "n/a"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:.{decimals}f}"
+
+
+def fmt_pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}\\%"
+
+
+def fmt_count(n: int) -> str:
+    return f"{int(n):,}".replace(",", "{,}")
+
+
+def fmt_sci(x: float) -> str:
+    """Small positive numbers as m×10^e in ``\\ensuremath`` (text or math); mantissa 1 dropped."""
+    exponent = int(math.floor(math.log10(x)))
+    mantissa = x / 10**exponent
+    if abs(mantissa - 1) < 0.05:
+        return f"\\ensuremath{{10^{{{exponent}}}}}"
+    return f"\\ensuremath{{{mantissa:.1f}\\times10^{{{exponent}}}}}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    if p == 0:
+        return "\\ensuremath{<10^{-300}}"
+    return f"{p:.3f}" if p >= 0.001 else fmt_sci(p)
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def read_run(metrics_dir: Path, required: bool) -> dict | None:
+    """The metrics of one run, ``metrics_dir`` = ``metrics/runs/<run>`` (``None`` if absent and not required)."""
+    out = {}
+    for name in REQUIRED:
+        path = metrics_dir / f"{name}.json"
+        if not path.exists():
+            if required:
+                stage = {"sae_eval": "eval_sae"}.get(name, name)
+                raise UserError(f"{path} is missing; run `dvc repro {stage}@{metrics_dir.name}` before generating the paper")
+            return None
+        out[name] = json.loads(path.read_text())
+    for name in LATER:
+        path = metrics_dir / f"{name}.json"
+        out[name] = json.loads(path.read_text()) if path.exists() else None
+    return out
+
+
+# ---- data-dependent wording -----------------------------------------------------------------
+
+def verdicts(run: dict) -> dict[str, str]:
+    """Words whose choice depends on the numbers."""
+    res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
+    k_r = res["kurtosis"]["r"]["quantiles"]["0.5"]
+    k_rand = res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"]
+    novel_ica, novel_sub = cmp_["ica"]["novel_fraction"], cmp_["random_in_pca_subspace"]["novel_fraction"]
+    p = cmp_["mann_whitney_p"]["ica_vs_random_in_pca_subspace"]
+    closer = cmp_["ica"]["median_max_cos"] > cmp_["random_in_pca_subspace"]["median_max_cos"]
+    stable = ica["stable_fraction"]
+    gap = cmp_["kurtosis_gap"]["all_components"]["ratio_of_medians"]
+    return {
+        "ResidualShape": ("markedly more heavy-tailed than" if k_r > 2 * k_rand
+                          else "about as heavy-tailed as" if k_r < 1.25 * k_rand else "somewhat more heavy-tailed than"),
+        "NovelVerdict": "exceeds" if novel_ica > novel_sub else "does not exceed",
+        "CloserVerdict": "closer to" if closer else "farther from",
+        "SignificanceVerdict": "significant" if p is not None and p < 0.05 else "not significant",
+        "StableVerdict": ("most" if stable > 0.5 else "a minority" if stable >= 0.25
+                          else "only a small minority" if stable > 0 else "none"),
+        "GapVerdict": "sparser" if gap is not None and gap > 1 else "no sparser",
+        "ConvergedVerdict": "all converged" if ica["all_converged"] else "did not all converge",
+        "LinearVerdict": ("more than half" if res["linear_predictability"]["r2_heldout"] > 0.5 else "less than half"),
+    }
+
+
+# ---- macros ---------------------------------------------------------------------------------
+
+def macros(run: dict, main, card: dict | None) -> dict[str, str]:
+    """``main`` is the main :class:`~darkmatter.config.Run`, ``run`` its metrics."""
+    act, train, ev, res, ica, cmp_ = (run[k] for k in REQUIRED)
+    lp = res["linear_predictability"]
+    gap = cmp_["kurtosis_gap"]["all_components"]
+    iters = [r["n_iter"] for r in ica["runs"]]
+    m = {
+        "Model": MODEL_NAMES.get(main.model.name, main.model.name),
+        "Layer": str(main.layer),
+        "NLayers": str(main.model.n_layers),
+        "DModel": fmt_count(main.model.d_model),
+        "Hook": res["hook_name"].replace("_", "\\_"),
+        "NTokens": fmt_count(act["n_tokens"]),
+        "Context": fmt_count(main.context_length),
+        "CorpusTokens": fmt_count(act["corpus_tokens"]["total"]),
+        "CorpusDocs": fmt_count(card["totals"]["documents"]) if card else "n/a",
+        "SpecialFrac": fmt_pct(act["special_fraction"], 2),
+        "NormPosZero": fmt_count(round(act["norm_mean_position0"])),
+        "NormNonspecial": fmt_count(round(act["norm_mean_nonspecial"])),
+        "SaeWidth": fmt_count(main.sae.width),
+        "SaeTrainTokens": fmt_count(train["tokens"]),
+        "SaeLambda": fmt_sci(main.sae.l0_coefficient),
+        "HeldoutTokens": fmt_count(ev["n_tokens"]),
+        "SaeLzero": fmt_sig(ev["l0"], 3),
+        "SaeLzeroSpecial": fmt_sig(ev["l0_with_special"], 3),
+        "SaeDead": fmt_pct(ev["dead_fraction"]),
+        "SaeDeltaLoss": fmt_fixed(ev["lm"]["delta_loss"], 2),
+        "SaeKL": fmt_fixed(ev["lm"]["kl"], 2),
+        "SaeCleanLoss": fmt_fixed(ev["lm"]["loss_clean"], 2),
+        "SaeLossRecovered": fmt_fixed(ev["lm"]["loss_recovered"], 3),
+        "SaeZeroAblation": fmt_fixed(ev["lm"]["delta_loss_zero_ablation"], 1),
+        "Fvu": fmt_fixed(res["dark_matter_fraction"]),
+        "FvuSpecial": fmt_fixed(res["dark_matter_fraction_with_special"]),
+        "FvuAllRows": fmt_fixed(res["dark_matter_fraction_all_rows"]),
+        "ErrNormFrac": fmt_fixed(res["error_norm_fraction"]["per_token"]["quantiles"]["0.5"]),
+        "Rsq": fmt_fixed(lp["r2_heldout"]),
+        "RsqTrain": fmt_fixed(lp["r2_train"]),
+        "LinFrac": fmt_fixed(lp["linear_fraction"]),
+        "NonlinFrac": fmt_fixed(lp["nonlinear_fraction"]),
+        "MeanFrac": fmt_fixed(lp["mean_fraction"]),
+        "RidgeAlpha": fmt_sci(lp["ridge_alpha"]) if lp["ridge_alpha"] > 0 else "0",
+        "KurtX": fmt_fixed(res["kurtosis"]["x"]["quantiles"]["0.5"], 2),
+        "KurtR": fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
+        "KurtRSpecial": fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 1),
+        "KurtRand": fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2),
+        "KurtRMax": fmt_sig(res["kurtosis"]["r"]["max"], 3),
+        "PcaHalf": fmt_count(res["pca"]["residual"]["n_components_50"]),
+        "PcaNinety": fmt_count(res["pca"]["residual"]["n_components_90"]),
+        "PcaNinetyNonlin": fmt_count(res["pca"]["nonlinear"]["n_components_90"]),
+        "IcaTarget": {"residual": "the residual $r$", "nonlinear": "the nonlinear part of $r$"}[ica["target"]],
+        "IcaK": fmt_count(ica["n_components"]),
+        "IcaTokens": fmt_count(ica["n_tokens"]),
+        "IcaSeeds": fmt_count(ica["seeds"]),
+        "IcaVarFrac": fmt_pct(ica["reconstruction_fraction"]),
+        "IcaItersMin": fmt_count(min(iters)),
+        "IcaItersMax": fmt_count(max(iters)),
+        "IcaNStable": fmt_count(ica["n_stable"]),
+        "IcaStableFrac": fmt_pct(ica["stable_fraction"], 0),
+        "StableThreshold": fmt_fixed(ica["stable_threshold"], 1),
+        "IcaKurtMedian": fmt_fixed(ica["source_kurtosis"]["quantiles"]["0.5"], 2),
+        "IcaKurtMax": fmt_sig(ica["source_kurtosis"]["max"], 3),
+        "NovelThreshold": fmt_fixed(cmp_["thresholds"]["novel_below"], 1),
+        "MatchThreshold": fmt_fixed(cmp_["thresholds"]["match_above"], 1),
+        "NovelIca": fmt_count(cmp_["ica"]["novel"]),
+        "NovelIcaFrac": fmt_pct(cmp_["ica"]["novel_fraction"], 0),
+        "NovelRandomFrac": fmt_pct(cmp_["random"]["novel_fraction"], 0),
+        "NovelSubspaceFrac": fmt_pct(cmp_["random_in_pca_subspace"]["novel_fraction"], 0),
+        "MatchedIca": fmt_count(cmp_["ica"]["matched"]),
+        "NRandom": fmt_count(cmp_["random"]["n"]),
+        "MedianCosIca": fmt_fixed(cmp_["ica"]["median_max_cos"], 2),
+        "MedianCosRandom": fmt_fixed(cmp_["random"]["median_max_cos"], 2),
+        "MedianCosSubspace": fmt_fixed(cmp_["random_in_pca_subspace"]["median_max_cos"], 2),
+        "MannWhitneyP": fmt_p(cmp_["mann_whitney_p"]["ica_vs_random_in_pca_subspace"]),
+        "NActiveFeatures": fmt_count(cmp_["kurtosis_gap"]["n_active_features"]),
+        "ActiveFreq": fmt_pct(cmp_["kurtosis_gap"]["active_frequency"], 1),
+        "SaeKurtMedian": fmt_sig(gap["median_sae"], 3) if gap.get("median_sae") is not None else "n/a",
+        "GapMedians": fmt_sig(gap["ratio_of_medians"], 3) if gap["ratio_of_medians"] is not None else "n/a",
+        "GapMeans": fmt_sig(gap["ratio_of_means"], 3) if gap["ratio_of_means"] is not None else "n/a",
+        "FigDir": f"runs/{main.name}",
+        "CILevel": fmt_pct(CI_LEVEL, 0),
+    }
+    m.update(verdicts(run))
+    return m
+
+
+def ladder_macros(ladder: list[tuple[str, str, dict | None | str]]) -> dict[str, str]:
+    runnable = [r for _, _, r in ladder if r != "planned"]
+    return {"LadderDone": fmt_count(sum(r is not None for r in runnable)), "LadderRunnable": fmt_count(len(runnable))}
+
+
+def macro_file(values: dict[str, str]) -> str:
+    lines = ["% Generated by darkmatter.paper from metrics/*.json. Do not edit."]
+    lines += [f"\\newcommand{{\\dm{name}}}{{{value}}}" for name, value in sorted(values.items())]
+    return "\n".join(lines) + "\n"
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+def table(spec: str, header: list[str], rows: list[list[str]]) -> str:
+    body = [" & ".join(header) + " \\\\", "\\midrule"] + [" & ".join(r) + " \\\\" for r in rows]
+    return "\n".join(["% Generated by darkmatter.paper. Do not edit.", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+                      *body, "\\bottomrule", "\\end{tabular}"]) + "\n"
+
+
+def compare_table(cmp_: dict) -> str:
+    rows = []
+    for key, label in (("ica", "ICA mixing directions"), ("ica_stable", "\\quad stable only"),
+                       ("random", "random directions"), ("random_in_pca_subspace", "random, in PCA subspace")):
+        b = cmp_[key]
+        rows.append([label, fmt_count(b["n"]), fmt_count(b["matched"]), fmt_count(b["partial"]), fmt_count(b["novel"]),
+                     fmt_pct(b["novel_fraction"], 0) if b["n"] else "--",
+                     fmt_fixed(b["median_max_cos"], 2) if b["n"] else "--"])
+    t = cmp_["thresholds"]
+    return table("lrrrrrr", ["directions", "$n$", f"$>{t['match_above']:g}$", "partial", f"$<{t['novel_below']:g}$",
+                             "novel", "median"], rows)
+
+
+def dark_matter_table(res: dict) -> str:
+    lp = res["linear_predictability"]
+    rows = [
+        ["dark-matter fraction (FVU), held-out", fmt_fixed(res["dark_matter_fraction"]), fmt_fixed(res["dark_matter_fraction_with_special"])],
+        ["dark-matter fraction, all rows", fmt_fixed(res["dark_matter_fraction_all_rows"]), fmt_fixed(res["dark_matter_fraction_all_rows_with_special"])],
+        ["\\quad linearly predictable from $x$", fmt_fixed(lp["linear_fraction"]), "--"],
+        ["\\quad nonlinear", fmt_fixed(lp["nonlinear_fraction"]), "--"],
+        ["\\quad mean of $r$", fmt_fixed(lp["mean_fraction"]), "--"],
+        ["held-out $R^2$ of ridge $r \\approx Wx+b$", fmt_fixed(lp["r2_heldout"]), "--"],
+        ["median excess kurtosis, dims of $x$", fmt_fixed(res["kurtosis"]["x"]["quantiles"]["0.5"], 2),
+         fmt_fixed(res["kurtosis"]["x_with_special"]["quantiles"]["0.5"], 2)],
+        ["median excess kurtosis, dims of $r$", fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
+         fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 2)],
+        ["\\quad $r$ on random unit directions", fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2), "--"],
+        ["PCs for 50\\% / 90\\% of var$(r)$", f"{fmt_count(res['pca']['residual']['n_components_50'])} / "
+                                             f"{fmt_count(res['pca']['residual']['n_components_90'])}", "--"],
+    ]
+    return table("lrr", ["quantity", "no special", "with special"], rows)
+
+
+def tex_escape(text: str) -> str:
+    return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
+
+
+def ladder_rows(params, metrics_root: Path) -> list[tuple[str, str, dict | None | str]]:
+    """(label, SAE, metrics) per run definition with a pretrained SAE: metrics, None (not run) or "planned"."""
+    rows = []
+    for name, d in params.run_definitions.items():
+        if d.sae.source != "pretrained":
+            continue
+        sae = f"\\texttt{{{tex_escape(d.sae.release)}}} {tex_escape(d.sae.sae_id)}"
+        found = "planned" if d.planned else read_run(metrics_root / "runs" / name, False)
+        rows.append((tex_escape(d.label), sae, found))
+    return rows
+
+
+def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, str, dict | None | str]]) -> str:
+    def cells(r):
+        if r is None or r == "planned":  # one marker, the numeric cells left empty
+            return [NOT_RUN if r is None else PLANNED] + [""] * 4
+        ai = r["autointerp"]
+        detect = (f"{fmt_fixed(ai['groups']['ica']['balanced_accuracy']['mean'], 2)} / "
+                  f"{fmt_fixed(ai['groups']['random']['balanced_accuracy']['mean'], 2)}"
+                  if ai and ai["groups"]["ica"]["balanced_accuracy"] and ai["groups"]["random"]["balanced_accuracy"]
+                  else NOT_RUN)
+        return [fmt_fixed(r["residual"]["dark_matter_fraction"]), fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
+                f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
+                f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}", detect]
+
+    rows = [[main_label, "trained here (JumpReLU, CPU)", *cells(run)]]
+    rows += [[label, sae, *cells(r)] for label, sae, r in ladder]
+    return table("llrrrrr", ["model", "SAE", "FVU", "$R^2$", "stable", "novel", "detect ICA / random"], rows)
+
+
+def layers_table(runs: dict[int, dict | None]) -> str:
+    rows = []
+    for layer, r in runs.items():
+        if r is None:
+            rows.append([str(layer), *[NOT_RUN] * 5])
+            continue
+        rows.append([str(layer), fmt_fixed(r["residual"]["dark_matter_fraction"]),
+                     fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
+                     fmt_fixed(r["residual"]["kurtosis"]["r"]["quantiles"]["0.5"], 2),
+                     f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
+                     f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}"])
+    return table("rrrrrr", ["layer", "FVU", "$R^2$", "median kurt.\\ $r$", "stable", "novel"], rows)
+
+
+def sae_table(ev: dict, sweep: list[dict]) -> str:
+    rows = [["main", fmt_sig(ev["l0"], 3), fmt_fixed(ev["fvu"]), fmt_fixed(ev["fvu_with_special"]),
+             fmt_fixed(ev["lm"]["delta_loss"], 2), fmt_pct(ev["dead_fraction"], 0)]]
+    rows += [[f"$\\lambda={p['l0_coefficient']:g}$", fmt_sig(p["l0"], 3), fmt_fixed(p["fvu"]), fmt_fixed(p["fvu_with_special"]),
+              fmt_fixed(p["delta_lm_loss"], 2), fmt_pct(p["dead_fraction"], 0)] for p in sweep]
+    return table("lrrrrr", ["SAE", "L0", "FVU", "FVU (special)", "$\\Delta$LM loss", "dead"], rows)
+
+
+def autointerp_table(ai: dict | None) -> str:
+    labels = (("ica", "ICA components"), ("ica_stable", "\\quad stable only"), ("sae", "SAE features (density-matched)"),
+              ("random", "random directions"))
+    if ai is None:
+        return table("lrrrr", ["units", "$n$", "balanced acc.", "F1", "AUC"], [[label, NOT_RUN, "", "", ""] for _, label in labels])
+
+    def cell(entry):
+        if entry is None:
+            return "--"
+        lo, hi = entry["ci"]
+        return f"{fmt_fixed(entry['mean'], 2)} [{fmt_fixed(lo, 2)}, {fmt_fixed(hi, 2)}]"
+
+    rows = [[label, fmt_count(ai["groups"][k]["n_units"]), *(cell(ai["groups"][k][m]) for m in ("balanced_accuracy", "f1", "auc"))]
+            for k, label in labels]
+    return table("lrrrr", ["units", "$n$", "balanced acc.", "F1", "AUC"], rows)
+
+
+def autointerp_section(ai: dict | None) -> str:
+    """Results prose for autointerp, worded from the numbers (CIs and permutation tests)."""
+    if ai is None:
+        return later_section("autointerp", None)
+
+    def contrast(test: dict, other: str) -> str:
+        if test["difference"] is None:
+            return f"there are no {other} units to compare with"
+        lo, hi = test["ci"]
+        significant = test["p_permutation"] < 0.05
+        direction = "better than" if test["difference"] > 0 else "worse than"
+        verdict = f"detected {direction}" if significant else "not detected significantly differently from"
+        return (f"ICA components are {verdict} {other} (difference in balanced accuracy "
+                f"{fmt_fixed(test['difference'], 3)}, {fmt_pct(CI_LEVEL, 0)} CI [{fmt_fixed(lo, 3)}, {fmt_fixed(hi, 3)}], "
+                f"permutation $p={fmt_p(test['p_permutation'])}$)")
+
+    g = ai["groups"]
+    judge = (f"The judge is {ai['model'].replace('_', '-')} run locally on CPU, a weak judge: its explanations are often "
+             "generic, so absolute scores say little about the units; the comparison between groups, against the "
+             "random-direction baseline, is what is informative. " if ai["judge_is_weak"] else f"The judge is {ai['model'].replace('_', '-')}. ")
+    ba = {k: g[k]["balanced_accuracy"] for k in ("ica", "sae", "random")}
+    means = ", ".join(f"{name} {fmt_fixed(ba[k]['mean'], 2)}" for k, name in
+                      (("ica", "ICA"), ("sae", "SAE"), ("random", "random")) if ba[k] is not None)
+    return ("% Generated by darkmatter.paper from the autointerp metrics.\n"
+            f"{judge}Each unit is explained from its top contexts and scored by detection on held-out contexts "
+            f"(activating ones across quantiles and non-activating ones; chance is 0.5). Mean balanced accuracy: {means} "
+            f"(Table~\\ref{{tab:autointerp}}). {contrast(ai['tests']['ica_vs_random'], 'random directions')}; "
+            f"{contrast(ai['tests']['ica_vs_sae'], 'density-matched SAE features')}.\n"
+            "\\begin{figure}[tbp]\\centering\\includegraphics[width=0.48\\linewidth]{autointerp/autointerp}"
+            "\\caption{Detection balanced accuracy per unit; bars are group means, the dotted line is chance.}"
+            "\\end{figure}\n")
+
+
+def later_section(name: str, metrics: dict | None) -> str:
+    title = {"autointerp": "automated interpretability", "probes": "dataset-geometry probes", "causal": "causal ablations"}[name]
+    if metrics is None:
+        return (f"% Generated by darkmatter.paper: no metrics for {name}.\n"
+                f"The {title} experiment was \\textit{{not run}} in this build: its metrics file does not exist, "
+                "so this section reports nothing.\n")
+    summary = ", ".join(f"{k.replace('_', ' ')} {fmt_sig(v, 3)}" for k, v in metrics.get("summary", {}).items()
+                        if isinstance(v, (int, float)))
+    return f"% Generated by darkmatter.paper.\nThe {title} stage reports: {summary}.\n"
+
+
+# ---- stage ----------------------------------------------------------------------------------
+
+def layer_runs(params, metrics_root: Path) -> dict[int, dict | None]:
+    """The layer sweep: every listed run of the main run's model with an SAE trained here, by layer."""
+    main = params.main
+    same = [params.run(name) for name in params.runs]
+    same = [r for r in same if r.model.name == main.model.name and r.sae_source.source == "train"]
+    return {r.layer: read_run(metrics_root / "runs" / r.name, required=False) for r in sorted(same, key=lambda r: r.layer)}
+
+
+def generate(params, metrics_root: Path, out: Path, card_path: Path | None = None) -> list[Path]:
+    """Write every generated file; returns their paths. Raises before writing if inputs are missing."""
+    main = read_run(metrics_root / "runs" / params.main_run, required=True)
+    ladder = ladder_rows(params, metrics_root)
+    sweep_path = metrics_root / "sae_sweep.json"
+    if not sweep_path.exists():
+        raise UserError(f"{sweep_path} is missing; run `dvc repro sae_sweep` before generating the paper")
+    sweep = json.loads(sweep_path.read_text())
+    card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None
+    files = {
+        "macros.tex": macro_file({**macros(main, params.main, card), **ladder_macros(ladder)}),
+        "tab_dark_matter.tex": dark_matter_table(main["residual"]),
+        "tab_compare.tex": compare_table(main["compare"]),
+        "tab_ladder.tex": ladder_table(MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, ladder),
+        "tab_layers.tex": layers_table(layer_runs(params, metrics_root)),
+        "tab_sae.tex": sae_table(main["sae_eval"], sweep),
+        "tab_autointerp.tex": autointerp_table(main["autointerp"]),
+        "sec_autointerp.tex": autointerp_section(main["autointerp"]),
+        **{f"sec_{name}.tex": later_section(name, main[name]) for name in LATER if name != "autointerp"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tex"):
+        stale.unlink()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return [out / name for name in files]
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from darkmatter.config import load_params
+
+    parser = argparse.ArgumentParser(description="Generate the paper's tables, macros and wording from the metrics.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    parser.add_argument("--card", type=Path, required=True, help="the main run's corpus card.json")
+    parser.add_argument("--out", type=Path, default=Path("paper/generated"))
+    args = parser.parse_args(argv)
+    files = generate(load_params(args.params), args.metrics, args.out, args.card)
+    print(f"wrote {len(files)} files to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

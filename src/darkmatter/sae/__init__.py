@@ -1,0 +1,1 @@
+"""SAEs: training (Gemma Scope recipe), pretrained loading, evaluation and the sparsity sweep."""

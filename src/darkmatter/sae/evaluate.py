@@ -1,0 +1,202 @@
+"""SAE evaluation stage on held-out tokens.
+
+Works for any SAELens ``SAE`` (trained here or loaded from the hub) whose ``d_in`` and hook
+match the activation cache; a mismatch fails with one line before any compute.
+
+Reconstruction metrics stream over the held-out rows in chunks (float64 accumulators) and are
+reported with AND without special tokens (BOS/EOS/PAD and position 0, where |x| ~ 1e5):
+
+- ``fvu``: SAELens's definition, E‖x − x̂‖² / (E‖x‖² − ‖E x‖²), variance around the mean;
+  ``explained_variance`` = 1 − fvu;
+- L0: mean, quantiles and a histogram; dead (never fires on held-out non-special tokens) and
+  dense (fires on more than ``dense_threshold`` of them) feature fractions.
+
+LM metrics run the full model on ``lm_rows`` held-out rows with the residual at the SAE's hook
+replaced by the reconstruction: at non-special positions only (the default splice) and at every
+position, plus zero-ablation of the non-special positions for scale. Reported: mean next-token
+loss, Δloss against the clean model, KL(clean ‖ spliced), and the fraction of the zero-ablation
+loss gap that the reconstruction recovers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from darkmatter.data.activations import ActivationCache
+from darkmatter.data.split import row_tokens, split_rows
+from darkmatter.errors import NonFiniteError, cli
+from darkmatter.sae.io import check_compatible
+
+L0_BINS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9)
+
+
+def heldout_tokens(cache: ActivationCache, heldout_fraction: float) -> np.ndarray:
+    """Flat ids of every token in the held-out rows (special tokens included; masks come later)."""
+    _, rows = split_rows(cache.meta["n_rows"], heldout_fraction)
+    return row_tokens(rows, cache.meta["context_length"])
+
+
+class _Moments:
+    """Streaming sums for FVU on one token subset."""
+
+    def __init__(self, d: int):
+        self.n, self.err, self.sq, self.sum = 0, 0.0, 0.0, np.zeros(d)
+
+    def add(self, x: np.ndarray, err: np.ndarray) -> None:
+        self.n += len(x)
+        self.err += float(err.sum())
+        self.sq += float((x.astype(np.float64) ** 2).sum())
+        self.sum += x.sum(axis=0, dtype=np.float64)
+
+    def fvu(self) -> float:
+        variance = self.sq - float(self.sum @ self.sum) / self.n
+        return self.err / variance
+
+
+def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.ndarray, dense_threshold: float, chunk: int = 8192) -> dict:
+    """FVU, L0 and feature-frequency statistics streamed over ``index``."""
+    import torch
+
+    moments = {"all": _Moments(acts.shape[1]), "nonspecial": _Moments(acts.shape[1])}
+    fires = np.zeros(sae.cfg.d_sae, dtype=np.int64)
+    l0_nonspecial = []
+    l0_all_sum = 0
+    for lo in tqdm(range(0, len(index), chunk), desc="SAE eval", unit="chunk"):
+        ids = index[lo : lo + chunk]
+        x = np.asarray(acts[ids], dtype=np.float32)
+        with torch.no_grad():
+            feats = sae.encode(torch.from_numpy(x))
+            x_hat = sae.decode(feats).numpy()
+        active = (feats > 0).numpy()
+        if not np.isfinite(x_hat).all():
+            raise NonFiniteError(f"NaN/inf in SAE reconstructions of held-out tokens {ids[0]}..{ids[-1]}")
+        err = ((x.astype(np.float64) - x_hat) ** 2).sum(axis=1)
+        keep = ~special[ids]
+        moments["all"].add(x, err)
+        moments["nonspecial"].add(x[keep], err[keep])
+        l0 = active.sum(axis=1)
+        l0_all_sum += int(l0.sum())
+        l0_nonspecial.append(l0[keep])
+        fires += active[keep].sum(axis=0)
+    l0s = np.concatenate(l0_nonspecial)
+    n_nonspecial = moments["nonspecial"].n
+    frequency = fires / n_nonspecial
+    counts, _ = np.histogram(l0s, bins=L0_BINS)
+    fvu = {name: m.fvu() for name, m in moments.items()}
+    return {
+        "n_tokens": moments["all"].n,
+        "n_tokens_nonspecial": n_nonspecial,
+        "fvu": fvu["nonspecial"],
+        "fvu_with_special": fvu["all"],
+        "explained_variance": 1 - fvu["nonspecial"],
+        "explained_variance_with_special": 1 - fvu["all"],
+        "l0": float(l0s.mean()),
+        "l0_with_special": l0_all_sum / moments["all"].n,
+        "l0_quantiles": {q: float(np.quantile(l0s, float(q))) for q in ("0.1", "0.5", "0.9", "0.99")},
+        "l0_histogram": {"bin_edges": list(L0_BINS[:-1]) + ["inf"], "counts": counts.tolist()},
+        "dead_fraction": float((fires == 0).mean()),
+        "dense_fraction": float((frequency > dense_threshold).mean()),
+        "dense_threshold": dense_threshold,
+        "all_dead": bool((fires == 0).all()),
+    }
+
+
+def lm_stats(subject, sae, tokens: np.ndarray, special: np.ndarray, hook: str, batch_rows: int) -> dict:
+    """Loss and KL with the reconstruction spliced in at ``hook`` (tokens/special are ``[rows, T]``)."""
+    import torch
+
+    def replace(mask: torch.Tensor, with_zero: bool = False):
+        def hook_fn(resid, hook):
+            new = torch.zeros_like(resid) if with_zero else sae(resid.float()).to(resid.dtype)
+            return torch.where(mask[..., None], new, resid)
+
+        return hook_fn
+
+    sums = {name: 0.0 for name in ("clean", "spliced", "spliced_all", "zero_ablated")}
+    kl = {"spliced": 0.0, "spliced_all": 0.0}
+    n_predictions = 0
+    for lo in tqdm(range(0, len(tokens), batch_rows), desc="LM loss with SAE", unit="batch"):
+        batch = torch.from_numpy(tokens[lo : lo + batch_rows].astype(np.int64))
+        nonspecial = torch.from_numpy(~special[lo : lo + batch_rows])
+        everywhere = torch.ones_like(nonspecial)
+        targets = batch[:, 1:, None]
+        runs = {
+            "clean": [],
+            "spliced": [(hook, replace(nonspecial))],
+            "spliced_all": [(hook, replace(everywhere))],
+            "zero_ablated": [(hook, replace(nonspecial, with_zero=True))],
+        }
+        clean = None
+        for name, hooks in runs.items():
+            logp = subject.logprobs(batch, hooks)[:, :-1]
+            sums[name] += float(-logp.gather(-1, targets).sum())
+            if name == "clean":
+                clean = logp
+            elif name in kl:
+                kl[name] += float((clean.exp() * (clean - logp)).sum())
+            del logp
+        n_predictions += targets.numel()
+    loss = {name: total / n_predictions for name, total in sums.items()}
+    gap = loss["zero_ablated"] - loss["clean"]
+    return {
+        "n_rows": int(len(tokens)),
+        "n_predictions": n_predictions,
+        "loss_clean": loss["clean"],
+        "loss_spliced": loss["spliced"],
+        "loss_spliced_all_positions": loss["spliced_all"],
+        "loss_zero_ablated": loss["zero_ablated"],
+        "delta_loss": loss["spliced"] - loss["clean"],
+        "delta_loss_all_positions": loss["spliced_all"] - loss["clean"],
+        "delta_loss_zero_ablation": gap,
+        "kl": kl["spliced"] / n_predictions,
+        "kl_all_positions": kl["spliced_all"] / n_predictions,
+        "loss_recovered": (loss["zero_ablated"] - loss["spliced"]) / gap if gap else None,
+    }
+
+
+def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_threshold: float) -> dict:
+    check_compatible(sae, cache)
+    index = heldout_tokens(cache, heldout_fraction)
+    special = np.asarray(cache.special)
+    return reconstruction_stats(sae, cache.acts, special, index, dense_threshold)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from darkmatter.config import add_run_arguments, run_from_args
+    from darkmatter.data.models import load_run_subject
+    from darkmatter.sae.io import load_sae
+
+    parser = argparse.ArgumentParser(description="Evaluate an SAE on held-out tokens (reconstruction and LM loss).")
+    add_run_arguments(parser)
+    parser.add_argument("--sae", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, required=True, help="the run's model directory")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--lm-rows", type=int, default=None, help="override sae_eval.lm_rows (the sweep)")
+    args = parser.parse_args(argv)
+    run = run_from_args(args)
+    cache = ActivationCache.open(args.cache)
+    sae = load_sae(args.sae)
+    report = {"sae": str(args.sae), "hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
+    report |= evaluate(sae, cache, run.sae.heldout_fraction, run.sae_eval.dense_threshold)
+    lm_rows = args.lm_rows or run.sae_eval.lm_rows
+    _, rows = split_rows(cache.meta["n_rows"], run.sae.heldout_fraction)
+    rows = rows[:lm_rows]
+    context = cache.meta["context_length"]
+    tokens = np.asarray(cache.tokens).reshape(-1, context)[rows]
+    special = np.asarray(cache.special).reshape(-1, context)[rows]
+    subject = load_run_subject(run, args.weights)
+    report["lm"] = lm_stats(subject, sae, tokens, special, cache.meta["hook_name"], run.sae_eval.lm_batch_rows)
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

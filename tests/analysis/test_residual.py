@@ -1,0 +1,175 @@
+"""The streamed dark-matter statistics equal a direct in-memory computation, at bounded memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, random_jumprelu_sae, write_cache
+from scipy.stats import kurtosis
+
+from darkmatter.config import ResidualConfig
+from darkmatter.errors import NonFiniteError, UserError
+from darkmatter.analysis.residual import (
+    accumulate,
+    analyse,
+    excess_kurtosis_from_sums,
+    latent_chunk_tokens,
+    pca,
+)
+
+D, D_SAE, CTX, N = 12, 40, 64, 64 * 40
+HELDOUT_ROWS = np.arange(34, 40)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((D, D))
+    acts = (rng.laplace(size=(N, D)) @ mix + 5.0).astype(np.float32)
+    acts[::CTX] *= 50  # position 0: huge, special
+    cache = write_cache(tmp_path_factory.mktemp("cache"), acts, CTX)
+    from darkmatter.data.activations import ActivationCache
+
+    return ActivationCache.open(cache), random_jumprelu_sae(D, D_SAE), acts
+
+
+def run(setup, chunk_tokens=None, alpha=1e-3):
+    cache, sae, _ = setup
+    cfg = ResidualConfig(n_random_directions=16, ridge_alpha=alpha)
+    return analyse(accumulate(sae, cache, HELDOUT_ROWS, cfg, chunk_tokens), alpha)
+
+
+def direct(setup):
+    cache, sae, acts = setup
+    with torch.no_grad():
+        latents = sae.encode(torch.from_numpy(acts))
+        r = (torch.from_numpy(acts) - sae.decode(latents)).double().numpy()
+    special = np.asarray(cache.special)
+    held = np.zeros(N, bool)
+    held[(HELDOUT_ROWS[:, None] * CTX + np.arange(CTX)).ravel()] = True
+    return acts.astype(np.float64), r, latents.numpy(), special, held
+
+
+def fvu(x, r):
+    return (r**2).sum() / ((x - x.mean(0)) ** 2).sum()
+
+
+def test_fvu_kurtosis_and_norms_match_direct(setup):
+    report, arrays = run(setup)
+    x, r, _, special, held = direct(setup)
+    keep = ~special
+    assert report["dark_matter_fraction"] == pytest.approx(fvu(x[held & keep], r[held & keep]), rel=1e-9)
+    assert report["dark_matter_fraction_with_special"] == pytest.approx(fvu(x[held], r[held]), rel=1e-9)
+    assert report["dark_matter_fraction_all_rows"] == pytest.approx(fvu(x[keep], r[keep]), rel=1e-9)
+    np.testing.assert_allclose(arrays["kurtosis_r"], kurtosis(r[keep]), rtol=1e-6)
+    np.testing.assert_allclose(arrays["kurtosis_x_with_special"], kurtosis(x), rtol=1e-6)
+    np.testing.assert_allclose(arrays["r_norm"], np.linalg.norm(r, axis=1), rtol=1e-5)
+    assert report["error_norm_fraction"]["ratio_of_sums"] == pytest.approx(
+        np.sqrt((r[keep] ** 2).sum() / (x[keep] ** 2).sum()), rel=1e-9)
+
+
+def test_ridge_and_pca_match_direct(setup):
+    from sklearn.linear_model import Ridge
+
+    alpha = 1e-3
+    report, arrays = run(setup, alpha=alpha)
+    x, r, _, special, held = direct(setup)
+    train, test = ~special & ~held, ~special & held
+    penalty = alpha * np.trace(np.cov(x[train], rowvar=False, bias=True)) / D
+    model = Ridge(alpha=penalty * train.sum()).fit(x[train], r[train])
+    residual = r[test] - model.predict(x[test])
+    r2 = 1 - (residual**2).sum() / ((r[test] - r[test].mean(0)) ** 2).sum()
+    lp = report["linear_predictability"]
+    assert lp["r2_heldout"] == pytest.approx(r2, rel=1e-6)
+    assert lp["linear_fraction"] + lp["nonlinear_fraction"] + lp["mean_fraction"] == pytest.approx(
+        report["dark_matter_fraction"], rel=1e-9), "the split adds up to the dark-matter fraction"
+    keep = ~special
+    values, _ = pca(np.cov(r[keep], rowvar=False, bias=True))
+    np.testing.assert_allclose(arrays["pca_residual_values"], values, rtol=1e-7)
+    nonlinear = r[keep] - model.predict(x[keep])
+    values_nl, _ = pca(np.cov(nonlinear, rowvar=False, bias=True))
+    np.testing.assert_allclose(arrays["pca_nonlinear_values"], values_nl, rtol=1e-6)
+
+
+def test_latent_statistics_match_dense(setup):
+    _, arrays = run(setup)
+    _, _, latents, special, _ = direct(setup)
+    dense = latents[~special].astype(np.float64)
+    np.testing.assert_allclose(arrays["latent_frequency"], (dense > 0).mean(0))
+    fired = (dense > 0).any(0)
+    np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(dense[:, fired]), rtol=1e-6)
+
+
+def test_chunking_changes_nothing(setup):
+    a, _ = run(setup, chunk_tokens=7)
+    b, _ = run(setup, chunk_tokens=5000)
+    for key in ("dark_matter_fraction", "dark_matter_fraction_with_special"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6)  # float32 SAE matmuls block differently
+    assert a["linear_predictability"]["r2_heldout"] == pytest.approx(b["linear_predictability"]["r2_heldout"], rel=1e-6)
+
+
+def test_kurtosis_from_shifted_power_sums():
+    y = np.random.default_rng(1).exponential(size=(10000, 3)) + 1e3
+    shift = y[:100].mean(0)
+    sums = np.stack([((y - shift) ** p).sum(0) for p in range(1, 5)])
+    np.testing.assert_allclose(excess_kurtosis_from_sums(sums, len(y)), kurtosis(y), rtol=1e-8)
+
+
+def test_nan_activations_are_named(tmp_path):
+    acts = np.random.default_rng(0).standard_normal((256, D)).astype(np.float32)
+    acts[130, 3] = np.nan
+    from darkmatter.data.activations import ActivationCache
+
+    cache = ActivationCache.open(write_cache(tmp_path, acts, 64))
+    with pytest.raises(NonFiniteError, match=r"NaN/inf in the activations of tokens 128\.\.191"):
+        accumulate(random_jumprelu_sae(D, 8), cache, np.arange(3, 4), ResidualConfig(n_random_directions=4), 64)
+
+
+def test_wrong_hook_fails_before_compute(tmp_path):
+    from darkmatter.data.activations import ActivationCache
+
+    cache = ActivationCache.open(write_cache(tmp_path, np.zeros((128, D), np.float32), 64))
+    sae = random_jumprelu_sae(D, 8, hook_name="blocks.7.hook_resid_post")
+    with pytest.raises(UserError, match="trained at blocks.7.hook_resid_post but the cache holds blocks.1"):
+        accumulate(sae, cache, np.arange(1, 2), ResidualConfig())
+
+
+def test_chunk_size_follows_the_budget():
+    assert latent_chunk_tokens(4096, 2048 << 20) == 8192  # capped
+    assert latent_chunk_tokens(262144, 2048 << 20) == 1024
+    assert latent_chunk_tokens(1 << 20, 2048 << 20) == 256
+    assert latent_chunk_tokens(1 << 20, 1) == 1
+
+
+def test_peak_memory_at_width_65536_stays_under_the_budget(tmp_path):
+    """8192 tokens x 65,536 latents would be 2 GiB dense; the pass must stay far below that."""
+    script = textwrap.dedent(f"""
+        import json, resource
+        from pathlib import Path
+        import numpy as np
+        from conftest import random_jumprelu_sae, write_cache
+        from darkmatter.data.activations import ActivationCache
+        from darkmatter.config import ResidualConfig
+        from darkmatter.analysis.residual import accumulate, analyse
+        d, width, n = 64, 65536, 8192
+        acts = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+        cache = ActivationCache.open(write_cache(Path({str(tmp_path)!r}), acts, 128))
+        sae = random_jumprelu_sae(d, width, threshold=6.0)  # ~1% of latents fire, like a real SAE
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        stats = accumulate(sae, cache, np.arange(60, 64), ResidualConfig(latent_budget_mb=64))
+        report, _ = analyse(stats, 1e-3)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"growth_mb": (after - before) / 1024, "l0": report["sae_features"]["mean_l0"]}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["l0"] > 10, "the SAE must actually fire"
+    print(f"peak RSS growth {result['growth_mb']:.0f} MB at L0 {result['l0']:.0f}")
+    assert result["growth_mb"] < 400, result

@@ -1,0 +1,127 @@
+"""The anthropic backend through the real client against a Messages-API server on 127.0.0.1,
+the response cache (resume, replay) and secret hygiene."""
+
+import json
+
+import pytest
+from fake_anthropic import FakeAnthropic
+
+from darkmatter.errors import UserError
+from darkmatter.interp.llm import AnthropicBackend, CachedLLM, ReplayBackend, Request, ResponseCache, request_key
+
+KEY = "sk-ant-test-SECRET-0123456789"
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+
+REQS = [Request("ica-0", "system prompt shared by all", "Excerpts ... What does the unit respond to?", 40),
+        Request("ica-0/detect0", "detect system", "Excerpt: x\n\nDoes it? Answer Yes or No.", 3)]
+
+
+def test_retries_on_429_and_500_then_caches(tmp_path, key):
+    with FakeAnthropic(script=[429, 500]) as server:
+        llm = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url, max_retries=3),
+                        ResponseCache(tmp_path / "cache"), concurrency=1)
+        first = llm.run(REQS[:1])
+        assert len(server.requests) == 3, "429, 500, then success: the client's own retries"
+        assert first[0].text.startswith("explanation")
+        body, headers = server.requests[-1]["body"], server.requests[-1]["headers"]
+        assert body["system"][0]["cache_control"] == {"type": "ephemeral"}, "shared prefix is prompt-cached"
+        assert KEY in (headers.get("x-api-key", "") + headers.get("Authorization", ""))  # sent only on the wire
+        assert llm.stats["calls"] == 1 and llm.stats["input_tokens"] == 100 and llm.stats["cache_read_input_tokens"] == 50
+        assert llm.cost_usd() == pytest.approx((1.0 * (100 + 1.25 * 20 + 0.1 * 50) + 5.0 * 7) / 1e6)
+
+        again = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), ResponseCache(tmp_path / "cache"))
+        assert [r.text for r in again.run(REQS[:1])] == [first[0].text]
+        assert len(server.requests) == 3, "a rerun is served from the cache: no new request"
+        assert again.stats == {**again.stats, "calls": 0, "cache_hits": 1}
+        assert again.recorded["input_tokens"] == 100 and again.cost_usd() == 0
+        assert again.cost_usd(again.recorded) == pytest.approx(llm.cost_usd()), "a replay still knows what it cost"
+
+
+def test_killed_run_resumes_without_paying_twice(tmp_path, key):
+    with FakeAnthropic() as server:
+        cache = ResponseCache(tmp_path / "cache")
+        CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), cache).run(REQS[:1])
+        llm = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), cache)
+        llm.run(REQS)
+        assert len(server.requests) == 2 and llm.stats["calls"] == 1 and llm.stats["cache_hits"] == 1
+
+
+def test_message_batches_api(tmp_path, key):
+    with FakeAnthropic() as server:
+        llm = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), ResponseCache(tmp_path / "c"),
+                        use_batches=True)
+        out = llm.run(REQS)
+        assert [r.text for r in out] == [f"explanation {len(REQS[0].prompt)}", "Yes"]
+        assert not any(r["path"] == "/v1/messages" for r in server.requests), "everything went through the batch"
+        assert llm.stats["calls"] == 2 and llm.stats["cache_hits"] == 0
+
+
+def test_the_key_never_leaks(tmp_path, key):
+    with FakeAnthropic(script=[500] * 10) as server:
+        llm = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url, max_retries=1),
+                        ResponseCache(tmp_path / "cache"))
+        with pytest.raises(UserError) as info:
+            llm.run(REQS[:1])
+    assert KEY not in str(info.value) and "failed after retries" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with FakeAnthropic() as server:
+        llm = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), ResponseCache(tmp_path / "cache"))
+        llm.run(REQS)
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text()
+    assert KEY not in json.dumps(llm.stats)
+
+
+def test_missing_key_is_one_clear_line(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(UserError, match="ANTHROPIC_API_KEY is not set"):
+        AnthropicBackend("claude-haiku-4-5")
+
+
+def test_replay_serves_hits_and_names_a_miss(tmp_path, key):
+    with FakeAnthropic() as server:
+        cache = ResponseCache(tmp_path / "cache")
+        CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), cache).run(REQS[:1])
+    replay = CachedLLM(ReplayBackend("claude-haiku-4-5", "anthropic"), cache)
+    assert replay.run(REQS[:1])[0].text.startswith("explanation")
+    with pytest.raises(UserError, match=r"replay: no cached response for unit ica-0/detect0"):
+        replay.run(REQS)
+
+
+def test_cache_key_covers_everything_that_changes_the_answer():
+    base = request_key("anthropic", "m", REQS[0])
+    assert base != request_key("anthropic", "m2", REQS[0])
+    assert base != request_key("local", "m", REQS[0])
+    assert base != request_key("anthropic", "m", Request("ica-0", REQS[0].system, REQS[0].prompt, 41))
+    assert base == request_key("anthropic", "m", Request("other-unit-name", REQS[0].system, REQS[0].prompt, 40))
+
+
+@pytest.mark.real_model
+def test_local_judge_batches_agree_with_single_requests(tmp_path):
+    """SmolLM2-135M-Instruct offline: padded batches give the single-request answers and log-probs."""
+    from conftest import prepared_weights
+
+    from darkmatter.interp.llm import LocalBackend
+
+    judge = LocalBackend("SmolLM2-135M-Instruct", prepared_weights("smollm2-135m"), batch_size=4)
+    reqs = [Request(f"u{i}", "Answer Yes or No only.", f"Is {w} a fruit? Answer Yes or No.", 3, want_logprobs=True)
+            for i, w in enumerate(["an apple", "a stone", "a banana, the long yellow one", "iron"])]
+    reqs.append(Request("e", "Describe briefly.", "Name a colour.", 8))
+    batch = judge.complete_batch(reqs)
+    for req, resp in zip(reqs, batch):
+        single = judge.complete(req)
+        assert single.text == resp.text
+        if req.want_logprobs:
+            assert resp.text in ("Yes", "No") and resp.logprobs["yes"] < 0 and resp.logprobs["no"] < 0
+            assert single.logprobs["yes"] == pytest.approx(resp.logprobs["yes"], abs=1e-3)
+    assert batch[-1].usage["output_tokens"] <= 8 and batch[-1].text
+    cached = CachedLLM(judge, ResponseCache(tmp_path / "c"))
+    cached.run(reqs)
+    assert cached.stats["calls"] == len(reqs) and cached.stats["input_tokens"] > 0
+    assert CachedLLM(judge, ResponseCache(tmp_path / "c")).run(reqs)[0].cached

@@ -1,0 +1,153 @@
+"""The paper: every quoted number is generated from metrics, and the PDF follows the metrics."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import REPO
+
+from darkmatter.config import load_params
+from darkmatter.errors import UserError
+from darkmatter.paper.build import build
+from darkmatter.paper.generate import fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig, generate
+
+#: Digits that may appear in hand-written LaTeX: names and definitions, never results.
+ALLOWED_DIGITS = [
+    r"Gemma(~| )3", r"GPT-2", r"Q4\\_K\\_M", r"float32", r"R\^2", r"\^\{-1/2\}", r"\^\{1/2\}",
+    r"\[x,1\]", r"90\\%",  # "PCs for 90% of the variance" is the definition of the reported count
+    r"[Pp]osition 0", r"\bL0\b", r"float64", r"\|\^2",
+    r"Scope(~| )2", r"\b(270M|1B|4B|12B)\b",  # model and release names
+]
+#: Commands whose arguments are not prose (files, keys, options).
+NON_PROSE = r"\\(documentclass|usepackage|includegraphics|input|cite[pt]?|label|ref|bibliography|bibliographystyle|graphicspath|begin|end)(\[[^\]]*\])?(\{[^}]*\})+"
+
+
+def _prose(tex: str) -> str:
+    tex = re.sub(r"(?<!\\)%.*", "", tex)
+    tex = re.sub(r"\\graphicspath\{.*?\}\}", "", tex)
+    return re.sub(NON_PROSE, "", tex)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A copy of paper/, figures/ and metrics/ that tests may modify."""
+    root = tmp_path_factory.mktemp("paper")
+    for name in ("paper", "figures", "metrics"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("main.pdf", "generated"))
+    return root
+
+
+def _generate_and_build(root):
+    params = load_params(REPO / "params.yaml")
+    generate(params, root / "metrics", root / "paper" / "generated", REPO / "data/runs/gemma-3-270m-l9/corpus/card.json")
+    pdf = build(root / "paper")
+    return subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def test_every_macro_in_the_text_is_generated(workspace):
+    generate(load_params(REPO / "params.yaml"), workspace / "metrics", workspace / "paper/generated")
+    defined = set(re.findall(r"\\newcommand\{\\(dm[A-Za-z]+)\}", (workspace / "paper/generated/macros.tex").read_text()))
+    used = set(re.findall(r"\\(dm[A-Za-z]+)", (REPO / "paper/main.tex").read_text()))
+    assert used and used <= defined, f"undefined: {sorted(used - defined)}"
+
+
+def test_no_number_is_typed_by_hand():
+    prose = _prose((REPO / "paper/main.tex").read_text())
+    for pattern in ALLOWED_DIGITS:
+        prose = re.sub(pattern, "", prose)
+    typed = re.findall(r".{0,30}\d.{0,30}", prose)
+    assert not typed, f"numbers typed in main.tex: {typed}"
+
+
+def test_pdf_follows_the_metrics(workspace):
+    text = _generate_and_build(workspace)
+    residual = json.loads((workspace / "metrics/runs/gemma-3-270m-l9/residual.json").read_text())
+    assert f"{residual['dark_matter_fraction']:.3f}" in text
+    assert "not run" in text, "ladder rows without metrics say so"
+
+    residual["dark_matter_fraction"] = 0.4321
+    (workspace / "metrics/runs/gemma-3-270m-l9/residual.json").write_text(json.dumps(residual))
+    compare = json.loads((workspace / "metrics/runs/gemma-3-270m-l9/compare.json").read_text())
+    was_exceeding = compare["ica"]["novel_fraction"] > compare["random_in_pca_subspace"]["novel_fraction"]
+    compare["ica"]["novel_fraction"] = 0.99 if not was_exceeding else 0.0
+    (workspace / "metrics/runs/gemma-3-270m-l9/compare.json").write_text(json.dumps(compare))
+    changed = " ".join(_generate_and_build(workspace).split())
+    assert "0.432" in changed and f"{0.12693:.3f}" not in changed.split("FVU")[0]
+    verdict = "does not exceed" if was_exceeding else "exceeds that of random directions"
+    assert verdict in changed, "the wording follows the numbers"
+
+
+def test_a_ladder_row_appears_when_its_metrics_exist(workspace, tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
+    assert "not run" in rows["GPT-2 small"] and "planned" in rows["Gemma 3 12B (262k)"]
+    assert "\\newcommand{\\dmLadderDone}{0}" in (out / "macros.tex").read_text()
+
+    shutil.copytree(metrics / "runs/gemma-3-270m-l9", metrics / "runs/gpt2-small")
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
+    assert "not run" not in rows["GPT-2 small"] and "not run" in rows["Gemma 3 1B (16k)"]
+    assert "\\newcommand{\\dmLadderDone}{1}" in (out / "macros.tex").read_text()
+
+
+def test_missing_metrics_fail_clearly_and_write_nothing(tmp_path):
+    (tmp_path / "metrics/runs/gemma-3-270m-l9").mkdir(parents=True)
+    out = tmp_path / "generated"
+    with pytest.raises(UserError, match=r"metrics/runs/gemma-3-270m-l9/activations.json is missing; "
+                                        r"run `dvc repro activations@gemma-3-270m-l9`"):
+        generate(load_params(REPO / "params.yaml"), tmp_path / "metrics", out)
+    assert not out.exists()
+
+
+def test_a_latex_error_names_the_line_and_leaves_no_pdf(tmp_path):
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "main.tex").write_text("\\documentclass{article}\\begin{document}\n\\dmUndefined\n\\end{document}\n")
+    with pytest.raises(UserError, match=r"Undefined control sequence.*l\.2"):
+        build(paper)
+    assert not (paper / "main.pdf").exists()
+
+
+def test_formatting_rules():
+    assert fmt_count(262144) == "262{,}144"
+    assert fmt_pct(0.1269) == "12.7\\%"
+    assert fmt_sig(246.13) == "246" and fmt_sig(0.0123456) == "0.0123"
+    assert fmt_sci(1e-4) == "\\ensuremath{10^{-4}}" and fmt_sci(3e-5) == "\\ensuremath{3.0\\times10^{-5}}"
+    assert fmt_p(0.2) == "0.200" and fmt_p(3.27e-16) == "\\ensuremath{3.3\\times10^{-16}}"
+
+
+def test_the_pdf_is_byte_reproducible(workspace):
+    import hashlib
+
+    _generate_and_build(workspace)
+    first = hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest()
+    _generate_and_build(workspace)
+    assert hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest() == first
+
+
+def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    entry = {"mean": 0.71, "ci": [0.66, 0.76], "n": 64}
+    chance = {"mean": 0.5, "ci": [0.45, 0.55], "n": 16}
+    report = {"model": "SmolLM2-135M-Instruct", "judge_is_weak": True,
+              "groups": {"ica": {"n_units": 64, "balanced_accuracy": entry, "f1": entry, "auc": entry},
+                         "ica_stable": {"n_units": 2, "balanced_accuracy": entry, "f1": entry, "auc": None},
+                         "sae": {"n_units": 16, "balanced_accuracy": entry, "f1": entry, "auc": entry},
+                         "random": {"n_units": 16, "balanced_accuracy": chance, "f1": chance, "auc": chance}},
+              "tests": {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005},
+                        "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97}}}
+    (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    table = (out / "tab_autointerp.tex").read_text()
+    assert "0.71 [0.66, 0.76]" in table and "0.50 [0.45, 0.55]" in table and "not run" not in table
+    prose = (out / "sec_autointerp.tex").read_text()
+    assert "ICA components are detected better than random directions" in prose
+    assert "not detected significantly differently from density-matched SAE features" in prose
+    assert "a weak judge" in prose
