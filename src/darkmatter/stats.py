@@ -1,10 +1,26 @@
-"""Small statistics shared by the analysis stages: summaries and random directions."""
+"""Statistics shared by the analysis stages: summaries, random directions, and the uncertainty
+every comparison in the paper carries.
+
+Conventions, in one place so every stage reports alike:
+
+- intervals are percentile bootstrap intervals at :data:`CI_LEVEL`; with fewer than
+  :data:`MIN_N_FOR_CI` values no interval is given (``None``: report n, say it is too few);
+- Monte-Carlo p-values are ``(1 + #{null ≥ observed}) / (1 + B)`` (Phipson & Smyth 2010), never 0;
+- paired designs get paired tests (sign-flip permutation of the differences), unpaired ones a
+  permutation of the pooled values.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+#: Confidence level of every interval reported.
+CI_LEVEL = 0.95
+#: Fewer values than this get no bootstrap interval: a percentile bootstrap of 2-4 values is noise.
+MIN_N_FOR_CI = 5
 
 
 def summary(values: np.ndarray) -> dict:
@@ -22,3 +38,82 @@ def random_unit_directions(n: int, d: int, seed: int) -> np.ndarray:
     """``n`` directions uniform on the unit sphere in R^d, as rows."""
     g = np.random.default_rng(seed).standard_normal((n, d))
     return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def random_rotation(k: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-distributed k × k orthogonal matrix (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((k, k)))
+    return q * np.sign(np.diag(r))[None, :]
+
+
+def monte_carlo_p(null: np.ndarray, observed: float) -> float:
+    """One-sided p of ``observed`` against draws ``null`` (large is extreme): (1 + #≥) / (1 + B)."""
+    null = np.asarray(null, dtype=np.float64)
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
+
+
+def percentile_interval(draws: np.ndarray) -> list[float]:
+    tail = (1 - CI_LEVEL) / 2
+    return [float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))]
+
+
+def bootstrap_ci(values, statistic: Callable[[np.ndarray], float], n_boot: int,
+                 rng: np.random.Generator) -> list[float] | None:
+    """Percentile bootstrap interval of ``statistic`` over ``values`` (None below MIN_N_FOR_CI)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < MIN_N_FOR_CI:
+        return None
+    draws = np.array([statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(n_boot)])
+    return percentile_interval(draws)
+
+
+def mean_with_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
+    """``{"mean", "ci", "n"}`` with the bootstrap interval of the mean (None when too few values)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return {"mean": None, "ci": None, "n": 0}
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
+    ci = percentile_interval(means) if len(values) >= MIN_N_FOR_CI else None
+    return {"mean": float(values.mean()), "ci": ci, "n": int(len(values))}
+
+
+def unpaired_difference(a, b, n_boot: int, rng: np.random.Generator, statistic=np.mean) -> dict:
+    """``statistic(a) − statistic(b)`` for independent groups: bootstrap CI (each group resampled)
+    and a two-sided permutation p-value of the pooled values."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if not len(a) or not len(b):
+        return {"difference": None, "ci": None, "p_permutation": None, "n": [len(a), len(b)], "paired": False}
+    observed = float(statistic(a) - statistic(b))
+    ci = None
+    if min(len(a), len(b)) >= MIN_N_FOR_CI:
+        boots = [statistic(a[rng.integers(0, len(a), len(a))]) - statistic(b[rng.integers(0, len(b), len(b))])
+                 for _ in range(n_boot)]
+        ci = percentile_interval(np.array(boots))
+    pooled = np.concatenate([a, b])
+    null = np.empty(n_boot)
+    for i in range(n_boot):
+        perm = rng.permutation(pooled)
+        null[i] = statistic(perm[: len(a)]) - statistic(perm[len(a):])
+    return {"difference": observed, "ci": ci, "p_permutation": monte_carlo_p(np.abs(null), abs(observed)),
+            "n": [int(len(a)), int(len(b))], "paired": False}
+
+
+def paired_difference(a, b, n_boot: int, rng: np.random.Generator) -> dict:
+    """Mean of the paired differences ``a − b``: bootstrap CI over pairs, a two-sided sign-flip
+    permutation p-value, and the Wilcoxon signed-rank p-value (scipy) as a rank-based check."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) != len(b):
+        raise ValueError(f"paired groups differ in size: {len(a)} vs {len(b)}")
+    if not len(a):
+        return {"difference": None, "ci": None, "p_permutation": None, "p_wilcoxon": None, "n": 0, "paired": True}
+    d = a - b
+    observed = float(d.mean())
+    ci = bootstrap_ci(d, np.mean, n_boot, rng)
+    signs = rng.choice([-1.0, 1.0], size=(n_boot, len(d)))
+    null = np.abs((signs * d).mean(axis=1))
+    nonzero = d[d != 0]
+    p_wilcoxon = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= MIN_N_FOR_CI else None
+    return {"difference": observed, "ci": ci, "p_permutation": monte_carlo_p(null, abs(observed)),
+            "p_wilcoxon": p_wilcoxon, "n": int(len(d)), "paired": True}

@@ -1,10 +1,14 @@
-"""Dictionary comparison: chunked max |cos| is exact; baselines and the kurtosis gap behave."""
+"""Dictionary comparison: chunked max |cos| is exact; the rotation null is the fair baseline; the
+kurtosis gap compares like with like."""
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import kurtosis, mannwhitneyu
 
-from darkmatter.analysis.compare import bins, kurtosis_gap, max_abs_cos, random_in_subspace
+from darkmatter.analysis.compare import bins, kurtosis_gap, max_abs_cos, rotation_null_directions, rotation_test
+from darkmatter.config import CompareConfig
+from darkmatter.stats import random_rotation
 
 
 def test_chunked_max_cos_equals_dense():
@@ -32,16 +36,8 @@ def test_bins_partition_the_directions():
     assert counts["novel_fraction"] == pytest.approx(2 / 7)
 
 
-def test_random_in_subspace_stays_in_the_span():
-    rng = np.random.default_rng(2)
-    basis, _ = np.linalg.qr(rng.standard_normal((30, 5)))
-    v = random_in_subspace(basis, 50, 0)
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0)
-    np.testing.assert_allclose(np.linalg.norm(v @ basis, axis=1), 1.0, rtol=1e-10)
-
-
 def test_random_directions_are_far_from_a_small_dictionary_in_high_dimension():
-    """The random baseline is what chance looks like: in d=640, |cos| with 4096 rows stays well below 0.3."""
+    """The reference baseline is what chance looks like: in d=640, |cos| with 4096 rows stays well below 0.3."""
     from darkmatter.stats import random_unit_directions
 
     decoder = torch.from_numpy(random_unit_directions(4096, 640, 1).astype(np.float32))
@@ -49,7 +45,80 @@ def test_random_directions_are_far_from_a_small_dictionary_in_high_dimension():
     assert best.max() < 0.3 and best.min() > 0.05
 
 
-def test_kurtosis_gap_ratio_direction():
-    gap = kurtosis_gap(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 60.0, np.nan]))
-    assert gap["ratio_of_medians"] == pytest.approx(10.0) and gap["ratio_of_means"] == pytest.approx(15.0)
-    assert kurtosis_gap(np.array([]), np.array([1.0]))["ratio_of_medians"] is None
+def _anisotropic_world(seed=0, d=60, k=12):
+    """A whitening subspace V with a steep spectrum Λ, and a dictionary that lives along its top PCs."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    scale = np.sqrt(np.geomspace(100.0, 0.01, k))
+    decoder = basis[:, :3] @ rng.standard_normal((3, 400)) + 0.3 * rng.standard_normal((d, 400))
+    return basis, scale, torch.from_numpy(decoder.T.astype(np.float32))
+
+
+def test_the_rotation_null_carries_the_whitening_weight():
+    """An ICA that found nothing (a random W) writes V Λ^{1/2} Wᵀ, which leans on the top PCs. The old
+    baseline (random V g, no Λ^{1/2}) then calls it "closer to the dictionary"; the rotation null does not."""
+    basis, scale, decoder = _anisotropic_world()
+    k = len(scale)
+    nothing = (random_rotation(k, np.random.default_rng(99)) * scale[None, :]) @ basis.T
+    ica_cos = max_abs_cos(nothing, decoder, 128)[0]
+    g = np.random.default_rng(5).standard_normal((1000, k)) @ basis.T
+    old_baseline = max_abs_cos(g, decoder, 128)[0]
+    assert mannwhitneyu(ica_cos, old_baseline, alternative="greater").pvalue < 0.01, "the old test is fooled"
+    null = max_abs_cos(rotation_null_directions(basis, scale, 400, 7), decoder, 128)[0].reshape(400, k)
+    test = rotation_test(ica_cos, null, novel_below=0.3)
+    assert test["median_max_cos"]["p_two_sided"] > 0.05
+    assert test["n_rotations"] == 400 and 0 < test["median_max_cos"]["p_closer"] <= 1
+
+
+def test_the_rotation_test_finds_directions_that_sit_on_the_dictionary():
+    basis, scale, decoder = _anisotropic_world(seed=1)
+    k = len(scale)
+    inside = np.random.default_rng(2).standard_normal((k, k)) @ basis.T  # directions in the searched subspace ...
+    decoder = torch.cat([decoder, torch.from_numpy(inside.astype(np.float32))])  # ... that the SAE has
+    null = max_abs_cos(rotation_null_directions(basis, scale, 300, 3), decoder, 128)[0].reshape(300, k)
+    test = rotation_test(max_abs_cos(inside, decoder, 128)[0], null, novel_below=0.3)
+    assert test["median_max_cos"]["p_closer"] < 0.01 and test["median_max_cos"]["p_farther"] > 0.5
+    assert test["median_max_cos"]["p_closer"] >= 1 / 301, "(1 + #) / (1 + B): never 0"
+
+
+def test_rotation_null_directions_are_mixing_directions_of_orthogonal_w():
+    basis, scale, _ = _anisotropic_world()
+    dirs = rotation_null_directions(basis, scale, 3, 0).reshape(3, len(scale), -1)
+    for w_dirs in dirs:  # rows q Λ^{1/2} Vᵀ: back in whitened coordinates they are an orthogonal W times Λ^{1/2}
+        w = (w_dirs @ basis) / scale[None, :]
+        np.testing.assert_allclose(w @ w.T, np.eye(len(scale)), atol=1e-10)
+
+
+def _gap_inputs(rng, n=20000, n_features=60, n_ica=30):
+    """SAE latents: a sparse code (firing rate p) over Gaussian pre-activations; ICA sources: Gaussian."""
+    pre = rng.standard_normal((n, n_features))
+    rates = rng.uniform(0.01, 0.05, n_features)
+    thresholds = np.array([np.quantile(pre[:, j], 1 - rate) for j, rate in enumerate(rates)])
+    latents = np.where(pre > thresholds, pre, 0.0)
+    sources = rng.standard_normal((n, n_ica))
+    stats = {"latent_kurtosis": kurtosis(latents), "preact_kurtosis": kurtosis(pre),
+             "kurtosis_x_random_directions": kurtosis(rng.standard_normal((n, 50)))}
+    components = {"kurtosis": kurtosis(sources), "random_whitened_kurtosis": kurtosis(rng.standard_normal((n, 50))),
+                  "stability_measured": np.array(False), "stable": np.zeros(n_ica, bool)}
+    return components, stats, latents
+
+
+def test_the_seed_kurtosis_gap_is_sparsity_and_the_like_for_like_gap_is_not():
+    rng = np.random.default_rng(0)
+    components, stats, latents = _gap_inputs(rng)
+    gap = kurtosis_gap(components, stats, np.ones(60, bool), CompareConfig(n_bootstrap=500))
+    rate = (latents > 0).mean(0)
+    assert gap["seed_definition"]["median_a"] == pytest.approx(np.median(1 / rate), rel=0.35), "~1/p"
+    assert gap["seed_definition"]["ci"][0] > 10, "the seeds' gap is large and 'significant'"
+    lo, hi = gap["like_for_like"]["ci"]
+    assert lo < 0 < hi and abs(gap["like_for_like"]["difference"]) < 0.1, "Gaussian readouts on both sides: no gap"
+    assert gap["like_for_like"]["p_permutation"] > 0.05
+
+
+def test_the_gap_is_a_difference_and_no_ratio_is_formed_across_zero():
+    rng = np.random.default_rng(1)
+    components, stats, _ = _gap_inputs(rng)
+    components["kurtosis"] = components["kurtosis"] - 1.0  # platykurtic sources: median < 0
+    gap = kurtosis_gap(components, stats, np.ones(60, bool), CompareConfig(n_bootstrap=200))
+    assert gap["seed_definition"]["median_b"] < 0 and gap["seed_definition"]["ratio_of_medians"] is None
+    assert gap["like_for_like"]["difference"] > 0.8 and gap["like_for_like"]["ci"][0] > 0

@@ -14,16 +14,13 @@ from scipy.stats import kurtosis
 
 from darkmatter.config import ResidualConfig
 from darkmatter.errors import NonFiniteError, UserError
-from darkmatter.analysis.residual import (
-    accumulate,
-    analyse,
-    excess_kurtosis_from_sums,
-    latent_chunk_tokens,
-    pca,
-)
+from darkmatter.analysis.residual import accumulate, analyse, excess_kurtosis_from_sums, pca
+from darkmatter.analysis.stream import latent_chunk_tokens
 
 D, D_SAE, CTX, N = 12, 40, 64, 64 * 40
+HELDOUT_FRACTION = 0.15  # the last 6 of 40 rows
 HELDOUT_ROWS = np.arange(34, 40)
+OUTLIERS = np.array([70, 300, 2300, 2400])  # two in train rows, two in held-out rows
 
 
 @pytest.fixture(scope="module")
@@ -32,54 +29,76 @@ def setup(tmp_path_factory):
     mix = rng.standard_normal((D, D))
     acts = (rng.laplace(size=(N, D)) @ mix + 5.0).astype(np.float32)
     acts[::CTX] *= 50  # position 0: huge, special
+    acts[OUTLIERS] *= 25  # ordinary tokens of very large norm
     cache = write_cache(tmp_path_factory.mktemp("cache"), acts, CTX)
     from darkmatter.data.activations import ActivationCache
 
     return ActivationCache.open(cache), random_jumprelu_sae(D, D_SAE), acts
 
 
-def run(setup, chunk_tokens=None, alpha=1e-3):
+def run(setup, chunk_tokens=None, alpha=1e-3, exclude=True):
     cache, sae, _ = setup
-    cfg = ResidualConfig(n_random_directions=16, ridge_alpha=alpha)
-    return analyse(accumulate(sae, cache, HELDOUT_ROWS, cfg, chunk_tokens), alpha)
+    cfg = ResidualConfig(n_random_directions=16, ridge_alpha=alpha, exclude_outliers=exclude)
+    return analyse(accumulate(sae, cache, HELDOUT_FRACTION, cfg, chunk_tokens), alpha)
 
 
 def direct(setup):
     cache, sae, acts = setup
     with torch.no_grad():
         latents = sae.encode(torch.from_numpy(acts))
+        pre = (torch.from_numpy(acts) @ sae.W_enc + sae.b_enc).double().numpy()
         r = (torch.from_numpy(acts) - sae.decode(latents)).double().numpy()
     special = np.asarray(cache.special)
     held = np.zeros(N, bool)
     held[(HELDOUT_ROWS[:, None] * CTX + np.arange(CTX)).ravel()] = True
-    return acts.astype(np.float64), r, latents.numpy(), special, held
+    outlier = np.zeros(N, bool)
+    outlier[OUTLIERS] = True
+    return acts.astype(np.float64), r, latents.numpy(), pre, special, outlier, held
 
 
 def fvu(x, r):
     return (r**2).sum() / ((x - x.mean(0)) ** 2).sum()
 
 
+def test_high_norm_tokens_are_classified_and_reported_both_ways(setup):
+    report, arrays = run(setup)
+    x, r, _, _, special, outlier, held = direct(setup)
+    assert np.array_equal(np.flatnonzero(arrays["token_class"] == 1), OUTLIERS)
+    assert report["tokens"]["classes"]["counts"] == {"special": int(special.sum()), "outlier": 4,
+                                                     "ordinary": int(N - special.sum() - 4)}
+    analysed = ~special & ~outlier
+    assert report["dark_matter_fraction"] == pytest.approx(fvu(x[held & analysed], r[held & analysed]), rel=1e-9)
+    assert report["dark_matter_fraction_without_outliers"] == report["dark_matter_fraction"]
+    assert report["dark_matter_fraction_with_outliers"] == pytest.approx(fvu(x[held & ~special], r[held & ~special]), rel=1e-9)
+    assert report["dark_matter_fraction_with_outliers"] != pytest.approx(report["dark_matter_fraction"], rel=1e-3)
+    kept, _ = run(setup, exclude=False)
+    assert kept["dark_matter_fraction"] == report["dark_matter_fraction_with_outliers"]
+    assert not kept["tokens"]["outliers_excluded"] and report["tokens"]["outliers_excluded"]
+
+
 def test_fvu_kurtosis_and_norms_match_direct(setup):
     report, arrays = run(setup)
-    x, r, _, special, held = direct(setup)
-    keep = ~special
-    assert report["dark_matter_fraction"] == pytest.approx(fvu(x[held & keep], r[held & keep]), rel=1e-9)
+    x, r, _, _, special, outlier, held = direct(setup)
+    keep = ~special & ~outlier
     assert report["dark_matter_fraction_with_special"] == pytest.approx(fvu(x[held], r[held]), rel=1e-9)
     assert report["dark_matter_fraction_all_rows"] == pytest.approx(fvu(x[keep], r[keep]), rel=1e-9)
-    np.testing.assert_allclose(arrays["kurtosis_r"], kurtosis(r[keep]), rtol=1e-6)
-    np.testing.assert_allclose(arrays["kurtosis_x_with_special"], kurtosis(x), rtol=1e-6)
+    assert report["dark_matter_fraction_all_rows_with_special"] == pytest.approx(fvu(x, r), rel=1e-9)
+    np.testing.assert_allclose(arrays["kurtosis_r"], kurtosis(r[keep & held]), rtol=1e-6)
+    np.testing.assert_allclose(arrays["kurtosis_x_with_special"], kurtosis(x[held]), rtol=1e-6)
+    np.testing.assert_allclose(arrays["kurtosis_r_with_outliers"], kurtosis(r[held & ~special]), rtol=1e-6)
     np.testing.assert_allclose(arrays["r_norm"], np.linalg.norm(r, axis=1), rtol=1e-5)
     assert report["error_norm_fraction"]["ratio_of_sums"] == pytest.approx(
-        np.sqrt((r[keep] ** 2).sum() / (x[keep] ** 2).sum()), rel=1e-9)
+        np.sqrt((r[keep & held] ** 2).sum() / (x[keep & held] ** 2).sum()), rel=1e-9)
 
 
-def test_ridge_and_pca_match_direct(setup):
+def test_ridge_and_pca_are_fitted_on_train_rows_and_scored_on_heldout(setup):
     from sklearn.linear_model import Ridge
 
     alpha = 1e-3
     report, arrays = run(setup, alpha=alpha)
-    x, r, _, special, held = direct(setup)
-    train, test = ~special & ~held, ~special & held
+    x, r, _, _, special, outlier, held = direct(setup)
+    keep = ~special & ~outlier
+    train, test = keep & ~held, keep & held
     penalty = alpha * np.trace(np.cov(x[train], rowvar=False, bias=True)) / D
     model = Ridge(alpha=penalty * train.sum()).fit(x[train], r[train])
     residual = r[test] - model.predict(x[test])
@@ -88,21 +107,42 @@ def test_ridge_and_pca_match_direct(setup):
     assert lp["r2_heldout"] == pytest.approx(r2, rel=1e-6)
     assert lp["linear_fraction"] + lp["nonlinear_fraction"] + lp["mean_fraction"] == pytest.approx(
         report["dark_matter_fraction"], rel=1e-9), "the split adds up to the dark-matter fraction"
-    keep = ~special
-    values, _ = pca(np.cov(r[keep], rowvar=False, bias=True))
+    values, _ = pca(np.cov(r[train], rowvar=False, bias=True))
     np.testing.assert_allclose(arrays["pca_residual_values"], values, rtol=1e-7)
-    nonlinear = r[keep] - model.predict(x[keep])
+    np.testing.assert_allclose(arrays["mean_residual"], r[train].mean(0), rtol=1e-9)
+    nonlinear = r[train] - model.predict(x[train])
     values_nl, _ = pca(np.cov(nonlinear, rowvar=False, bias=True))
     np.testing.assert_allclose(arrays["pca_nonlinear_values"], values_nl, rtol=1e-6)
+    # The nonlinear part is measured from the full ridge prediction: its mean on the fit rows is ~0.
+    # (Before the fix this returned shift_r, a constant offset that ICA then carried into every source.)
+    np.testing.assert_allclose(arrays["mean_nonlinear"], nonlinear.mean(0), atol=1e-9 * np.abs(r).max())
+    assert np.abs(arrays["mean_nonlinear"]).max() < 1e-6 * np.abs(arrays["shift_r"]).max()
 
 
-def test_latent_statistics_match_dense(setup):
+def test_latent_statistics_match_dense_on_heldout_tokens(setup):
     _, arrays = run(setup)
-    _, _, latents, special, _ = direct(setup)
-    dense = latents[~special].astype(np.float64)
+    _, _, latents, pre, special, outlier, held = direct(setup)
+    rows = held & ~special & ~outlier
+    dense = latents[rows].astype(np.float64)
     np.testing.assert_allclose(arrays["latent_frequency"], (dense > 0).mean(0))
     fired = (dense > 0).any(0)
     np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(dense[:, fired]), rtol=1e-6)
+    np.testing.assert_allclose(arrays["preact_kurtosis"], kurtosis(pre[rows]), rtol=1e-5)  # float32 encode
+    train = ~held & ~special & ~outlier
+    np.testing.assert_array_equal(arrays["latent_fires_train"], (latents[train] > 0).sum(0))
+
+
+def test_dead_means_the_same_in_eval_and_residual(setup):
+    """One definition: never fires on the held-out rows' non-special tokens (outliers included)."""
+    from darkmatter.sae.evaluate import reconstruction_stats
+
+    cache, sae, acts = setup
+    report, _ = run(setup)
+    _, _, latents, _, special, _, held = direct(setup)
+    index = np.flatnonzero(held)
+    stats = reconstruction_stats(sae, acts, special, index, 0.1)
+    expected = float(((latents[held & ~special] > 0).sum(0) == 0).mean())
+    assert stats["dead_fraction"] == report["sae_features"]["dead_fraction"] == pytest.approx(expected)
 
 
 def test_chunking_changes_nothing(setup):
@@ -127,7 +167,7 @@ def test_nan_activations_are_named(tmp_path):
 
     cache = ActivationCache.open(write_cache(tmp_path, acts, 64))
     with pytest.raises(NonFiniteError, match=r"NaN/inf in the activations of tokens 128\.\.191"):
-        accumulate(random_jumprelu_sae(D, 8), cache, np.arange(3, 4), ResidualConfig(n_random_directions=4), 64)
+        accumulate(random_jumprelu_sae(D, 8), cache, 0.25, ResidualConfig(n_random_directions=4), 64)
 
 
 def test_wrong_hook_fails_before_compute(tmp_path):
@@ -136,7 +176,7 @@ def test_wrong_hook_fails_before_compute(tmp_path):
     cache = ActivationCache.open(write_cache(tmp_path, np.zeros((128, D), np.float32), 64))
     sae = random_jumprelu_sae(D, 8, hook_name="blocks.7.hook_resid_post")
     with pytest.raises(UserError, match="trained at blocks.7.hook_resid_post but the cache holds blocks.1"):
-        accumulate(sae, cache, np.arange(1, 2), ResidualConfig())
+        accumulate(sae, cache, 0.5, ResidualConfig())
 
 
 def test_chunk_size_follows_the_budget():
@@ -161,7 +201,7 @@ def test_peak_memory_at_width_65536_stays_under_the_budget(tmp_path):
         cache = ActivationCache.open(write_cache(Path({str(tmp_path)!r}), acts, 128))
         sae = random_jumprelu_sae(d, width, threshold=6.0)  # ~1% of latents fire, like a real SAE
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        stats = accumulate(sae, cache, np.arange(60, 64), ResidualConfig(latent_budget_mb=64))
+        stats = accumulate(sae, cache, 0.0625, ResidualConfig(latent_budget_mb=64))
         report, _ = analyse(stats, 1e-3)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({{"growth_mb": (after - before) / 1024, "l0": report["sae_features"]["mean_l0"]}}))

@@ -55,8 +55,8 @@ def small_params(path):
     raw["residual"] |= {"n_random_directions": 32}
     raw["ica"] |= {"n_components": 12, "seeds": 2, "max_tokens": 20000}
     raw["compare"] |= {"n_random": 200, "decoder_chunk": 7}
-    raw["examples"] |= {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 3,
-                        "n_sae_features": 4, "n_random_directions": 3}
+    raw["examples"] |= {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 3, "n_random_units": 3}
+    raw["compare"] |= {"n_rotations": 200}
     path.write_text(yaml.safe_dump(raw))
 
 
@@ -93,18 +93,26 @@ def test_stages_find_planted_sources_and_call_them_novel(tmp_path, gemma_weights
     assert (comparison["ica_max_cos"][found] < 0.3).all(), "the SAE lacks them: novel"
     report = json.loads((m / "compare.json").read_text())
     assert report["ica"]["novel"] >= 3 and report["ica"]["n"] == 12
-    gap = report["kurtosis_gap"]["all_components"]
-    assert gap["n_sae"] > 0 and gap["ratio_of_medians"] > 0
+    assert report["rotation_null"]["n_rotations"] == 200
+    assert report["rotation_null"]["novel_fraction"]["p_more"] < 0.05, "more novel than random rotations"
+    gap = report["kurtosis_gap"]
+    assert gap["n_active_features"] > 0 and gap["like_for_like"]["difference"] is not None
+    assert gap["ica_vs_random_whitened"]["ci"][0] > 0, "the planted sources are heavier-tailed than random whitened units"
 
     units = json.loads((data / "examples.json").read_text())["units"]
-    assert [u["kind"] for u in units].count("ica") == 12 and len(units) == 12 + 4 + 3
+    kinds = [u["kind"] for u in units]
+    assert kinds.count("ica") == 12 and kinds.count("sae") == 12 and kinds.count("random") == 3
+    ica_units = {u["id"]: u for u in units if u["kind"] == "ica"}
+    for sae in (u for u in units if u["kind"] == "sae"):
+        assert ica_units[sae["matched_to_ica"]]["matched_sae_feature"] == sae["id"], "one partner per component"
     for unit in units:
         top = unit["top"][0]
-        assert top["activation"] == pytest.approx(unit["max_activation"], rel=1e-5)
         assert top["activations"][top["focus"]] == pytest.approx(top["activation"], rel=1e-3)
         assert all(isinstance(t, str) for t in top["tokens"])
         assert all(c["activation"] <= unit["threshold"] for c in unit["non_activating"])
-        assert {c["split"] for c in unit["top"] + unit["quantiles"]} <= {"train", "heldout"}
+        assert {c["split"] for c in unit["top"]} == {"train"}, "explanations come from train rows"
+        assert {c["split"] for c in unit["quantiles"] + unit["non_activating"]} <= {"heldout"}, "detection: held-out"
+        assert all(c["activation"] > unit["threshold"] for c in unit["quantiles"])
     for ext in ("png", "pdf"):
         for name in ("kurtosis", "pca_spectrum", "error_norms", "ica_components", "decoder_similarity", "kurtosis_gap"):
             assert (fig / f"{name}.{ext}").stat().st_size > 1000

@@ -18,17 +18,21 @@ def _unit(kind, uid, **extra):
 
 def _inputs():
     examples = {"meta": {"hook_name": "blocks.9.hook_resid_post", "model": "gemma-3-270m"}, "units": [
-        _unit("ica", 0, stable=True, variance_share=0.01, source_kurtosis_fit=5.0, max_cos_sae=0.12, nearest_sae_feature=7),
-        _unit("ica", 1, stable=False, variance_share=0.02, source_kurtosis_fit=1.0, max_cos_sae=0.9, nearest_sae_feature=3),
-        _unit("sae", 42, frequency=0.003), _unit("random", 0)]}
+        _unit("ica", 0, stable=True, variance_share=0.01, max_cos_sae=0.12, nearest_sae_feature=7, matched_sae_feature=42),
+        _unit("ica", 1, stable=False, variance_share=0.02, max_cos_sae=0.9, nearest_sae_feature=3, matched_sae_feature=43),
+        _unit("sae", 42, frequency_train=0.003, matched_to_ica=0), _unit("random", 0)]}
     q = {"0.5": 0.3}
     residual = {"hook_name": "blocks.9.hook_resid_post", "dark_matter_fraction": 0.127, "dark_matter_fraction_with_special": 0.215,
+                "dark_matter_fraction_with_outliers": 0.131, "dark_matter_fraction_without_outliers": 0.127,
+                "tokens": {"classes": {"counts": {"outlier": 83}}, "outliers_excluded": True},
                 "linear_predictability": {"r2_heldout": 0.61},
                 "kurtosis": {k: {"quantiles": q} for k in ("x", "r", "r_random_directions")}}
-    ica = {"n_components": 2, "target": "residual", "backend": "picard", "n_stable": 1, "stable_fraction": 0.5, "all_converged": True}
+    ica = {"n_components": 2, "target": "residual", "backend": "picard", "n_stable": 1, "stable_fraction": 0.5,
+           "stability": {"measured": True}, "all_converged": True}
     bins = {"novel": 1, "n": 2}
-    compare = {"thresholds": {"novel_below": 0.3}, "ica": bins, "random": bins, "random_in_pca_subspace": bins,
-               "kurtosis_gap": {"all_components": {"ratio_of_medians": 40.0, "ratio_of_means": 55.0}}}
+    compare = {"thresholds": {"novel_below": 0.3}, "ica": bins, "random": bins,
+               "rotation_null": {"novel_fraction": {"null_mean": 0.25, "p_two_sided": 0.04}},
+               "kurtosis_gap": {"like_for_like": {"difference": 0.4, "ci": [0.1, 0.7]}}}
     return examples, residual, ica, compare
 
 
@@ -64,8 +68,10 @@ def test_dashboard_is_well_formed_and_escapes_tokens():
 
 def test_dashboard_shows_the_numbers_a_researcher_needs():
     page = render(*_inputs())
-    for needle in ("0.1270 / 0.2150", "max |cos| to SAE 0.120 (novel)", "nearest feature #7", "unstable",
-                   "stable across seeds", "kurtosis 5.00", "firing frequency 0.300%", "↵", "40, 55"):
+    for needle in ("0.1270 / 0.1310 / 0.1270 / 0.2150", "max |cos| to SAE 0.120 (novel)", "nearest feature #7", "unstable",
+                   "stable across restarts and resamples", "matched SAE feature #42", "kurtosis 5.00 (held-out)",
+                   "firing frequency 0.300% (train rows)", "↵", "83 tokens (excluded)", "1 of 2 / 25% / 1 of 2",
+                   "0.4 [0.1, 0.7]", "top activations (train rows"):
         assert needle in page, needle
     assert page.count('class="tok focus"') == 4 * 3  # top + quantile + non-activating context per unit
 

@@ -7,7 +7,8 @@ import pytest
 from fake_anthropic import FakeAnthropic
 
 from darkmatter.errors import UserError
-from darkmatter.interp.llm import AnthropicBackend, CachedLLM, ReplayBackend, Request, ResponseCache, request_key
+from darkmatter.interp.llm import (AnthropicBackend, CachedLLM, ReplayBackend, Request, ResponseCache, anthropic_params,
+                                   request_key)
 
 KEY = "sk-ant-test-SECRET-0123456789"
 
@@ -88,18 +89,49 @@ def test_replay_serves_hits_and_names_a_miss(tmp_path, key):
     with FakeAnthropic() as server:
         cache = ResponseCache(tmp_path / "cache")
         CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), cache).run(REQS[:1])
-    replay = CachedLLM(ReplayBackend("claude-haiku-4-5", "anthropic"), cache)
+    replay = CachedLLM(ReplayBackend("claude-haiku-4-5", "anthropic", lambda req: anthropic_params("claude-haiku-4-5", req)),
+                       cache)
     assert replay.run(REQS[:1])[0].text.startswith("explanation")
     with pytest.raises(UserError, match=r"replay: no cached response for unit ica-0/detect0"):
         replay.run(REQS)
 
 
-def test_cache_key_covers_everything_that_changes_the_answer():
-    base = request_key("anthropic", "m", REQS[0])
-    assert base != request_key("anthropic", "m2", REQS[0])
-    assert base != request_key("local", "m", REQS[0])
-    assert base != request_key("anthropic", "m", Request("ica-0", REQS[0].system, REQS[0].prompt, 41))
-    assert base == request_key("anthropic", "m", Request("other-unit-name", REQS[0].system, REQS[0].prompt, 40))
+def test_the_cache_key_is_exactly_what_is_sent(tmp_path, key):
+    """The key hashes the Messages API body the client sends, nothing more (no unsent temperature)."""
+    with FakeAnthropic() as server:
+        backend = AnthropicBackend("claude-haiku-4-5", base_url=server.url)
+        CachedLLM(backend, ResponseCache(tmp_path / "c")).run(REQS[:1])
+        sent = server.requests[-1]["body"]
+    assert sent == backend.payload(REQS[0]), "the payload is the request body"
+    assert "temperature" not in sent
+    base = request_key(backend, REQS[0])
+    replay = ReplayBackend("claude-haiku-4-5", "anthropic", lambda req: anthropic_params("claude-haiku-4-5", req))
+    assert request_key(replay, REQS[0]) == base, "a replay finds what the live backend stored"
+    assert base != request_key(AnthropicBackend("claude-sonnet-4-5", base_url=server.url), REQS[0])
+    assert base != request_key(backend, Request("ica-0", REQS[0].system, REQS[0].prompt, 41))
+    assert base == request_key(backend, Request("other-unit-name", REQS[0].system, REQS[0].prompt, 40))
+
+
+@pytest.mark.real_model
+def test_the_local_judge_scores_the_answer_tokens_its_template_makes_likely():
+    """Right after SmolLM2's assistant header the model writes "Yes"/"No" without a leading space;
+    the first version scored " Yes"/" No", tokens it rarely puts there."""
+    from conftest import prepared_weights
+
+    from darkmatter.interp.llm import LocalBackend
+
+    judge = LocalBackend("SmolLM2-135M-Instruct", prepared_weights("smollm2-135m"))
+    yes, no = judge.prompts.answer_ids
+    assert judge.tokenizer.decode([yes]) == "Yes" and judge.tokenizer.decode([no]) == "No"
+    assert [yes, no] != [judge.tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Yes", " No")]
+    questions = ["Is an apple a fruit?", "Is a stone alive?", "Is Paris in France?", "Is ice hot?", "Is water wet?"]
+    reqs = [Request(f"q{i}", "Answer Yes or No only.", f"{q} Answer Yes or No.", 1) for i, q in enumerate(questions)]
+    first = judge.complete_batch(reqs)
+    enc = judge.tokenizer([judge.prompts.text(r) for r in reqs], return_tensors="pt", padding=True, add_special_tokens=False)
+    generated = judge.lm.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=judge.tokenizer.pad_token_id)
+    assert set(generated[:, -1].tolist()) <= {yes, no}, "greedy decoding starts with exactly these tokens"
+    assert all(r.text in ("Yes", "No") for r in first)
+    assert judge.payload(reqs[0])["text"].endswith("assistant\n") and "log-probs" not in judge.payload(reqs[0])["decoding"]
 
 
 @pytest.mark.real_model

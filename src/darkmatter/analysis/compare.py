@@ -1,21 +1,33 @@
 """Do the ICA components of the dark matter point where the SAE's decoder already points?
 
-For each ICA *mixing* direction (what a component writes; see ``darkmatter.analysis.ica``), the max
-|cos| over every SAE decoder row and the argmax feature, computed in blocks of
+For each ICA *mixing* direction (what a component writes; see ``darkmatter.analysis.ica``), the
+max |cos| over every SAE decoder row and the argmax feature, computed in blocks of
 ``compare.decoder_chunk`` rows so a 1M-wide dictionary never sits in memory as one matrix
 product. Directions are binned as matched (> ``match_above``), partial, or novel
 (< ``novel_below``).
 
-Baselines, with the same statistic: random unit directions in activation space, and random
-directions inside the span of the whitened PCA subspace the ICA searched (a random direction
-where the ICA could have looked). A Mann–Whitney test says whether ICA directions sit closer to
-the dictionary than those. Every count is also given for the stable components alone and
-against the live decoder rows alone (features that fired at least once).
+**The null is a random rotation, not random directions.** Every mixing direction carries the
+same un-whitening, V Λ^{1/2}, so it leans towards the top principal components of the target,
+whatever W the ICA found; a random direction in the PCA subspace without the Λ^{1/2} weight
+does not, and "ICA sits closer to the dictionary than random directions in the subspace" could
+be that weighting alone. The fair null is the mixing directions of a random orthogonal W,
+V Λ^{1/2} Qᵀ with Q Haar-distributed: exactly what ICA would report had it found nothing. And
+the k directions are estimated jointly (they are the columns of one matrix), so they are not k
+independent draws: each statistic of the k directions together (their median max |cos|, how
+many are novel) is compared with its distribution over ``compare.n_rotations`` whole random
+rotations, with Monte-Carlo p-values (:mod:`darkmatter.stats`). Random unit directions in the
+whole activation space stay as a reference row.
 
-Kurtosis gap: the excess kurtosis of the ICA sources against that of the *active* SAE features
-(firing on more than ``compare.active_frequency`` of non-special tokens; streamed by the
-residual stage), with random projections of r as the Gaussian-ish floor. Reported as ratios
-SAE / ICA of medians and of means: above 1, the SAE's features are the sparser ones.
+**Kurtosis gap, like for like.** A sparse code's kurtosis is ~1/p for a feature firing at rate p,
+so comparing ICA sources with SAE latents (zeros included: the seeds' definition, kept and
+labelled as such) mostly says that JumpReLU outputs are sparse. The like-for-like comparison
+puts the ICA sources (linear readouts of r) next to the SAE's pre-activations W_enc x + b_enc
+(linear readouts of x) of the *active* features (firing on more than
+``compare.active_frequency`` of held-out analysed tokens), each beside its own null: random
+whitened directions for the sources, random unit directions in x for the pre-activations. All
+kurtoses are on the same tokens, the held-out rows' analysed tokens. Gaps are differences of
+medians with bootstrap intervals and permutation p-values, never ratios of excess kurtoses
+(which change sign when a median is ≤ 0).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from darkmatter.errors import UserError, cli
+from darkmatter.stats import monte_carlo_p, percentile_interval, unpaired_difference
 
 
 def max_abs_cos(directions: np.ndarray, decoder, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,70 +74,105 @@ def bins(max_cos: np.ndarray, novel_below: float, match_above: float) -> dict:
             "median_max_cos": float(np.median(max_cos)) if n else None}
 
 
-def random_in_subspace(basis: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` random unit directions in the column span of ``basis`` [d, k]."""
-    g = np.random.default_rng(seed).standard_normal((n, basis.shape[1]))
-    v = g @ basis.T
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+def rotation_null_directions(basis: np.ndarray, scale: np.ndarray, n_rotations: int, seed: int) -> np.ndarray:
+    """Mixing directions of ``n_rotations`` random orthogonal W: rows q Λ^{1/2} Vᵀ, [n_rotations · k, d]."""
+    from darkmatter.stats import random_rotation
+
+    rng = np.random.default_rng(seed)
+    k = basis.shape[1]
+    rotations = np.concatenate([random_rotation(k, rng) for _ in range(n_rotations)])
+    return (rotations * scale[None, :]) @ basis.T
 
 
-def kurtosis_gap(ica_kurtosis: np.ndarray, sae_kurtosis: np.ndarray) -> dict:
-    ica, sae = ica_kurtosis[np.isfinite(ica_kurtosis)], sae_kurtosis[np.isfinite(sae_kurtosis)]
-    if not len(ica) or not len(sae):
-        return {"n_ica": len(ica), "n_sae": len(sae), "ratio_of_medians": None, "ratio_of_means": None}
+def two_sided(p_high: float, p_low: float) -> float:
+    return min(1.0, 2 * min(p_high, p_low))
+
+
+def rotation_test(observed: np.ndarray, null: np.ndarray, novel_below: float) -> dict:
+    """The k directions' median max |cos| and novel count against their distribution under
+    random rotations (``null``: [n_rotations, k] max |cos|)."""
+    med, med_null = float(np.median(observed)), np.median(null, axis=1)
+    nov, nov_null = int((observed < novel_below).sum()), (null < novel_below).sum(axis=1)
+    k = null.shape[1]
+    p_closer, p_farther = monte_carlo_p(med_null, med), monte_carlo_p(-med_null, -med)
+    p_more, p_fewer = monte_carlo_p(nov_null, nov), monte_carlo_p(-nov_null, -nov)
     return {
-        "n_ica": int(len(ica)), "n_sae": int(len(sae)),
-        "median_ica": float(np.median(ica)), "median_sae": float(np.median(sae)),
-        "mean_ica": float(ica.mean()), "mean_sae": float(sae.mean()),
-        "ratio_of_medians": float(np.median(sae) / np.median(ica)),
-        "ratio_of_means": float(sae.mean() / ica.mean()),
+        "n_rotations": int(len(null)),
+        "median_max_cos": {"observed": med, "null_mean": float(med_null.mean()), "null_interval": percentile_interval(med_null),
+                           "p_closer": p_closer, "p_farther": p_farther, "p_two_sided": two_sided(p_closer, p_farther)},
+        "novel_fraction": {"observed": nov / k, "null_mean": float(nov_null.mean() / k),
+                           "null_interval": [v / k for v in percentile_interval(nov_null)],
+                           "p_more": p_more, "p_fewer": p_fewer, "p_two_sided": two_sided(p_more, p_fewer)},
     }
+
+
+def median_gap(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
+    """median(a) − median(b) of finite values: bootstrap CI and permutation p (unpaired)."""
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    out = unpaired_difference(a, b, n_boot, rng, statistic=np.median)
+    return {"median_a": float(np.median(a)) if len(a) else None, "median_b": float(np.median(b)) if len(b) else None, **out}
+
+
+def kurtosis_gap(components: dict, stats: dict, active: np.ndarray, cfg) -> dict:
+    """The seeds' definition (labelled) and the like-for-like comparisons, on held-out tokens."""
+    rng = np.random.default_rng(cfg.seed)
+    ica = components["kurtosis"]
+    latent, preact = stats["latent_kurtosis"][active], stats["preact_kurtosis"][active]
+    seeds = median_gap(latent, ica, cfg.n_bootstrap, rng)
+    both_positive = seeds["median_a"] is not None and seeds["median_a"] > 0 and seeds["median_b"] > 0
+    seeds["ratio_of_medians"] = seeds["median_a"] / seeds["median_b"] if both_positive else None
+    out = {
+        "active_frequency": cfg.active_frequency,
+        "n_active_features": int(active.sum()),
+        "rows": "held-out rows, analysed tokens",
+        "seed_definition": {"what": "SAE latents with their zeros (kurtosis ~1/p for firing rate p) minus ICA sources; "
+                                    "a = SAE, b = ICA", **seeds},
+        "like_for_like": {"what": "SAE pre-activations (linear readouts of x) minus ICA sources (linear readouts of r); "
+                                  "a = SAE, b = ICA", **median_gap(preact, ica, cfg.n_bootstrap, rng)},
+        "ica_vs_random_whitened": {"what": "ICA sources minus random whitened directions; a = ICA, b = random",
+                                   **median_gap(ica, components["random_whitened_kurtosis"], cfg.n_bootstrap, rng)},
+        "sae_preact_vs_random_x": {"what": "SAE pre-activations minus random directions in x; a = SAE, b = random",
+                                   **median_gap(preact, stats["kurtosis_x_random_directions"], cfg.n_bootstrap, rng)},
+    }
+    if bool(components["stability_measured"]) and components["stable"].any():
+        out["like_for_like_stable"] = median_gap(preact, ica[components["stable"].astype(bool)], cfg.n_bootstrap, rng)
+    return out
 
 
 def compare(components: dict, decoder, stats: dict, cfg) -> tuple[dict, dict]:
     """Metrics and per-direction arrays."""
-    from scipy.stats import mannwhitneyu
+    from darkmatter.stats import random_unit_directions
 
-    from darkmatter.stats import random_unit_directions, summary
-
-    mixing, stable = components["mixing"], components["stable"].astype(bool)
-    d = mixing.shape[1]
+    mixing = components["mixing"]
+    measured = bool(components["stability_measured"])
+    stable = components["stable"].astype(bool)
+    k, d = mixing.shape
     if decoder.shape[1] != d:
         raise UserError(f"SAE decoder has d_in {decoder.shape[1]} but the ICA directions have {d}; they come from different runs")
-    live = np.flatnonzero(stats["latent_frequency"] > 0)
+    live = np.flatnonzero(stats["latent_fires_heldout"] > 0)
     ica_cos, ica_arg = max_abs_cos(mixing, decoder, cfg.decoder_chunk)
-    live_cos, live_arg = max_abs_cos(mixing, decoder[live], cfg.decoder_chunk) if len(live) else (np.zeros(len(mixing)), None)
+    live_cos, _ = max_abs_cos(mixing, decoder[live], cfg.decoder_chunk) if len(live) else (np.zeros(k), None)
     rand_cos, _ = max_abs_cos(random_unit_directions(cfg.n_random, d, cfg.seed), decoder, cfg.decoder_chunk)
-    sub_cos, _ = max_abs_cos(random_in_subspace(components["pca_basis"], cfg.n_random, cfg.seed + 1), decoder, cfg.decoder_chunk)
-
-    def test(a, b):
-        return float(mannwhitneyu(a, b, alternative="two-sided").pvalue) if len(a) and len(b) else None
-
+    null_dirs = rotation_null_directions(components["pca_basis"], components["pca_scale"], cfg.n_rotations, cfg.seed + 1)
+    null_cos = max_abs_cos(null_dirs, decoder, cfg.decoder_chunk)[0].reshape(cfg.n_rotations, k)
     active = stats["latent_frequency"] > cfg.active_frequency
-    ica_kurt = components["kurtosis"]
     report = {
         "thresholds": {"novel_below": cfg.novel_below, "match_above": cfg.match_above},
         "d_sae": int(decoder.shape[0]),
         "n_live_features": int(len(live)),
         "ica": bins(ica_cos, cfg.novel_below, cfg.match_above),
-        "ica_stable": bins(ica_cos[stable], cfg.novel_below, cfg.match_above),
+        "ica_stable": bins(ica_cos[stable], cfg.novel_below, cfg.match_above) if measured else None,
         "ica_vs_live_features": bins(live_cos, cfg.novel_below, cfg.match_above),
         "random": bins(rand_cos, cfg.novel_below, cfg.match_above),
-        "random_in_pca_subspace": bins(sub_cos, cfg.novel_below, cfg.match_above),
-        "mann_whitney_p": {"ica_vs_random": test(ica_cos, rand_cos), "ica_vs_random_in_pca_subspace": test(ica_cos, sub_cos)},
-        "kurtosis_gap": {
-            "active_frequency": cfg.active_frequency,
-            "n_active_features": int(active.sum()),
-            "all_components": kurtosis_gap(ica_kurt, stats["latent_kurtosis"][active]),
-            "stable_components": kurtosis_gap(ica_kurt[stable], stats["latent_kurtosis"][active]),
-            "r_random_directions": summary(stats["kurtosis_r_random_directions"]),
-        },
+        "rotation_null": {**bins(null_cos.ravel(), cfg.novel_below, cfg.match_above),
+                          **rotation_test(ica_cos, null_cos, cfg.novel_below)},
+        "kurtosis_gap": kurtosis_gap(components, stats, active, cfg),
     }
     arrays = {
-        "ica_max_cos": ica_cos, "ica_nearest_feature": ica_arg,
-        "ica_max_cos_live": live_cos,
-        "random_max_cos": rand_cos, "random_subspace_max_cos": sub_cos,
-        "sae_active_kurtosis": stats["latent_kurtosis"][active],
+        "ica_max_cos": ica_cos, "ica_nearest_feature": ica_arg, "ica_max_cos_live": live_cos,
+        "random_max_cos": rand_cos, "rotation_null_max_cos": null_cos,
+        "sae_active_latent_kurtosis": stats["latent_kurtosis"][active],
+        "sae_active_preact_kurtosis": stats["preact_kurtosis"][active],
     }
     return report, arrays
 
@@ -134,9 +182,9 @@ def plot(arrays: dict, components: dict, stats: dict, cfg, out_dir: Path) -> Non
 
     fig, ax = subplots(figsize=(4.2, 3.0))
     edges = np.linspace(0, 1, 41)
-    for key, label in (("ica_max_cos", "ICA mixing directions"), ("random_max_cos", "random directions"),
-                       ("random_subspace_max_cos", "random in PCA subspace")):
-        ax.hist(arrays[key], bins=edges, density=True, histtype="step", linewidth=1.4, label=label)
+    for values, label in ((arrays["ica_max_cos"], "ICA mixing directions"), (arrays["random_max_cos"], "random directions"),
+                          (arrays["rotation_null_max_cos"].ravel(), "random rotation W (null)")):
+        ax.hist(values, bins=edges, density=True, histtype="step", linewidth=1.4, label=label)
     for t in (cfg.novel_below, cfg.match_above):
         ax.axvline(t, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel("max |cos| with any SAE decoder row")
@@ -145,17 +193,20 @@ def plot(arrays: dict, components: dict, stats: dict, cfg, out_dir: Path) -> Non
     save_figure(fig, out_dir / "decoder_similarity")
 
     fig, ax = subplots(figsize=(4.2, 3.0))
-    series = [(components["kurtosis"], "ICA sources"), (arrays["sae_active_kurtosis"], "active SAE features"),
-              (stats["kurtosis_r_random_directions"], "r on random directions")]
-    top = max(float(np.nanmax(v)) for v, _ in series if len(v))
-    edges = np.logspace(-2, np.log10(max(top, 1.0)) + 0.01, 50)
+    series = [(components["kurtosis"], "ICA sources"), (components["random_whitened_kurtosis"], "random whitened directions"),
+              (arrays["sae_active_preact_kurtosis"], "active SAE pre-activations"),
+              (stats["kurtosis_x_random_directions"], "random directions in x"),
+              (arrays["sae_active_latent_kurtosis"], "active SAE latents (with zeros)")]
+    finite = np.concatenate([v[np.isfinite(v)] for v, _ in series if len(v)])
+    lo, hi = np.quantile(finite, 0.005), np.quantile(finite, 0.995)
+    edges = np.concatenate([[-np.inf], np.linspace(min(lo, -1), max(hi, 1), 60), [np.inf]])
     for values, label in series:
         v = values[np.isfinite(values)]
-        ax.hist(np.clip(v, edges[0], None), bins=edges, density=True, histtype="step", linewidth=1.4, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("excess kurtosis (clipped at left edge)")
+        ax.hist(np.clip(v, edges[1], edges[-2]), bins=edges[1:-1], density=True, histtype="step", linewidth=1.2, label=label)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("excess kurtosis, held-out rows (clipped at the 0.5/99.5% quantiles)")
     ax.set_ylabel("density")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     save_figure(fig, out_dir / "kurtosis_gap")
 
 
@@ -185,8 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     plot(arrays, components, stats, run.compare, args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"ica": report["ica"], "random_in_pca_subspace": report["random_in_pca_subspace"],
-                      "kurtosis_gap": report["kurtosis_gap"]["all_components"]}, indent=2))
+    print(json.dumps({"ica": report["ica"], "rotation_null": report["rotation_null"],
+                      "like_for_like": report["kurtosis_gap"]["like_for_like"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,19 @@ and Λ (k × k) their eigenvalues, both from the residual stage's exact streamed
   positive), so "activates" means "large positive s_j".
 - **Order:** by source excess kurtosis, descending.
 
-Stability: ``ica.seeds`` restarts from different random rotations. Each component of the first
-run is matched to the components of every other run by the Hungarian algorithm on
-|cos(mixing directions)|; it is *stable* if every match exceeds ``ica.stable_threshold``.
+Which tokens: the whitening (PCA of the train rows, from the residual stage) and every fit use
+analysed tokens of the **train rows** only; the reported source statistics (kurtosis, and the
+random-whitened-direction null it is compared with) use the **held-out rows**, which no fit has
+seen. Sign and order are fit decisions, taken on the fit tokens.
+
+Stability means more than restarts. ``ica.seeds`` restarts from other random rotations on the
+same tokens (seed stability); ``ica.resamples`` refits on disjoint token samples of the train
+rows (resampling stability: does the same component come back from other data?). Components are
+matched to the reference fit (seed 0, first sample) by the Hungarian algorithm on |cos| of their
+rows of W, i.e. in whitened space, where |cos| is not inflated by the anisotropy of activation
+space (mixing directions of any two fits crowd into the top principal components). A component
+is *stable* if every restart and every resample has it above ``ica.stable_threshold``; with one
+seed and no resamples stability is *not measured* (``None``), never "all stable".
 
 Convergence: iterations and tolerance per run go into the metrics; a run that does not
 converge is flagged there (and printed), never silently used as if it had.
@@ -136,6 +146,7 @@ class Components:
 
     mixing: np.ndarray  # [k, d] rows a_j: what component j writes (activation units per unit source)
     unmixing: np.ndarray  # [k, d] rows u_j: s_j = u_j · (t − mean)
+    white: np.ndarray  # [k, k] rows of W (sign-fixed, ordered): s = W z; matched across fits
     mean: np.ndarray  # [d]
     kurtosis: np.ndarray  # [k] excess kurtosis of s_j on the fitted tokens
     skew: np.ndarray  # [k] (≥ 0 after the sign fix)
@@ -158,14 +169,13 @@ def to_components(w: np.ndarray, whitener: Whitener, z: np.ndarray, total_varian
     s = z @ w.T
     sign = np.where(skew(s, axis=0) < 0, -1.0, 1.0)
     s *= sign
-    unmixing *= sign[:, None]
-    mixing *= sign[:, None]
     kurt = kurtosis(s, axis=0)
     order = np.argsort(-kurt)
     return Components(
-        mixing=mixing[order], unmixing=unmixing[order], mean=whitener.mean,
+        mixing=(mixing * sign[:, None])[order], unmixing=(unmixing * sign[:, None])[order],
+        white=(w * sign[:, None])[order], mean=whitener.mean,
         kurtosis=kurt[order], skew=skew(s, axis=0)[order],
-        variance_share=(mixing[order] ** 2).sum(axis=1) / total_variance,
+        variance_share=((mixing[order]) ** 2).sum(axis=1) / total_variance,
     )
 
 
@@ -189,41 +199,53 @@ def match(reference: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 @dataclass
 class ICAResult:
-    components: Components
-    runs: list[Run]
-    match_cos: np.ndarray  # [seeds − 1, k] |cos| of each component's match in the other seeds
-    stable: np.ndarray  # [k] bool
-    reconstruction_fraction: float
+    components: Components  # the reference fit: seed 0 on the first sample
+    runs: list[Run]  # seed restarts on the first sample, then one fit per resample
+    seed_match: np.ndarray  # [seeds − 1, k] |cos| (rows of W) of each component's match in each restart
+    resample_match: np.ndarray  # [resamples, k] the same in each fit on disjoint tokens
+    stable: np.ndarray | None  # [k] bool; None when stability was not measured
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seed_match) + 1
 
 
-def fit(z: np.ndarray, whitener: Whitener, total_variance: float, target_sq: float, cfg) -> ICAResult:
-    """All seeds, stability and the reconstruction check on white data ``z``.
+def fit(samples: list[np.ndarray], whitener: Whitener, total_variance: float, cfg) -> ICAResult:
+    """All restarts on ``samples[0]``, one fit on each further (disjoint) sample, and stability.
 
-    ``target_sq`` is Σ‖t − μ‖² over the same tokens, for the empirical reconstruction fraction.
+    ``samples`` are whitened data [n_i, k]: the reference sample first, then the resamples.
     """
     from tqdm.auto import tqdm
 
+    jobs = [(samples[0], cfg.seed + i) for i in range(cfg.seeds)] + [(z, cfg.seed) for z in samples[1:]]
     runs, comps = [], []
-    for i in tqdm(range(cfg.seeds), desc=f"ICA {cfg.backend} k={whitener.k}", unit="seed"):
-        run = run_ica(z, cfg.backend, cfg.seed + i, cfg.max_iter, cfg.tol)
+    for z, seed in tqdm(jobs, desc=f"ICA {cfg.backend} k={whitener.k}", unit="fit"):
+        run = run_ica(z, cfg.backend, seed, cfg.max_iter, cfg.tol)
         runs.append(run)
         comps.append(to_components(run.unmixing_white, whitener, z, total_variance))
         if not run.converged:
-            print(f"warning: ICA ({cfg.backend}, seed {cfg.seed + i}) did not converge in {run.n_iter} iterations")
+            print(f"warning: ICA ({cfg.backend}, seed {seed}, {len(z)} tokens) did not converge in {run.n_iter} iterations")
     ref = comps[0]
-    match_cos = np.array([match(ref.mixing, c.mixing)[1] for c in comps[1:]]).reshape(len(comps) - 1, whitener.k)
-    stable = (match_cos > cfg.stable_threshold).all(axis=0)
-    s = z @ (ref.unmixing @ whitener.basis * whitener.scale[None, :]).T  # sources of the fitted tokens
-    written = np.einsum("nk,kl,nl->", s, ref.mixing @ ref.mixing.T, s)
-    return ICAResult(ref, runs, match_cos, stable, float(written / target_sq))
+    cos = np.array([match(ref.white, c.white)[1] for c in comps[1:]]).reshape(len(comps) - 1, whitener.k)
+    seed_match, resample_match = cos[: cfg.seeds - 1], cos[cfg.seeds - 1:]
+    stable = (cos > cfg.stable_threshold).all(axis=0) if len(cos) else None
+    return ICAResult(ref, runs, seed_match, resample_match, stable)
 
 
-def target_rows(cache: ActivationCache, max_tokens: int, seed: int) -> np.ndarray:
-    """Non-special token ids to fit ICA on: all of them, or a sorted seeded subsample."""
-    index = np.flatnonzero(~np.asarray(cache.special, dtype=bool))
-    if len(index) > max_tokens:
-        index = np.sort(np.random.default_rng(seed).choice(index, max_tokens, replace=False))
-    return index
+def fit_samples(train_tokens: np.ndarray, max_tokens: int, resamples: int, seed: int) -> list[np.ndarray]:
+    """Disjoint seeded samples of the train tokens: ``max_tokens`` for the reference fit, then
+    ``resamples`` more of equal size (smaller if the train rows hold too few tokens; the
+    metrics record the sizes). Each sample is sorted, so reads from the cache are sequential."""
+    order = np.random.default_rng(seed).permutation(train_tokens)
+    first = min(max_tokens, len(order))
+    out = [np.sort(order[:first])]
+    if resamples:
+        size = min(first, (len(order) - first) // resamples)
+        if size < 2:
+            raise UserError(f"the train rows hold {len(order)} analysed tokens, too few for {resamples} resamples "
+                            f"besides the {first}-token fit; lower ica.max_tokens or ica.resamples, or cache more tokens")
+        out += [np.sort(order[first + i * size : first + (i + 1) * size]) for i in range(resamples)]
+    return out
 
 
 def ica_target(chunk, target: str, stats: dict):
@@ -238,58 +260,124 @@ def ica_target(chunk, target: str, stats: dict):
     return r - (x @ coef[:-1] + coef[-1] + torch.as_tensor(stats["shift_r"], device=r.device))
 
 
-def whitened_target(sae, cache, index, whitener: Whitener, target: str, stats: dict, chunk_tokens: int) -> tuple[np.ndarray, float]:
-    """z [n, k] for the tokens ``index`` and Σ‖t − μ‖² over them."""
+def whitened_target(sae, cache, index, whitener: Whitener, target: str, stats: dict, chunk_tokens: int,
+                    desc: str = "whitening") -> np.ndarray:
+    """z [n, k] for the tokens ``index``."""
     from darkmatter.analysis.stream import stream
 
     z = np.empty((len(index), whitener.k))
-    target_sq, lo = 0.0, 0
-    for chunk in stream(sae, cache.acts, index, chunk_tokens, desc="whitening"):
+    lo = 0
+    for chunk in stream(sae, cache.acts, index, chunk_tokens, desc=desc):
         t = ica_target(chunk, target, stats).cpu().numpy()
         z[lo : lo + len(t)] = whitener(t)
-        target_sq += float(((t - whitener.mean) ** 2).sum())
         lo += len(t)
-    return z, target_sq
+    return z
 
 
-def report(result: ICAResult, cfg, k: int, why: str, n_tokens: int, eigenvalues: np.ndarray) -> dict:
+@dataclass
+class HeldoutStatistics:
+    """Source statistics on the held-out rows (no fit saw them)."""
+
+    kurtosis: np.ndarray  # [k] source excess kurtosis, held-out analysed tokens
+    random_kurtosis: np.ndarray  # [n] s = q·z for random unit q in whitened space: the null
+    kurtosis_other_way: np.ndarray  # [k] with the outliers included if excluded, and vice versa
+    n_tokens: int
+    n_other_way: int
+
+
+def heldout_statistics(z_nonspecial: np.ndarray, classes: np.ndarray, excluded: bool, white: np.ndarray,
+                       n_random: int, seed: int) -> HeldoutStatistics:
+    """Kurtosis of the sources, and of random whitened projections (the null), on held-out tokens.
+
+    ``z_nonspecial`` is z of every held-out non-special token and ``classes`` their token classes.
+    The "other way" puts the high-norm outliers back in when they are excluded, and takes them
+    out when they are not, so the paper can say whether components depend on them.
+    """
+    from scipy.stats import kurtosis
+
+    from darkmatter.analysis.tokens import ORDINARY, analysed
+    from darkmatter.stats import random_unit_directions
+
+    keep = analysed(classes, excluded)
+    other = np.ones_like(keep) if excluded else classes == ORDINARY
+    z = z_nonspecial[keep]
+    random = random_unit_directions(n_random, white.shape[1], seed)
+    return HeldoutStatistics(
+        kurtosis=kurtosis(z @ white.T, axis=0), random_kurtosis=kurtosis(z @ random.T, axis=0),
+        kurtosis_other_way=kurtosis(z_nonspecial[other] @ white.T, axis=0),
+        n_tokens=int(keep.sum()), n_other_way=int(other.sum()),
+    )
+
+
+def report(result: ICAResult, held: HeldoutStatistics, cfg, k: int, why: str, sizes: list[int],
+           eigenvalues: np.ndarray, outliers_excluded: bool) -> dict:
     from darkmatter.stats import summary
 
     comps = result.components
+    stable = result.stable
+
+    def weakest(match):  # each component's worst match over the fits
+        return summary(match.min(axis=0)) if len(match) else None
+
     return {
         "target": cfg.target,
         "backend": cfg.backend,
+        "rows": {"fits": "train rows (analysed tokens)", "statistics": "held-out rows (analysed tokens)"},
         "n_components": k,
         "n_components_reason": why,
         "pca_variance_fraction": float(eigenvalues[:k].sum() / eigenvalues.sum()),
-        "reconstruction_fraction": result.reconstruction_fraction,
-        "n_tokens": n_tokens,
+        "n_tokens": sizes[0],
+        "resample_tokens": sizes[1:],
+        "n_tokens_heldout": held.n_tokens,
         "seeds": cfg.seeds,
-        "runs": [{"seed": cfg.seed + i, "n_iter": r.n_iter, "converged": r.converged, "tol": r.tol,
+        "resamples": cfg.resamples,
+        "runs": [{"seed": cfg.seed + i if i < cfg.seeds else cfg.seed, "sample": max(0, i - cfg.seeds + 1),
+                  "n_iter": r.n_iter, "converged": r.converged, "tol": r.tol,
                   "gradient_norm_if_not_converged": r.gradient_norm, "seconds": r.seconds}
                  for i, r in enumerate(result.runs)],
         "all_converged": all(r.converged for r in result.runs),
-        "stable_threshold": cfg.stable_threshold,
-        "n_stable": int(result.stable.sum()),
-        "stable_fraction": float(result.stable.mean()),
-        "match_cos": summary(result.match_cos.min(axis=0)) if len(result.match_cos) else None,
-        "source_kurtosis": summary(comps.kurtosis),
-        "source_kurtosis_stable": summary(comps.kurtosis[result.stable]),
+        "stability": {
+            "measured": stable is not None,
+            "threshold": cfg.stable_threshold,
+            "space": "rows of W (whitened)",
+            "seed_match": weakest(result.seed_match),
+            "resample_match": weakest(result.resample_match),
+            "n_stable_seeds": int((result.seed_match > cfg.stable_threshold).all(axis=0).sum()) if len(result.seed_match) else None,
+            "n_stable_resamples": (int((result.resample_match > cfg.stable_threshold).all(axis=0).sum())
+                                   if len(result.resample_match) else None),
+        },
+        "n_stable": int(stable.sum()) if stable is not None else None,
+        "stable_fraction": float(stable.mean()) if stable is not None else None,
+        "source_kurtosis": summary(held.kurtosis),
+        "source_kurtosis_fit": summary(comps.kurtosis),
+        "random_whitened_kurtosis": summary(held.random_kurtosis),
+        "source_kurtosis_stable": summary(held.kurtosis[stable]) if stable is not None else None,
+        "outliers": {
+            "excluded": outliers_excluded,
+            "n_tokens_other_way": held.n_other_way,
+            "source_kurtosis_other_way": summary(held.kurtosis_other_way),
+        },
         "variance_share": summary(comps.variance_share),
     }
 
 
-def plot(result: ICAResult, out_dir: Path) -> None:
+def plot(result: ICAResult, held: HeldoutStatistics, out_dir: Path) -> None:
     from darkmatter.figures import save_figure, subplots
 
     comps = result.components
     fig, ax = subplots(figsize=(4.2, 3.0))
-    for mask, label, color in ((result.stable, "stable", "C0"), (~result.stable, "unstable", "C3")):
-        ax.scatter(comps.variance_share[mask] * 100, comps.kurtosis[mask], s=10, color=color, label=f"{label} ({mask.sum()})")
+    if result.stable is None:
+        groups = ((np.ones(len(comps.kurtosis), bool), "stability not measured", "C7"),)
+    else:
+        groups = ((result.stable, "stable", "C0"), (~result.stable, "unstable", "C3"))
+    for mask, label, color in groups:
+        ax.scatter(comps.variance_share[mask] * 100, held.kurtosis[mask], s=10, color=color, label=f"{label} ({mask.sum()})")
+    ax.axhline(float(np.median(held.random_kurtosis)), color="grey", linestyle=":", linewidth=0.8,
+               label="random whitened direction (median)")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1)
     ax.set_xlabel("share of the target's variance (%)")
-    ax.set_ylabel("source excess kurtosis")
+    ax.set_ylabel("source excess kurtosis (held-out rows)")
     ax.legend(fontsize=7)
     save_figure(fig, out_dir / "ica_components")
 
@@ -297,9 +385,9 @@ def plot(result: ICAResult, out_dir: Path) -> None:
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.analysis.stream import latent_chunk_tokens
+    from darkmatter.analysis.tokens import ORDINARY, OUTLIER, analysed, heldout_token_mask
     from darkmatter.config import add_run_arguments, run_from_args
-    from darkmatter.data.models import resolve_device
-    from darkmatter.sae.io import check_compatible, load_sae
+    from darkmatter.sae.io import check_compatible, load_sae, to_device
 
     parser = argparse.ArgumentParser(description="PCA-whiten the dark matter and run ICA (mixing directions, filters, stability).")
     add_run_arguments(parser)
@@ -324,22 +412,35 @@ def main(argv: list[str] | None = None) -> None:
     cache = ActivationCache.open(args.cache)
     sae = load_sae(args.sae)
     check_compatible(sae, cache)
-    sae = sae.to(resolve_device(run.subject.device))
-    index = target_rows(cache, cfg.max_tokens, cfg.seed)
+    sae = to_device(sae, run.subject.device)
+    heldout = heldout_token_mask(cache.meta["n_rows"], cache.meta["context_length"], run.sae.heldout_fraction)
+    excluded = bool(stats["outliers_excluded"])
+    classes = stats["token_class"]
+    train_tokens = np.flatnonzero(analysed(classes, excluded) & ~heldout)
     chunk = latent_chunk_tokens(sae.cfg.d_sae, run.residual.latent_budget_mb << 20)
-    z, target_sq = whitened_target(sae, cache, index, whitener, cfg.target, stats, chunk)
-    result = fit(z, whitener, float(eigenvalues.sum()), target_sq, cfg)
-    metrics = report(result, cfg, k, why, len(index), eigenvalues)
+    samples = fit_samples(train_tokens, cfg.max_tokens, cfg.resamples, cfg.seed)
+    z_samples = [whitened_target(sae, cache, index, whitener, cfg.target, stats, chunk, desc=f"whitening sample {i}")
+                 for i, index in enumerate(samples)]
+    result = fit(z_samples, whitener, float(eigenvalues.sum()), cfg)
+    held_tokens = np.flatnonzero(np.isin(classes, (OUTLIER, ORDINARY)) & heldout)
+    z_held = whitened_target(sae, cache, held_tokens, whitener, cfg.target, stats, chunk, desc="held-out rows")
+    held = heldout_statistics(z_held, classes[held_tokens], excluded, result.components.white,
+                              run.residual.n_random_directions, cfg.seed)
+    metrics = report(result, held, cfg, k, why, [len(x) for x in samples], eigenvalues, excluded)
     comps = result.components
     args.out.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out / "components.npz", mixing=comps.mixing, unmixing=comps.unmixing, mean=comps.mean,
-             kurtosis=comps.kurtosis, skew=comps.skew, variance_share=comps.variance_share,
-             stable=result.stable, match_cos=result.match_cos, pca_basis=whitener.basis)
-    plot(result, args.figures)
+    np.savez(args.out / "components.npz", mixing=comps.mixing, unmixing=comps.unmixing, white=comps.white, mean=comps.mean,
+             kurtosis_fit=comps.kurtosis, kurtosis=held.kurtosis, kurtosis_other_way=held.kurtosis_other_way,
+             random_whitened_kurtosis=held.random_kurtosis, skew=comps.skew, variance_share=comps.variance_share,
+             stability_measured=np.array(result.stable is not None),
+             stable=result.stable if result.stable is not None else np.zeros(k, bool),
+             seed_match=result.seed_match, resample_match=result.resample_match,
+             pca_basis=whitener.basis, pca_scale=whitener.scale)
+    plot(result, held, args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(json.dumps({key: metrics[key] for key in ("n_components", "all_converged", "n_stable", "stable_fraction",
-                                                     "reconstruction_fraction")}, indent=2))
+    print(json.dumps({key: metrics[key] for key in ("n_components", "all_converged", "n_stable", "stable_fraction")}
+                     | {"stability": metrics["stability"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,26 +1,26 @@
 """The dark matter: r = x − SAE(x), streamed once over the whole activation cache.
 
 Works for any SAELens ``SAE`` whose ``d_in`` and hook match the cache (checked before any
-compute). One pass accumulates float64 sufficient statistics; every number below is computed
-exactly from them, so nothing N × d_sae or N × d is ever held:
+compute). One pass accumulates float64 sufficient statistics per token *group* (train or
+held-out row × special, high-norm outlier or ordinary token; :mod:`darkmatter.analysis.tokens`),
+so every number below is exact for any union of groups, and nothing N × d_sae or N × d is held.
 
-- **Dark-matter fraction** = SAELens's FVU, Σ‖r‖² / Σ‖x − x̄‖², on the SAE's held-out rows
-  (the headline; it matches ``sae_eval``) and on all rows, each with and without special
-  tokens; per-token error norms ‖r‖ and error-norm fractions ‖r‖/‖x‖.
-- **Gaussianity**: per-dimension excess kurtosis of x and r (with and without special
-  tokens), and of x and r projected onto random unit directions, the Gaussian-projection
-  baseline.
-- **Linear predictability** (Engels et al. 2024): second moments of [x, 1] and r on the train
-  and held-out rows give the ridge fit r ≈ W x + b on train rows and its held-out R² in closed
-  form. The dark matter splits into a linearly predictable part, a nonlinear part and its
-  mean.
-- **PCA spectra** of r and of the nonlinear part r − (W x + b), from the same moments; the ICA
-  stage whitens with them.
-- **SAE latents**: firing frequency and power sums per feature, from the non-zero entries
-  only (the kurtosis gap needs them; the seed's dense N × d_sae kurtosis does not fit at 1M).
+Which rows each number uses (the metrics and the paper say so next to each):
 
-Special tokens (BOS/EOS/PAD and position 0, |x| ~ 1e5) are excluded from everything except the
-"with special" numbers: kept in, they would be the only thing PCA and kurtosis see.
+- **Dark-matter fraction** = SAELens's FVU, Σ‖r‖² / Σ‖x − x̄‖², on the held-out rows'
+  analysed tokens (the headline; it matches ``sae_eval``), and both ways for special tokens
+  and for high-norm outliers, and on all rows; per-token error norms ‖r‖ and ‖r‖/‖x‖.
+- **Gaussianity** (held-out rows): per-dimension excess kurtosis of x and r, of x and r on random
+  unit directions (the Gaussian-projection floor), and of the SAE's pre-activations and latents
+  (the kurtosis-gap ingredients; latents include their zeros, the seeds' definition).
+- **Linear predictability** (Engels et al. 2024): the ridge fit r ≈ W x + b on the train rows,
+  scored on the held-out rows in closed form; the held-out dark matter splits exactly into a
+  linearly predictable part, a nonlinear part and its mean.
+- **PCA** of r and of its nonlinear part r − (W x + b) on the train rows: the ICA stage whitens
+  with it and fits on train rows too, so held-out rows stay unseen by every fit.
+- **SAE features**: firing counts per feature on train and held-out rows; *dead* means never
+  firing on the held-out rows' non-special tokens (:mod:`darkmatter.sae.features`), the same
+  definition ``sae_eval`` uses.
 
 Memory: tokens go through the SAE in chunks (:mod:`darkmatter.analysis.stream`) so the latents
 stay under ``residual.latent_budget_mb`` at any width (the tests measure the peak at width 65,536).
@@ -37,44 +37,49 @@ from pathlib import Path
 import numpy as np
 
 from darkmatter.analysis.stream import latent_chunk_tokens, stream
+from darkmatter.analysis.tokens import (ORDINARY, OUTLIER, SPECIAL, analysed_classes, classify,
+                                        heldout_token_mask)
 from darkmatter.data.activations import ActivationCache
-from darkmatter.data.split import row_tokens, split_rows
 from darkmatter.errors import UserError, cli
+from darkmatter.sae.features import dead_fraction
 from darkmatter.sae.io import check_compatible, load_sae
-from darkmatter.stats import random_unit_directions, summary
+from darkmatter.stats import random_unit_directions, summary, unpaired_difference
+
+#: Token groups: 3 × held-out + class (special 0, outlier 1, ordinary 2).
+N_GROUPS = 6
+TRAIN, HELDOUT = 0, 1
+
+
+def groups(split: int | tuple[int, ...], classes) -> list[int]:
+    """Group ids of the rows ``split`` (TRAIN, HELDOUT or both) and token ``classes``."""
+    splits = (split,) if isinstance(split, int) else split
+    return [3 * s + c for s in splits for c in classes]
+
 
 @dataclass
-class PowerSums:
-    """Per-column sums of powers 1..4 around a fixed shift, for means, variances and kurtosis."""
+class GroupedPowerSums:
+    """Per-group, per-column sums of powers 1..4 around one shared shift (so groups add up)."""
 
     shift: np.ndarray
-    n: int = 0
-    sums: np.ndarray = field(default=None)  # [4, d]
+    sums: object = None  # torch float64 [N_GROUPS, 4, d] on the SAE's device
+    n: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS, dtype=np.int64))
 
-    def __post_init__(self):
-        if self.sums is None:
-            self.sums = np.zeros((4, len(self.shift)))
-
-    def add(self, values) -> None:
+    def add(self, values, group) -> None:
         import torch
 
+        if self.sums is None:
+            self.sums = torch.zeros((N_GROUPS, 4, len(self.shift)), dtype=torch.float64, device=values.device)
         y = values.double() - torch.as_tensor(self.shift, device=values.device)
         power = y.clone()
         for p in range(4):
-            self.sums[p] += power.sum(dim=0).cpu().numpy()
+            self.sums[:, p].index_add_(0, group, power)
             if p < 3:
                 power *= y
-        self.n += len(y)
+        self.n += np.bincount(group.cpu().numpy(), minlength=N_GROUPS)
 
-    def mean(self) -> np.ndarray:
-        return self.shift + self.sums[0] / self.n
-
-    def variance(self) -> np.ndarray:
-        m1, m2 = self.sums[0] / self.n, self.sums[1] / self.n
-        return m2 - m1**2
-
-    def excess_kurtosis(self) -> np.ndarray:
-        return excess_kurtosis_from_sums(self.sums, self.n)
+    def excess_kurtosis(self, gs: list[int]) -> np.ndarray:
+        sums = self.sums[gs].sum(dim=0).cpu().numpy()
+        return excess_kurtosis_from_sums(sums, int(self.n[gs].sum()))
 
 
 def excess_kurtosis_from_sums(sums: np.ndarray, n: int) -> np.ndarray:
@@ -147,16 +152,21 @@ def centred_sst(m: JointMoments) -> float:
 
 
 def residual_covariance(m: JointMoments, coef: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of r (``coef`` None) or of the nonlinear part r − x̃·coef."""
+    """Mean and covariance of r (``coef`` None) or of the nonlinear part t = (r − shift_r) − x̃·coef.
+
+    The nonlinear part is already measured from the ridge prediction, which includes the shift
+    and the intercept, so its mean is ~0 on the rows the ridge was fitted on (not ``shift_r``).
+    """
     if coef is None:
-        total, second = m.sxr[-1], m.srr
+        total, second, offset = m.sxr[-1], m.srr, m.shift_r
     else:
         total = m.sxr[-1] - m.sxx[-1] @ coef
         cross = coef.T @ m.sxr
         second = m.srr - cross - cross.T + coef.T @ m.sxx @ coef
+        offset = 0.0
     mean = total / m.n
     cov = second / m.n - np.outer(mean, mean)
-    return mean + m.shift_r, (cov + cov.T) / 2
+    return mean + offset, (cov + cov.T) / 2
 
 
 def pca(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,167 +182,199 @@ def components_for(eigenvalues: np.ndarray, fraction: float) -> int:
     return int(min(len(eigenvalues), np.searchsorted(cumulative, fraction - 1e-12) + 1))
 
 
-class _FVU:
-    """Σ‖r‖², Σ‖x‖² and Σx over one token subset."""
+@dataclass
+class GroupedFVU:
+    """Σ‖r‖², Σ‖x‖² and Σx per group, so the FVU of any union of groups is exact."""
 
-    def __init__(self, d: int):
-        self.n, self.err, self.sq, self.sum = 0, 0.0, 0.0, np.zeros(d)
+    d: int
+    n: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS, dtype=np.int64))
+    err: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS))
+    sq: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS))
+    total: object = None  # torch float64 [N_GROUPS, d]
 
-    def add(self, x, r) -> None:
-        self.n += len(x)
-        self.err += float((r.double() ** 2).sum())
-        self.sq += float((x.double() ** 2).sum())
-        self.sum += x.double().sum(dim=0).cpu().numpy()
+    def add(self, x, r, group) -> None:
+        import torch
 
-    def variance(self) -> float:
-        return self.sq - float(self.sum @ self.sum) / self.n
+        if self.total is None:
+            self.total = torch.zeros((N_GROUPS, self.d), dtype=torch.float64, device=x.device)
+        g = group.cpu().numpy()
+        self.n += np.bincount(g, minlength=N_GROUPS)
+        self.err += np.bincount(g, weights=(r.double() ** 2).sum(1).cpu().numpy(), minlength=N_GROUPS)
+        self.sq += np.bincount(g, weights=(x.double() ** 2).sum(1).cpu().numpy(), minlength=N_GROUPS)
+        self.total.index_add_(0, group, x.double())
 
-    def fvu(self) -> float:
-        return self.err / self.variance() if self.n else float("nan")
+    def variance(self, gs: list[int]) -> float:
+        total = self.total[gs].sum(dim=0).cpu().numpy()
+        return float(self.sq[gs].sum() - total @ total / self.n[gs].sum())
+
+    def fvu(self, gs: list[int]) -> float | None:
+        return float(self.err[gs].sum() / self.variance(gs)) if self.n[gs].sum() > 1 else None
 
 
 @dataclass
 class ResidualStats:
-    """Everything the pass accumulates; :meth:`report` and :meth:`arrays` turn it into outputs."""
+    """Everything the pass accumulates (see the module docstring); :func:`analyse` reads it."""
 
-    n_tokens: int
-    special: np.ndarray
-    heldout: np.ndarray
-    fvu: dict
-    x_pow: PowerSums
-    r_pow: PowerSums
-    x_pow_all: PowerSums
-    r_pow_all: PowerSums
-    x_rand: PowerSums
-    r_rand: PowerSums
-    joint: dict
-    latent_pow: PowerSums
-    latent_fires: np.ndarray
+    classes: np.ndarray  # int8 [N] token class
+    class_rule: dict
+    heldout: np.ndarray  # bool [N]
+    analysed: tuple[int, ...]  # the analysed token classes
+    fvu: GroupedFVU
+    x_pow: GroupedPowerSums
+    r_pow: GroupedPowerSums
+    x_rand: GroupedPowerSums
+    r_rand: GroupedPowerSums
+    joint: dict  # "train" / "heldout" JointMoments of the analysed tokens
+    latent_fires: np.ndarray  # [N_GROUPS, d_sae]
+    latent_pow: np.ndarray  # [4, d_sae] raw power sums of the latents, held-out analysed tokens
+    preact_pow: GroupedPowerSums
     x_norm: np.ndarray
     r_norm: np.ndarray
     seconds: float = 0.0
 
+    @property
+    def n_heldout_analysed(self) -> int:
+        return int(self.fvu.n[groups(HELDOUT, self.analysed)].sum())
 
-def accumulate(sae, cache: ActivationCache, heldout_rows: np.ndarray, cfg, chunk_tokens: int | None = None) -> ResidualStats:
+
+def token_norms(acts: np.ndarray, block: int = 65536) -> np.ndarray:
+    """‖x‖ of every cached token (one cheap pass, so outliers are known before the SAE pass)."""
+    return np.concatenate([np.linalg.norm(np.asarray(acts[i : i + block], dtype=np.float32), axis=1)
+                           for i in range(0, len(acts), block)])
+
+
+def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_tokens: int | None = None) -> ResidualStats:
     """The one streaming pass over every token of the cache."""
     import torch
 
     check_compatible(sae, cache)
     acts, n, d = cache.acts, cache.meta["n_tokens"], cache.meta["d_model"]
     special = np.asarray(cache.special, dtype=bool)
-    heldout = np.zeros(n, dtype=bool)
-    heldout[row_tokens(heldout_rows, cache.meta["context_length"])] = True
+    heldout = heldout_token_mask(cache.meta["n_rows"], cache.meta["context_length"], heldout_fraction)
+    x_norm = token_norms(acts)
+    classes, rule = classify(special, x_norm, cfg.outlier_norm_factor)
+    token_group = torch.from_numpy(3 * heldout.astype(np.int64) + classes)
+    analysed = analysed_classes(cfg.exclude_outliers)
+    device = sae.W_dec.device
     chunk_tokens = chunk_tokens or latent_chunk_tokens(sae.cfg.d_sae, cfg.latent_budget_mb << 20)
-    directions = torch.from_numpy(random_unit_directions(cfg.n_random_directions, d, cfg.seed).T.copy()).float()
-    directions = directions.to(sae.W_dec.device)
+    directions = torch.from_numpy(random_unit_directions(cfg.n_random_directions, d, cfg.seed).T.copy()).float().to(device)
 
-    # Shifts for numerically stable power sums: means over the first chunk's non-special tokens.
-    first = ~special[:chunk_tokens]
-    if not first.any():
-        raise UserError(f"the first {len(first)} cached tokens are all special; the cache is not usable")
-    with torch.no_grad():
-        x0 = torch.from_numpy(np.asarray(acts[: len(first)][first], dtype=np.float32)).to(sae.W_dec.device)
-        shift_x = x0.double().mean(0).cpu().numpy()
-        shift_r = (x0 - sae.decode(sae.encode(x0))).double().mean(0).cpu().numpy()
+    # Shifts for numerically stable power sums: means over the first chunk's ordinary tokens.
+    first = np.flatnonzero(classes[:chunk_tokens] == ORDINARY)
+    if not len(first):
+        raise UserError(f"the first {chunk_tokens} cached tokens hold no ordinary token; the cache is not usable")
+    chunk0 = next(stream(sae, acts, first, chunk_tokens, desc="shifts", preacts=True))
+    shift_x, shift_r, shift_pre = (t.double().mean(0).cpu().numpy() for t in (chunk0.x, chunk0.r, chunk0.preacts))
     stats = ResidualStats(
-        n_tokens=n, special=special, heldout=heldout,
-        fvu={k: _FVU(d) for k in ("all", "nonspecial", "heldout", "heldout_nonspecial")},
-        x_pow=PowerSums(shift_x), r_pow=PowerSums(shift_r), x_pow_all=PowerSums(shift_x), r_pow_all=PowerSums(shift_r),
-        x_rand=PowerSums(np.zeros(cfg.n_random_directions)), r_rand=PowerSums(np.zeros(cfg.n_random_directions)),
+        classes=classes, class_rule=rule, heldout=heldout, analysed=analysed, fvu=GroupedFVU(d),
+        x_pow=GroupedPowerSums(shift_x), r_pow=GroupedPowerSums(shift_r),
+        x_rand=GroupedPowerSums(np.zeros(cfg.n_random_directions)), r_rand=GroupedPowerSums(np.zeros(cfg.n_random_directions)),
         joint={"train": JointMoments(shift_x, shift_r), "heldout": JointMoments(shift_x, shift_r)},
-        latent_pow=PowerSums(np.zeros(sae.cfg.d_sae)), latent_fires=np.zeros(sae.cfg.d_sae, dtype=np.int64),
-        x_norm=np.zeros(n, dtype=np.float32), r_norm=np.zeros(n, dtype=np.float32),
+        latent_fires=np.zeros((N_GROUPS, sae.cfg.d_sae), dtype=np.int64), latent_pow=np.zeros((4, sae.cfg.d_sae)),
+        preact_pow=GroupedPowerSums(shift_pre), x_norm=x_norm, r_norm=np.zeros(n, dtype=np.float32),
     )
+    train_g, held_g = groups(TRAIN, analysed), groups(HELDOUT, analysed)
     start = time.perf_counter()
-    for chunk in stream(sae, acts, np.arange(n), chunk_tokens):
-        ids = chunk.ids
-        keep = torch.from_numpy(~special[ids]).to(chunk.x.device)
-        held = torch.from_numpy(heldout[ids]).to(chunk.x.device)
+    for chunk in stream(sae, acts, np.arange(n), chunk_tokens, preacts=True):
+        g = token_group[chunk.ids].to(device)
         x, r = chunk.x, chunk.r
-        stats.x_norm[ids] = x.norm(dim=1).cpu().numpy()
-        stats.r_norm[ids] = r.norm(dim=1).cpu().numpy()
-        stats.fvu["all"].add(x, r)
-        stats.fvu["heldout"].add(x[held], r[held])
-        stats.x_pow_all.add(x)
-        stats.r_pow_all.add(r)
-        xk, rk = x[keep], r[keep]
-        stats.fvu["nonspecial"].add(xk, rk)
-        stats.fvu["heldout_nonspecial"].add(x[held & keep], r[held & keep])
-        stats.x_pow.add(xk)
-        stats.r_pow.add(rk)
-        stats.x_rand.add(xk @ directions)
-        stats.r_rand.add(rk @ directions)
-        stats.joint["train"].add(x[keep & ~held], r[keep & ~held])
-        stats.joint["heldout"].add(x[held & keep], r[held & keep])
-        _add_latents(stats, chunk.latents[keep])
+        stats.r_norm[chunk.ids] = r.norm(dim=1).cpu().numpy()
+        stats.fvu.add(x, r, g)
+        stats.x_pow.add(x, g)
+        stats.r_pow.add(r, g)
+        stats.x_rand.add(x @ directions, g)
+        stats.r_rand.add(r @ directions, g)
+        for name, gs in (("train", train_g), ("heldout", held_g)):
+            rows = torch.isin(g, torch.tensor(gs, device=device))
+            stats.joint[name].add(x[rows], r[rows])
+        held = torch.isin(g, torch.tensor(held_g, device=device))
+        stats.preact_pow.add(chunk.preacts[held], g[held])
+        _add_latents(stats, chunk.latents, g, held)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def _add_latents(stats: ResidualStats, latents) -> None:
-    """Firing counts and power sums per feature from the non-zero entries only."""
+def _add_latents(stats: ResidualStats, latents, group, held) -> None:
+    """Firing counts per group, and the held-out latents' power sums, from the non-zero entries only."""
     rows, cols = latents.nonzero(as_tuple=True)
-    values = latents[rows, cols].double().cpu().numpy()
-    cols = cols.cpu().numpy()
-    d_sae = len(stats.latent_fires)
-    stats.latent_fires += np.bincount(cols, minlength=d_sae)
+    d_sae = latents.shape[1]
+    g = group[rows].cpu().numpy()
+    cols_np = cols.cpu().numpy()
+    stats.latent_fires += np.bincount(g * d_sae + cols_np, minlength=N_GROUPS * d_sae).reshape(N_GROUPS, d_sae)
+    on_held = held[rows].cpu().numpy()
+    values = latents[rows, cols].double().cpu().numpy()[on_held]
+    cols_held = cols_np[on_held]
     power = values.copy()
     for p in range(4):
-        stats.latent_pow.sums[p] += np.bincount(cols, weights=power, minlength=d_sae)
+        stats.latent_pow[p] += np.bincount(cols_held, weights=power, minlength=d_sae)
         power *= values
-    stats.latent_pow.n += len(latents)
 
 
-def analyse(stats: ResidualStats, ridge_alpha: float) -> tuple[dict, dict]:
+def analyse(stats: ResidualStats, ridge_alpha: float, seed: int = 0, n_boot: int = 1000) -> tuple[dict, dict]:
     """Metrics (JSON) and arrays (npz) from the accumulated statistics."""
-    fvu = stats.fvu
+    fvu, analysed = stats.fvu, stats.analysed
     train, held = stats.joint["train"], stats.joint["heldout"]
     if train.n <= train.sxx.shape[0] or held.n < 2:
-        raise UserError(f"too few non-special tokens for the ridge fit ({train.n} train, {held.n} held-out); cache more tokens")
+        raise UserError(f"too few analysed tokens for the ridge fit ({train.n} train, {held.n} held-out); cache more tokens")
     coef = ridge_fit(train, ridge_alpha)
     sst_held, sse_held = centred_sst(held), sse(held, coef)
-    var_x_held = fvu["heldout_nonspecial"].variance()
+    held_g = groups(HELDOUT, analysed)
+    var_x_held = fvu.variance(held_g)
     mean_r_held = held.sxr[-1] / held.n + held.shift_r
-    both = train + held
-    mean_r, cov_r = residual_covariance(both)
-    mean_nl, cov_nl = residual_covariance(both, coef)
+    mean_r, cov_r = residual_covariance(train)
+    mean_nl, cov_nl = residual_covariance(train, coef)
     eig_r, vec_r = pca(cov_r)
     eig_nl, vec_nl = pca(cov_nl)
 
-    keep = ~stats.special
+    both_ways = {"with_special": (SPECIAL, OUTLIER, ORDINARY), "with_outliers": (OUTLIER, ORDINARY),
+                 "without_outliers": (ORDINARY,)}
+    kurt = {"x": stats.x_pow.excess_kurtosis(held_g), "r": stats.r_pow.excess_kurtosis(held_g)}
+    for way, classes in both_ways.items():
+        kurt[f"x_{way}"] = stats.x_pow.excess_kurtosis(groups(HELDOUT, classes))
+        kurt[f"r_{way}"] = stats.r_pow.excess_kurtosis(groups(HELDOUT, classes))
+    kurt["x_random_directions"] = stats.x_rand.excess_kurtosis(held_g)
+    kurt["r_random_directions"] = stats.r_rand.excess_kurtosis(held_g)
+    n_held = stats.n_heldout_analysed
+    fires_held = stats.latent_fires[held_g].sum(axis=0)
+    fires_train = stats.latent_fires[groups(TRAIN, analysed)].sum(axis=0)
+    fires_nonspecial_held = stats.latent_fires[groups(HELDOUT, (OUTLIER, ORDINARY))].sum(axis=0)
+    latent_kurtosis = excess_kurtosis_from_sums(stats.latent_pow, n_held)
+    preact_kurtosis = stats.preact_pow.excess_kurtosis(held_g)
+
+    keep = np.isin(stats.classes, analysed) & stats.heldout
     ratio = stats.r_norm[keep] / np.maximum(stats.x_norm[keep], 1e-30)
-    kurt = {
-        "x": stats.x_pow.excess_kurtosis(), "r": stats.r_pow.excess_kurtosis(),
-        "x_with_special": stats.x_pow_all.excess_kurtosis(), "r_with_special": stats.r_pow_all.excess_kurtosis(),
-        "x_random_directions": stats.x_rand.excess_kurtosis(), "r_random_directions": stats.r_rand.excess_kurtosis(),
-    }
-    frequency = stats.latent_fires / max(stats.latent_pow.n, 1)
-    latent_kurtosis = stats.latent_pow.excess_kurtosis()
 
     def spectrum(eig):
         cumulative = np.cumsum(eig) / eig.sum()
         return {
+            "rows": "train",
             "total_variance": float(eig.sum()),
             **{f"n_components_{int(f * 100)}": components_for(eig, f) for f in (0.5, 0.8, 0.9, 0.99)},
             "top10_fraction": [float(v) for v in eig[:10] / eig.sum()],
             "cumulative_at": {str(k): float(cumulative[k - 1]) for k in (1, 10, 50, 100, 200) if k <= len(eig)},
         }
 
+    everything = (SPECIAL, OUTLIER, ORDINARY)
     report = {
-        "n_tokens": int(stats.n_tokens),
-        "n_tokens_nonspecial": int(keep.sum()),
-        "n_tokens_heldout": int(fvu["heldout"].n),
-        "dark_matter_fraction": fvu["heldout_nonspecial"].fvu(),
-        "dark_matter_fraction_with_special": fvu["heldout"].fvu(),
-        "dark_matter_fraction_all_rows": fvu["nonspecial"].fvu(),
-        "dark_matter_fraction_all_rows_with_special": fvu["all"].fvu(),
+        "rows": {"headline": "held-out rows, analysed tokens", "fits": "train rows (ridge, PCA)",
+                 "all_rows": "train + held-out rows"},
+        "tokens": {"n": int(len(stats.classes)), "n_heldout": int(stats.heldout.sum()),
+                   "n_heldout_analysed": n_held, "outliers_excluded": not (OUTLIER in analysed),
+                   "classes": stats.class_rule},
+        "dark_matter_fraction": fvu.fvu(held_g),
+        **{f"dark_matter_fraction_{way}": fvu.fvu(groups(HELDOUT, classes)) for way, classes in both_ways.items()},
+        "dark_matter_fraction_all_rows": fvu.fvu(groups((TRAIN, HELDOUT), analysed)),
+        "dark_matter_fraction_all_rows_with_special": fvu.fvu(groups((TRAIN, HELDOUT), everything)),
         "error_norm_fraction": {
-            "ratio_of_sums": float(np.sqrt(fvu["nonspecial"].err / fvu["nonspecial"].sq)),
+            "ratio_of_sums": float(np.sqrt(fvu.err[held_g].sum() / fvu.sq[held_g].sum())),
             "per_token": summary(ratio),
         },
         "error_norm": summary(stats.r_norm[keep]),
-        "error_norm_special": summary(stats.r_norm[stats.special]),
+        "error_norm_special": summary(stats.r_norm[(stats.classes == SPECIAL) & stats.heldout]),
         "kurtosis": {name: summary(values) for name, values in kurt.items()},
+        # Are r's coordinates heavier-tailed than r seen along random directions? Medians, a = dims, b = random.
+        "shape": unpaired_difference(kurt["r"][np.isfinite(kurt["r"])], kurt["r_random_directions"],
+                                     n_boot, np.random.default_rng(seed), statistic=np.median),
         "linear_predictability": {
             "ridge_alpha": ridge_alpha,
             "n_train": int(train.n), "n_heldout": int(held.n),
@@ -345,18 +387,22 @@ def analyse(stats: ResidualStats, ridge_alpha: float) -> tuple[dict, dict]:
         },
         "pca": {"residual": spectrum(eig_r), "nonlinear": spectrum(eig_nl)},
         "sae_features": {
-            "d_sae": int(len(frequency)),
-            "dead_fraction": float((stats.latent_fires == 0).mean()),
-            "mean_l0": float(stats.latent_fires.sum() / max(stats.latent_pow.n, 1)),
+            "d_sae": int(len(fires_held)),
+            "dead_fraction": dead_fraction(fires_nonspecial_held),
+            "mean_l0": float(fires_held.sum() / max(n_held, 1)),
         },
-        "throughput": {"seconds": stats.seconds, "tokens_per_s": stats.n_tokens / stats.seconds if stats.seconds else None},
+        "throughput": {"seconds": stats.seconds, "tokens_per_s": len(stats.classes) / stats.seconds if stats.seconds else None},
     }
     arrays = {
         "mean_residual": mean_r, "pca_residual_values": eig_r, "pca_residual_vectors": vec_r,
         "mean_nonlinear": mean_nl, "pca_nonlinear_values": eig_nl, "pca_nonlinear_vectors": vec_nl,
         "ridge_coef": coef, "shift_x": train.shift_x, "shift_r": train.shift_r,
         "x_norm": stats.x_norm, "r_norm": stats.r_norm,
-        "latent_frequency": frequency, "latent_kurtosis": latent_kurtosis,
+        "token_class": stats.classes, "outliers_excluded": np.array(OUTLIER not in analysed),
+        "latent_fires_train": fires_train, "latent_fires_heldout": fires_held,
+        "n_train_analysed": np.array(int(fvu.n[groups(TRAIN, analysed)].sum())), "n_heldout_analysed": np.array(n_held),
+        "latent_frequency": fires_held / max(n_held, 1), "latent_kurtosis": latent_kurtosis,
+        "preact_kurtosis": preact_kurtosis,
         **{f"kurtosis_{name}": values for name, values in kurt.items()},
     }
     return report, arrays
@@ -374,7 +420,7 @@ def plot(arrays: dict, report: dict, out_dir: Path) -> None:
         v = arrays[key][np.isfinite(arrays[key])]
         ax.hist(np.clip(v, bins[0], None), bins=bins, histtype="step", label=label, linewidth=1.4)
     ax.set_xscale("log")
-    ax.set_xlabel("excess kurtosis (Gaussian = 0; clipped at left edge)")
+    ax.set_xlabel("excess kurtosis, held-out rows (Gaussian = 0; clipped at left edge)")
     ax.set_ylabel("count")
     ax.legend(fontsize=7)
     save_figure(fig, out_dir / "kurtosis")
@@ -385,7 +431,7 @@ def plot(arrays: dict, report: dict, out_dir: Path) -> None:
         ax.plot(np.arange(1, len(eig) + 1), np.cumsum(eig) / eig.sum(), label=label)
     ax.axhline(0.9, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
-    ax.set_xlabel("principal components")
+    ax.set_xlabel("principal components (train rows)")
     ax.set_ylabel("cumulative variance fraction")
     ax.legend(fontsize=7)
     save_figure(fig, out_dir / "pca_spectrum")
@@ -394,7 +440,7 @@ def plot(arrays: dict, report: dict, out_dir: Path) -> None:
     x_norm, r_norm = arrays["x_norm"], arrays["r_norm"]
     keep = np.isfinite(x_norm) & (x_norm > 0)
     ax.hist(r_norm[keep] / x_norm[keep], bins=60, range=(0, 1.2), color="C0")
-    ax.set_xlabel("per-token error-norm fraction ‖r‖/‖x‖ (all tokens)")
+    ax.set_xlabel("per-token error-norm fraction ‖r‖/‖x‖ (all tokens, all rows)")
     ax.set_ylabel("tokens")
     save_figure(fig, out_dir / "error_norms")
 
@@ -402,7 +448,7 @@ def plot(arrays: dict, report: dict, out_dir: Path) -> None:
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import add_run_arguments, run_from_args
-    from darkmatter.data.models import resolve_device
+    from darkmatter.sae.io import to_device
 
     parser = argparse.ArgumentParser(description="Stream the SAE residual r = x - SAE(x): FVU, kurtosis, ridge, PCA.")
     add_run_arguments(parser)
@@ -416,17 +462,17 @@ def main(argv: list[str] | None = None) -> None:
     cache = ActivationCache.open(args.cache)
     sae = load_sae(args.sae)
     check_compatible(sae, cache)
-    sae = sae.to(resolve_device(run.subject.device))
-    _, heldout_rows = split_rows(cache.meta["n_rows"], run.sae.heldout_fraction)
-    stats = accumulate(sae, cache, heldout_rows, run.residual)
-    report, arrays = analyse(stats, run.residual.ridge_alpha)
+    sae = to_device(sae, run.subject.device)
+    stats = accumulate(sae, cache, run.sae.heldout_fraction, run.residual)
+    report, arrays = analyse(stats, run.residual.ridge_alpha, run.residual.seed)
     report = {"sae": str(args.sae), "hook_name": cache.meta["hook_name"], **report}
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "stats.npz", **arrays)
     plot(arrays, report, args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("dark_matter_fraction", "dark_matter_fraction_with_special")} |
+    print(json.dumps({k: report[k] for k in ("dark_matter_fraction", "dark_matter_fraction_with_special",
+                                             "dark_matter_fraction_with_outliers")} |
                      {"r2_heldout": report["linear_predictability"]["r2_heldout"]}, indent=2))
 
 

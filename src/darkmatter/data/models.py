@@ -44,7 +44,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("model.device is 'cuda' but torch sees no GPU; set model.device: auto or cpu")
+        raise UserError("subject.device is 'cuda' but torch sees no GPU; set it to auto or cpu")
     return device
 
 

@@ -1,18 +1,24 @@
 """Autointerp: explain each unit from its top contexts, then score the explanation by detection.
 
-Units come from the examples stage: every ICA component (stable ones flagged), SAE features
-density-matched to the components, and random unit directions (the critical baseline: an
-explanation of a random direction should detect no better than chance).
+Units come from the examples stage: ``autointerp.n_ica_units`` ICA components (a uniform sample
+over the kurtosis ranking when fewer than all), each with its density-matched SAE feature, and
+``autointerp.n_random_units`` random units of the same whitened space (the critical baseline: an
+explanation of a random unit should detect no better than chance).
 
-- **Explain:** the ``explain_top`` highest-activating contexts, marked at the activating token
-  with its activation, go to the LLM with ``prompts/explain_*.txt``.
-- **Detect:** held-out contexts the explainer never saw: ``detect_positives`` activating ones
-  spread evenly over the activation quantiles, and ``detect_negatives`` non-activating ones.
-  The LLM answers Yes/No per context (``prompts/detect_*.txt``).
+- **Explain** from the train rows only: the ``explain_top`` highest-activating train contexts,
+  marked at the activating token with its activation (``prompts/explain_*.txt``).
+- **Detect** on the held-out rows only: ``detect_positives`` activating contexts spread over the
+  quantiles of the held-out rows' own activations, and ``detect_negatives`` non-activating ones;
+  no detection context shares a row, a document or a token window with a shown one (the
+  examples stage guarantees and checks it; a context from a train row here is refused). The LLM
+  answers Yes/No per context (``prompts/detect_*.txt``).
 - **Metrics per unit:** balanced accuracy (chance 0.5), F1, and AUC from log P(Yes) − log P(No)
   where the backend gives log-probabilities.
-- **Per group:** mean with a bootstrap 95% CI over units; ICA vs random and ICA vs SAE as the
-  difference of means with a bootstrap CI and a two-sided permutation p-value.
+- **Per group:** mean with a bootstrap CI over units (none below ``stats.MIN_N_FOR_CI`` units).
+  ICA vs SAE is a *paired* comparison (each component against its own density-matched feature:
+  mean paired difference, bootstrap CI over pairs, sign-flip permutation and Wilcoxon p-values);
+  ICA vs random is unpaired (difference of means, bootstrap CI, permutation p-value).
+  Permutation p-values are (1 + #{≥ observed}) / (1 + B).
 
 Prompt templates live in ``src/darkmatter/prompts/`` under version control; every response is
 cached (``darkmatter.interp.llm``), so reruns and reviewers pay nothing.
@@ -28,10 +34,9 @@ import numpy as np
 
 from darkmatter.errors import UserError, cli
 from darkmatter.interp.llm import CachedLLM, Request
+from darkmatter.stats import mean_with_ci, paired_difference, unpaired_difference
 
 PROMPTS = Path(__file__).with_name("prompts")
-#: Confidence level of every interval reported here.
-CI_LEVEL = 0.95
 GROUPS = ("ica", "sae", "random")
 
 
@@ -65,9 +70,12 @@ def explain_request(unit: dict, n_top: int) -> Request:
 
 def detection_set(unit: dict, n_pos: int, n_neg: int) -> list[tuple[dict, int]]:
     """Held-out contexts: activating ones across quantiles (label 1) and non-activating (0)."""
-    shown = {c["token_index"] for c in unit["top"]}
-    positives = [c for c in unit["quantiles"] if c["token_index"] not in shown]
-    return [(c, 1) for c in spread(positives, n_pos)] + [(c, 0) for c in spread(unit["non_activating"], n_neg)]
+    chosen = [(c, 1) for c in spread(unit["quantiles"], n_pos)] + [(c, 0) for c in spread(unit["non_activating"], n_neg)]
+    leaked = [c["token_index"] for c, _ in chosen if c["split"] != "heldout"]
+    if leaked or any(c["split"] != "train" for c in unit["top"]):
+        raise UserError(f"{unit_name(unit)}: detection contexts must come from held-out rows and explanations from train "
+                        f"rows (tokens {leaked[:3]} do not); rerun the examples stage (`dvc repro examples@<run>`)")
+    return chosen
 
 
 def detect_request(unit: dict, explanation: str, ctx: dict, i: int) -> Request:
@@ -90,36 +98,16 @@ def unit_scores(labels: list[int], predictions: list[int], scores: list[float] |
     return out
 
 
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)
-    if not len(values):
-        return float("nan"), float("nan"), float("nan")
-    means = rng.choice(values, (n_boot, len(values))).mean(axis=1)
-    tail = (1 - CI_LEVEL) / 2
-    return float(values.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
-def compare_groups(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
-    """Difference of means a − b: bootstrap 95% CI and a two-sided permutation p-value."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if not len(a) or not len(b):
-        return {"difference": None, "ci": None, "p_permutation": None}
-    diff = a.mean() - b.mean()
-    boots = rng.choice(a, (n_boot, len(a))).mean(1) - rng.choice(b, (n_boot, len(b))).mean(1)
-    pooled = np.concatenate([a, b])
-    perms = np.array([(lambda s: s[: len(a)].mean() - s[len(a):].mean())(rng.permutation(pooled)) for _ in range(n_boot)])
-    p = float((np.abs(perms) >= abs(diff) - 1e-12).mean())
-    tail = (1 - CI_LEVEL) / 2
-    return {"difference": float(diff), "ci": [float(np.quantile(boots, tail)), float(np.quantile(boots, 1 - tail))],
-            "p_permutation": max(p, 1.0 / n_boot)}
-
-
-def select_units(units: list[dict], max_per_group: dict[str, int]) -> list[dict]:
-    chosen = []
-    for kind in GROUPS:
-        group = [u for u in units if u["kind"] == kind]
-        chosen += group[: max_per_group[kind]]
-    return chosen
+def select_units(units: list[dict], n_ica: int, n_random: int) -> list[dict]:
+    """``n_ica`` ICA units spread evenly over the kurtosis ranking, the SAE feature matched to each
+    (the pairs), and the first ``n_random`` random units."""
+    ica = spread([u for u in units if u["kind"] == "ica"], n_ica)
+    sae = {u["matched_to_ica"]: u for u in units if u["kind"] == "sae"}
+    missing = [u["id"] for u in ica if u["id"] not in sae]
+    if missing:
+        raise UserError(f"ICA components {missing[:5]} have no density-matched SAE feature in the examples; "
+                        "rerun the examples stage")
+    return ica + [sae[u["id"]] for u in ica] + [u for u in units if u["kind"] == "random"][:n_random]
 
 
 def run(units: list[dict], llm: CachedLLM, cfg) -> tuple[list[dict], dict]:
@@ -142,10 +130,10 @@ def run(units: list[dict], llm: CachedLLM, cfg) -> tuple[list[dict], dict]:
         has_scores = all(s is not None for s in rec["score"])
         scores = unit_scores(rec["labels"], rec["pred"], rec["score"] if has_scores else None)
         rows.append({"unit": unit_name(u), "kind": u["kind"], "stable": u.get("stable"), "explanation": e.text, **scores})
-    return rows, summarise(rows, cfg)
+    return rows, summarise(rows, units, cfg)
 
 
-def summarise(rows: list[dict], cfg) -> dict:
+def summarise(rows: list[dict], units: list[dict], cfg) -> dict:
     rng = np.random.default_rng(cfg.seed)
     groups = {k: [r for r in rows if r["kind"] == k] for k in GROUPS}
     groups["ica_stable"] = [r for r in rows if r["kind"] == "ica" and r["stable"]]
@@ -153,13 +141,16 @@ def summarise(rows: list[dict], cfg) -> dict:
     for name, rs in groups.items():
         entry = {"n_units": len(rs)}
         for metric in ("balanced_accuracy", "f1", "auc"):
-            values = np.array([r[metric] for r in rs if r[metric] is not None])
-            mean, lo, hi = bootstrap_mean_ci(values, cfg.n_bootstrap, rng)
-            entry[metric] = {"mean": mean, "ci": [lo, hi], "n": int(len(values))} if len(values) else None
+            values = [r[metric] for r in rs if r[metric] is not None]
+            entry[metric] = mean_with_ci(values, cfg.n_bootstrap, rng) if values else None
         summary[name] = entry
-    ba = {k: np.array([r["balanced_accuracy"] for r in rs]) for k, rs in groups.items()}
-    tests = {"ica_vs_random": compare_groups(ba["ica"], ba["random"], cfg.n_bootstrap, rng),
-             "ica_vs_sae": compare_groups(ba["ica"], ba["sae"], cfg.n_bootstrap, rng)}
+    score = {r["unit"]: r["balanced_accuracy"] for r in rows}
+    pairs = [(u["id"], u["matched_sae_feature"]) for u in units if u["kind"] == "ica"]
+    ica_paired = np.array([score[f"ica-{i}"] for i, _ in pairs])
+    sae_paired = np.array([score[f"sae-{f}"] for _, f in pairs])
+    random = np.array([r["balanced_accuracy"] for r in groups["random"]])
+    tests = {"ica_vs_sae": paired_difference(ica_paired, sae_paired, cfg.n_bootstrap, rng),
+             "ica_vs_random": unpaired_difference(ica_paired, random, cfg.n_bootstrap, rng)}
     return {"groups": summary, "tests": tests}
 
 
@@ -180,16 +171,19 @@ def plot(rows: list[dict], out_dir: Path) -> None:
 
 
 def make_llm(cfg, cache_dir: Path, judge_weights: Path) -> CachedLLM:
-    from darkmatter.interp.llm import AnthropicBackend, LocalBackend, ReplayBackend, ResponseCache
+    from darkmatter.interp.llm import (AnthropicBackend, LocalBackend, LocalPrompts, ReplayBackend, ResponseCache,
+                                       anthropic_params)
 
     cache = ResponseCache(cache_dir)
     if cfg.backend == "anthropic":
         backend = AnthropicBackend(cfg.model, base_url=cfg.base_url)
     elif cfg.backend == "local":
         backend = LocalBackend(cfg.local_model, judge_weights)
+    elif cfg.replay_of == "anthropic":
+        backend = ReplayBackend(cfg.model, "anthropic", lambda req: anthropic_params(cfg.model, req))
     else:
-        recorded = cfg.replay_of
-        backend = ReplayBackend(cfg.model if recorded == "anthropic" else cfg.local_model, recorded)
+        prompts = LocalPrompts(judge_weights)
+        backend = ReplayBackend(cfg.local_model, "local", lambda req: prompts.payload(cfg.local_model, req))
     return CachedLLM(backend, cache, concurrency=cfg.concurrency if cfg.backend == "anthropic" else 1,
                      use_batches=cfg.use_batches)
 
@@ -210,8 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = run_from_args(args).autointerp
     if not args.examples.exists():
         raise UserError(f"{args.examples} not found; run the examples stage first")
-    units = select_units(json.loads(args.examples.read_text())["units"],
-                         {"ica": cfg.max_ica_units, "sae": cfg.max_baseline_units, "random": cfg.max_baseline_units})
+    units = select_units(json.loads(args.examples.read_text())["units"], cfg.n_ica_units, cfg.n_random_units)
     llm = make_llm(cfg, args.cache, args.judge)
     rows, summary = run(units, llm, cfg)
     report = {"backend": cfg.backend if cfg.backend != "replay" else f"replay of {cfg.replay_of}",

@@ -62,7 +62,7 @@ def context_html(ctx: dict, scale: float) -> str:
 def unit_html(unit: dict, novel_below: float) -> str:
     kind, uid = unit["kind"], unit["id"]
     scale = unit["max_activation"]
-    stats = [f"kurtosis {unit['kurtosis']:.2f}", f"active {unit['active_fraction']:.2%} (> {unit['threshold']:g})"]
+    stats = [f"kurtosis {unit['kurtosis']:.2f} (held-out)", f"active {unit['active_fraction']:.2%} (> {unit['threshold']:g}, held-out)"]
     if kind == "ica":
         novel = unit["max_cos_sae"] < novel_below
         stats = [
@@ -70,39 +70,49 @@ def unit_html(unit: dict, novel_below: float) -> str:
             f'{" (novel)" if novel else ""}</span>',
             f"nearest feature #{unit['nearest_sae_feature']}",
             f"variance share {unit['variance_share']:.2%}",
-            '<span class="unstable">unstable</span>' if not unit["stable"] else "stable across seeds",
+            ("stability not measured" if unit["stable"] is None else
+             '<span class="unstable">unstable</span>' if not unit["stable"] else "stable across restarts and resamples"),
+            f"matched SAE feature #{unit['matched_sae_feature']}",
         ] + stats
     elif kind == "sae":
-        stats = [f"firing frequency {unit['frequency']:.3%}"] + stats
-    title = {"ica": "ICA component", "sae": "SAE feature", "random": "random direction"}[kind]
+        stats = [f"firing frequency {unit['frequency_train']:.3%} (train rows)", f"matched to ICA {unit['matched_to_ica']}"] + stats
+    title = {"ica": "ICA component", "sae": "SAE feature", "random": "random whitened unit"}[kind]
     quantiles = "".join(context_html(c, scale) for c in unit["quantiles"])
     negatives = "".join(context_html(c, scale) for c in unit["non_activating"][:5])
     return (
         f'<section class="unit" id="{kind}-{uid}"><h3>{title} {uid}</h3>'
         f'<div class="stats">{"".join(f"<span>{s}</span>" for s in stats)}</div>'
         f'{histogram_svg(unit["histogram"]["counts"], unit["histogram"]["edges"])}'
-        f'<h4>top activations</h4>{"".join(context_html(c, scale) for c in unit["top"])}'
-        f'<details><summary>quantile sample ({len(unit["quantiles"])})</summary>{quantiles}</details>'
-        f'<details><summary>non-activating ({len(unit["non_activating"])}, first 5)</summary>{negatives}</details>'
+        f'<h4>top activations (train rows: what the explainer sees)</h4>{"".join(context_html(c, scale) for c in unit["top"])}'
+        f'<details><summary>held-out quantile sample ({len(unit["quantiles"])})</summary>{quantiles}</details>'
+        f'<details><summary>held-out non-activating ({len(unit["non_activating"])}, first 5)</summary>{negatives}</details>'
         "</section>"
     )
 
 
 def headline(residual: dict, ica: dict, compare: dict) -> str:
-    gap = compare["kurtosis_gap"]["all_components"]
+    gap = compare["kurtosis_gap"]["like_for_like"]
+    rot = compare["rotation_null"]
+    stable = (f"{ica['n_stable']} stable ({ica['stable_fraction']:.0%}) across restarts and disjoint samples"
+              if ica["stability"]["measured"] else "stability not measured")
     rows = [
         ("hook", residual["hook_name"]),
-        ("dark-matter fraction (FVU, held-out, no special / with special)",
-         f"{residual['dark_matter_fraction']:.4f} / {residual['dark_matter_fraction_with_special']:.4f}"),
+        ("dark-matter fraction (FVU, held-out): analysed / with outliers / without / with special",
+         " / ".join(f"{residual[k]:.4f}" for k in ("dark_matter_fraction", "dark_matter_fraction_with_outliers",
+                                                   "dark_matter_fraction_without_outliers", "dark_matter_fraction_with_special"))),
+        ("high-norm outliers", f"{residual['tokens']['classes']['counts']['outlier']} tokens "
+                               f"({'excluded' if residual['tokens']['outliers_excluded'] else 'kept'})"),
         ("linear predictability of r from x (held-out R²)", f"{residual['linear_predictability']['r2_heldout']:.3f}"),
-        ("median excess kurtosis: x dims / r dims / r on random directions",
+        ("median excess kurtosis (held-out): x dims / r dims / r on random directions",
          " / ".join(f"{residual['kurtosis'][k]['quantiles']['0.5']:.3f}" for k in ("x", "r", "r_random_directions"))),
-        ("ICA", f"{ica['n_components']} components on {ica['target']} ({ica['backend']}), "
-                f"{ica['n_stable']} stable ({ica['stable_fraction']:.0%}), converged: {ica['all_converged']}"),
-        ("novel (max |cos| < {:g}): ICA / random / random in PCA subspace".format(compare["thresholds"]["novel_below"]),
-         " / ".join(f"{compare[k]['novel']} of {compare[k]['n']}" for k in ("ica", "random", "random_in_pca_subspace"))),
-        ("kurtosis gap (active SAE / ICA): ratio of medians, of means",
-         f"{gap['ratio_of_medians']:.3g}, {gap['ratio_of_means']:.3g}" if gap["ratio_of_medians"] is not None else "n/a"),
+        ("ICA", f"{ica['n_components']} components on {ica['target']} ({ica['backend']}, train rows), {stable}, "
+                f"converged: {ica['all_converged']}"),
+        ("novel (max |cos| < {:g}): ICA / random rotations (mean) / random directions".format(compare["thresholds"]["novel_below"]),
+         f"{compare['ica']['novel']} of {compare['ica']['n']} / {rot['novel_fraction']['null_mean']:.0%} / "
+         f"{compare['random']['novel']} of {compare['random']['n']} (p = {rot['novel_fraction']['p_two_sided']:.3g})"),
+        ("kurtosis gap, like for like: median SAE pre-activations − median ICA sources",
+         f"{gap['difference']:.3g}" + (f" [{gap['ci'][0]:.3g}, {gap['ci'][1]:.3g}]" if gap["ci"] else "")
+         if gap["difference"] is not None else "n/a"),
     ]
     return '<table class="kv">' + "".join(f"<tr><td>{html.escape(a)}</td><td><b>{html.escape(str(b))}</b></td></tr>" for a, b in rows) + "</table>"
 
@@ -118,7 +128,7 @@ def render(examples: dict, residual: dict, ica: dict, compare: dict) -> str:
         f"<h2>ICA components ({len(groups['ica'])}), by source kurtosis</h2>",
         *(unit_html(u, novel_below) for u in groups["ica"]),
     ]
-    for kind, title in (("sae", "Baseline: sampled active SAE features"), ("random", "Baseline: random directions")):
+    for kind, title in (("sae", "Baseline: density-matched SAE features"), ("random", "Baseline: random whitened units")):
         body.append(f"<details><summary><h2 style='display:inline'>{title} ({len(groups[kind])})</h2></summary>"
                     + "".join(unit_html(u, novel_below) for u in groups[kind]) + "</details>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dark matter: {html.escape(meta["hook_name"])}</title>'

@@ -1,28 +1,34 @@
 """Contexts per unit: what the dashboard shows and what autointerp explains and scores.
 
-Units of one run, each with an activation on every non-special token:
+Units of one run, each with an activation on every analysed token (NaN elsewhere), all read on
+the same tokens:
 
 - ``ica``: every ICA component; activation = its source s_j = u_j·(t − μ) (unmixing filter,
   unit variance, sign fixed so large positive = active);
-- ``sae``: ``examples.n_sae_features`` SAE features *density-matched* to the ICA components;
-  activation = the latent. Density is the fraction of tokens on which a unit counts as active:
-  latent > 0 for an SAE feature, source z-score > ``examples.z_threshold`` for a component
-  (estimated on a token subsample before the pass). Each component in turn (cycling if more
-  features are asked for) takes the unused active feature (firing on more than
-  ``compare.active_frequency``) nearest in log density. Matching density rather than kurtosis
-  makes the detection task's base rate of "activating" contexts comparable across groups;
-  kurtosis cannot be matched, since it is the very thing that differs (the kurtosis gap);
-- ``random``: ``examples.n_random_directions`` random unit directions v in activation space;
-  activation = v·x, z-scored over the tokens.
+- ``sae``: one SAE feature per ICA component, *density-matched* to it; activation = the latent.
+  Density is the fraction of the train rows' analysed tokens on which a unit counts as active
+  (latent > 0 for an SAE feature, source > ``examples.z_threshold`` for a component, estimated on
+  a token sample of the train rows). Each component in turn takes the unused active feature
+  (``compare.active_frequency``) nearest in log density, so every compared component has its own
+  partner and autointerp can test the pairs with a paired test. Matching density makes the
+  detection task's base rate comparable; kurtosis cannot be matched, it is what differs;
+- ``random``: s = q·z for a random unit vector q in the ICA's whitened space (the same target,
+  mean and whitening as the components; what ICA would report had it not optimised anything),
+  sign-fixed like the components (positive skew on the train rows).
 
-A dense unit (ICA, random) "activates" where its z-score exceeds ``examples.z_threshold``; an
-SAE feature where it is non-zero. Per unit the JSON holds the top-k contexts, a stratified
-sample across ``n_quantiles`` activation quantiles of the active tokens, and non-activating
-contexts, each ±``window`` tokens with the unit's activation on every token of the window and
-the ``split`` (``train``/``heldout`` rows of the SAE split) so autointerp can explain on one and
-score on the other. Special tokens are never chosen as the activating token.
+**Held out.** The matching is a fit and uses the train rows. Per unit the JSON holds:
 
-Unit activations are held as one [N, units] float32 matrix (134 MB at the default size).
+- ``top``: the ``top_k`` highest-activating contexts of the **train** rows (what the explainer sees);
+- ``quantiles``: detection positives from the **held-out** rows, spread over ``n_quantiles``
+  quantiles of the held-out rows' own active activations (a sparse unit's positives are not
+  pushed to its low quantiles by the exclusions), ``per_quantile`` each;
+- ``non_activating``: detection negatives, held-out tokens at or below the threshold.
+
+No detection context shares a row or a document with a shown one: held-out tokens whose document
+also appears in a train row are never drawn, and :func:`check_disjoint` checks every window.
+Contexts are ±``window`` tokens with the unit's activation on each token and their ``split``.
+
+Unit activations are held as one [N, units] float32 matrix (~170 MB at the default size).
 """
 
 from __future__ import annotations
@@ -36,32 +42,33 @@ import numpy as np
 from darkmatter.errors import UserError, cli
 
 HIST_BINS = 30
-#: Non-special tokens used to estimate the ICA components' densities for the matching.
+#: Train-row analysed tokens used to estimate the ICA components' densities for the matching.
 DENSITY_TOKENS = 16384
 
 
-def density_matched_features(ica_density: np.ndarray, frequency: np.ndarray, active_frequency: float,
-                             n: int) -> tuple[np.ndarray, np.ndarray]:
-    """SAE features nearest in log density to the ICA components, and the component each matches."""
-    pool = list(np.flatnonzero(frequency > active_frequency))
-    chosen, matched = [], []
-    for i in range(min(n, len(pool))):
-        j = i % len(ica_density)
-        target = np.log(max(ica_density[j], 1e-9))
-        best = min(pool, key=lambda f: abs(np.log(frequency[f]) - target))
-        pool.remove(best)
-        chosen.append(int(best))
-        matched.append(j)
-    return np.array(chosen, dtype=np.int64), np.array(matched, dtype=np.int64)
+def density_matched_features(ica_density: np.ndarray, frequency: np.ndarray, active_frequency: float) -> np.ndarray:
+    """For each ICA component in order, the unused active SAE feature nearest in log density."""
+    pool = np.flatnonzero(frequency > active_frequency)
+    if len(pool) < len(ica_density):
+        raise UserError(f"only {len(pool)} SAE features fire on more than {active_frequency:g} of tokens, fewer than the "
+                        f"{len(ica_density)} ICA components to match; lower compare.active_frequency")
+    free = np.ones(len(pool), dtype=bool)
+    log_freq = np.log(frequency[pool])
+    chosen = np.empty(len(ica_density), dtype=np.int64)
+    for j, density in enumerate(ica_density):
+        gap = np.where(free, np.abs(log_freq - np.log(max(density, 1e-9))), np.inf)
+        best = int(np.argmin(gap))
+        free[best] = False
+        chosen[j] = pool[best]
+    return chosen
 
 
 def ica_density(sae, cache, components: dict, target: str, stats: dict, z_threshold: float,
-                n_tokens: int, seed: int, chunk_tokens: int) -> np.ndarray:
-    """Fraction of (subsampled) non-special tokens on which each ICA source exceeds ``z_threshold``."""
-    from darkmatter.analysis.ica import ica_target, target_rows
+                index: np.ndarray, chunk_tokens: int) -> np.ndarray:
+    """Fraction of the tokens ``index`` on which each ICA source exceeds ``z_threshold``."""
+    from darkmatter.analysis.ica import ica_target
     from darkmatter.analysis.stream import stream
 
-    index = target_rows(cache, n_tokens, seed)
     above = np.zeros(len(components["mixing"]))
     for chunk in stream(sae, cache.acts, index, chunk_tokens, desc="ICA densities"):
         t = ica_target(chunk, target, stats).cpu().numpy()
@@ -69,32 +76,40 @@ def ica_density(sae, cache, components: dict, target: str, stats: dict, z_thresh
     return above / len(index)
 
 
+def random_filters(components: dict, n: int, seed: int) -> np.ndarray:
+    """Unmixing filters q Λ^{-1/2} Vᵀ of ``n`` random unit q in the whitened space: s = q·z."""
+    from darkmatter.stats import random_unit_directions
+
+    q = random_unit_directions(n, components["pca_basis"].shape[1], seed)
+    return (q / components["pca_scale"][None, :]) @ components["pca_basis"].T
+
+
 def unit_activations(sae, cache, components: dict, target: str, stats: dict, features: np.ndarray,
-                     directions: np.ndarray, chunk_tokens: int) -> np.ndarray:
-    """[N, units] activations (ICA sources, SAE latents, random projections); special tokens NaN."""
+                     random: np.ndarray, index: np.ndarray, chunk_tokens: int) -> np.ndarray:
+    """[N, units] activations (ICA sources, SAE latents, random whitened units) on the tokens
+    ``index``; NaN elsewhere."""
     import torch
 
     from darkmatter.analysis.ica import ica_target
     from darkmatter.analysis.stream import stream
 
     n = cache.meta["n_tokens"]
-    k = len(components["mixing"])
-    out = np.full((n, k + len(features) + len(directions)), np.nan, dtype=np.float32)
-    special = np.asarray(cache.special, dtype=bool)
-    unmixing = torch.as_tensor(components["unmixing"])
+    filters = torch.as_tensor(np.concatenate([components["unmixing"], random]))
+    out = np.full((n, len(filters) + len(features)), np.nan, dtype=np.float32)
+    k = len(components["unmixing"])
     mean = torch.as_tensor(components["mean"])
     feats = torch.as_tensor(features, dtype=torch.int64)
-    dirs = torch.as_tensor(directions.T.copy(), dtype=torch.float32)
-    for chunk in stream(sae, cache.acts, np.flatnonzero(~special), chunk_tokens, desc="unit activations"):
-        t = ica_target(chunk, target, stats).cpu()
-        sources = (t - mean) @ unmixing.T
-        out[chunk.ids] = torch.cat([sources.float(), chunk.latents.cpu()[:, feats], chunk.x.cpu() @ dirs], dim=1).numpy()
+    for chunk in stream(sae, cache.acts, index, chunk_tokens, desc="unit activations"):
+        read = ((ica_target(chunk, target, stats).cpu() - mean) @ filters.T).float()
+        out[chunk.ids] = torch.cat([read[:, :k], chunk.latents.cpu()[:, feats], read[:, k:]], dim=1).numpy()
     return out
 
 
-def zscore(values: np.ndarray) -> np.ndarray:
-    finite = values[np.isfinite(values)]
-    return (values - finite.mean()) / finite.std()
+def sign_by_skew(acts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """+1/−1 per column so that each column's values on ``rows`` have positive skew."""
+    from scipy.stats import skew
+
+    return np.where(skew(acts[rows], axis=0) < 0, -1.0, 1.0)
 
 
 def context(cache, token: int, window: int, unit_acts: np.ndarray, decode) -> dict:
@@ -105,33 +120,44 @@ def context(cache, token: int, window: int, unit_acts: np.ndarray, decode) -> di
     ids = [int(i) for i in cache.tokens[lo:hi]]
     acts = unit_acts[lo:hi]
     return {
-        "token_index": int(token), "row": row, "position": pos, "focus": int(token - lo),
+        "token_index": int(token), "row": row, "position": pos, "focus": int(token - lo), "start": int(lo), "stop": int(hi),
         "activation": float(unit_acts[token]),
         "token_ids": ids, "tokens": [decode(i) for i in ids],
         "activations": [None if not np.isfinite(a) else round(float(a), 4) for a in acts],
     }
 
 
-def unit_examples(acts: np.ndarray, threshold: float, cfg, rng: np.random.Generator) -> dict:
-    """Token ids of the top-k, the quantile sample and the non-activating sample for one unit."""
-    valid = np.flatnonzero(np.isfinite(acts))
-    values = acts[valid]
-    order = np.argsort(-values, kind="stable")
-    top = valid[order[: cfg.top_k]]
-    active = valid[values > threshold]
+def check_disjoint(shown: list[dict], detection: list[dict]) -> None:
+    """No detection window may overlap a shown window (a leak from explanation to scoring)."""
+    for d in detection:
+        for s in shown:
+            if d["start"] < s["stop"] and s["start"] < d["stop"]:
+                raise AssertionError(f"detection context at token {d['token_index']} overlaps shown context at "
+                                     f"token {s['token_index']}")
+
+
+def unit_examples(acts: np.ndarray, threshold: float, cfg, rng: np.random.Generator,
+                  explain: np.ndarray, detect: np.ndarray) -> dict:
+    """Token ids for one unit: the top-k of the ``explain`` tokens, and from the ``detect`` tokens
+    a sample across the quantiles of their own active activations and a non-activating sample."""
+    top_pool = explain[np.isfinite(acts[explain])]
+    top = top_pool[np.argsort(-acts[top_pool], kind="stable")[: cfg.top_k]]
+    pool = detect[np.isfinite(acts[detect])]
+    active = pool[acts[pool] > threshold]
     active = active[np.argsort(acts[active], kind="stable")]
     quantiles = []
     for q, part in enumerate(np.array_split(active, cfg.n_quantiles)):
         if len(part):
             pick = rng.choice(part, min(cfg.per_quantile, len(part)), replace=False)
             quantiles.extend((q, int(t)) for t in np.sort(pick))
-    inactive = valid[values <= threshold]
+    inactive = pool[acts[pool] <= threshold]
     negatives = np.sort(rng.choice(inactive, min(cfg.n_non_activating, len(inactive)), replace=False)) if len(inactive) else []
     return {"top": [int(t) for t in top], "quantiles": quantiles, "non_activating": [int(t) for t in negatives],
-            "active_fraction": float(len(active) / max(len(valid), 1))}
+            "active_fraction": float(len(active) / max(len(pool), 1)), "n_active_detect": int(len(active))}
 
 
-def build(cache, acts: np.ndarray, units: list[dict], cfg, heldout: np.ndarray, decode) -> list[dict]:
+def build(cache, acts: np.ndarray, units: list[dict], cfg, explain: np.ndarray, detect: np.ndarray,
+          heldout_rows: np.ndarray, decode) -> list[dict]:
     """Examples and summaries for every unit; ``units[i]`` describes column i of ``acts``."""
     from scipy.stats import kurtosis
     from tqdm.auto import tqdm
@@ -142,37 +168,47 @@ def build(cache, acts: np.ndarray, units: list[dict], cfg, heldout: np.ndarray, 
     for col, unit in enumerate(tqdm(units, desc="examples", unit="unit")):
         a = acts[:, col]
         threshold = 0.0 if unit["kind"] == "sae" else cfg.z_threshold
-        chosen = unit_examples(a, threshold, cfg, rng)
-        finite = a[np.isfinite(a)]
-        counts, edges = np.histogram(finite, bins=HIST_BINS)
+        chosen = unit_examples(a, threshold, cfg, rng, explain, detect)
+        held = a[detect]
+        held = held[np.isfinite(held)]
+        counts, edges = np.histogram(held, bins=HIST_BINS)
 
         def ctx(token, **extra):
             c = context(cache, token, cfg.window, a, decode)
-            c["split"] = "heldout" if heldout[token // context_length] else "train"
+            c["split"] = "heldout" if heldout_rows[token // context_length] else "train"
             return c | extra
 
+        top = [ctx(t) for t in chosen["top"]]
+        quantiles = [ctx(t, quantile=q) for q, t in chosen["quantiles"]]
+        negatives = [ctx(t) for t in chosen["non_activating"]]
+        check_disjoint(top, quantiles + negatives)
         out.append(unit | {
             "threshold": threshold,
             "active_fraction": chosen["active_fraction"],
-            "kurtosis": float(kurtosis(finite)),
-            "max_activation": float(finite.max()),
+            "n_active_heldout": chosen["n_active_detect"],
+            "kurtosis": float(kurtosis(held)),
+            "max_activation": float(np.nanmax(a)),
             "histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]},
-            "top": [ctx(t) for t in chosen["top"]],
-            "quantiles": [ctx(t, quantile=q) for q, t in chosen["quantiles"]],
-            "non_activating": [ctx(t) for t in chosen["non_activating"]],
+            "top": top, "quantiles": quantiles, "non_activating": negatives,
         })
     return out
+
+
+def detection_pool(cache, heldout_tokens: np.ndarray, train_tokens: np.ndarray) -> np.ndarray:
+    """Held-out tokens whose document does not also appear in a train row (rows cut documents)."""
+    doc_ids = np.asarray(cache.array("doc_ids"))
+    seen = np.unique(doc_ids[train_tokens])
+    return heldout_tokens[~np.isin(doc_ids[heldout_tokens], seen)]
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.analysis.stream import latent_chunk_tokens
+    from darkmatter.analysis.tokens import analysed_tokens, heldout_token_mask
     from darkmatter.config import add_run_arguments, run_from_args
     from darkmatter.data.activations import ActivationCache
-    from darkmatter.data.models import load_tokenizer, resolve_device
-    from darkmatter.data.split import split_rows
-    from darkmatter.sae.io import check_compatible, load_sae
-    from darkmatter.stats import random_unit_directions
+    from darkmatter.data.models import load_tokenizer
+    from darkmatter.sae.io import check_compatible, load_sae, to_device
 
     parser = argparse.ArgumentParser(description="Top, quantile and negative contexts for ICA components and baseline units.")
     add_run_arguments(parser)
@@ -193,35 +229,42 @@ def main(argv: list[str] | None = None) -> None:
     cache = ActivationCache.open(args.cache)
     sae = load_sae(args.sae)
     check_compatible(sae, cache)
-    sae = sae.to(resolve_device(run.subject.device))
+    sae = to_device(sae, run.subject.device)
     tokenizer = load_tokenizer(run.model.name, args.weights)
 
+    heldout = heldout_token_mask(cache.meta["n_rows"], cache.meta["context_length"], run.sae.heldout_fraction)
+    train, held = analysed_tokens(stats, heldout, "train"), analysed_tokens(stats, heldout, "heldout")
+    detect = detection_pool(cache, held, train)
     chunk = latent_chunk_tokens(sae.cfg.d_sae, run.residual.latent_budget_mb << 20)
-    density = ica_density(sae, cache, components, run.ica.target, stats, cfg.z_threshold, DENSITY_TOKENS, cfg.seed, chunk)
-    features, matched = density_matched_features(density, stats["latent_frequency"], run.compare.active_frequency,
-                                                 cfg.n_sae_features)
-    directions = random_unit_directions(cfg.n_random_directions, cache.meta["d_model"], cfg.seed + 1)
-    acts = unit_activations(sae, cache, components, run.ica.target, stats, features, directions, chunk)
+    sample = np.sort(np.random.default_rng(cfg.seed).choice(train, min(DENSITY_TOKENS, len(train)), replace=False))
+    density = ica_density(sae, cache, components, run.ica.target, stats, cfg.z_threshold, sample, chunk)
+    frequency_train = stats["latent_fires_train"] / max(int(stats["n_train_analysed"]), 1)
+    features = density_matched_features(density, frequency_train, run.compare.active_frequency)
+    random = random_filters(components, cfg.n_random_units, cfg.seed + 1)
+    acts = unit_activations(sae, cache, components, run.ica.target, stats, features, random,
+                            np.sort(np.concatenate([train, held])), chunk)
     k = len(components["mixing"])
-    for col in range(k + len(features), acts.shape[1]):
-        acts[:, col] = zscore(acts[:, col])
-    units = [{"kind": "ica", "id": j, "stable": bool(components["stable"][j]),
+    random_cols = slice(2 * k, acts.shape[1])
+    acts[:, random_cols] *= sign_by_skew(acts[:, random_cols], train)[None, :].astype(np.float32)
+    measured = bool(components["stability_measured"])
+    units = [{"kind": "ica", "id": j, "stable": bool(components["stable"][j]) if measured else None,
               "variance_share": float(components["variance_share"][j]),
-              "source_kurtosis_fit": float(components["kurtosis"][j]),
+              "source_kurtosis_heldout": float(components["kurtosis"][j]),
               "max_cos_sae": float(comparison["ica_max_cos"][j]),
-              "nearest_sae_feature": int(comparison["ica_nearest_feature"][j])} for j in range(k)]
-    units += [{"kind": "sae", "id": int(f), "frequency": float(stats["latent_frequency"][f]),
-               "matched_to_ica": int(j), "ica_density": float(density[j])} for f, j in zip(features, matched)]
-    units += [{"kind": "random", "id": i} for i in range(len(directions))]
-    _, heldout_rows = split_rows(cache.meta["n_rows"], run.sae.heldout_fraction)
-    heldout = np.zeros(cache.meta["n_rows"], dtype=bool)
-    heldout[heldout_rows] = True
-    result = build(cache, acts, units, cfg, heldout, lambda i: tokenizer.decode([i]))
+              "nearest_sae_feature": int(comparison["ica_nearest_feature"][j]),
+              "density_train": float(density[j]), "matched_sae_feature": int(features[j])} for j in range(k)]
+    units += [{"kind": "sae", "id": int(f), "frequency_train": float(frequency_train[f]),
+               "matched_to_ica": j, "ica_density_train": float(density[j])} for j, f in enumerate(features)]
+    units += [{"kind": "random", "id": i} for i in range(len(random))]
+    result = build(cache, acts, units, cfg, train, detect, heldout.reshape(-1, cache.meta["context_length"])[:, 0],
+                   lambda i: tokenizer.decode([i]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"hook_name": cache.meta["hook_name"], "model": cache.meta["model"], "ica_target": run.ica.target,
-            "z_threshold": cfg.z_threshold, "window": cfg.window}
+            "z_threshold": cfg.z_threshold, "window": cfg.window, "outliers_excluded": bool(stats["outliers_excluded"]),
+            "explain_rows": "train", "detect_rows": "heldout", "n_detect_tokens": int(len(detect)),
+            "n_heldout_tokens_dropped_shared_document": int(len(held) - len(detect))}
     args.out.write_text(json.dumps({"meta": meta, "units": result}) + "\n")
-    print(f"wrote {len(result)} units ({k} ICA, {len(features)} SAE, {len(directions)} random) to {args.out}")
+    print(f"wrote {len(result)} units ({k} ICA, {len(features)} SAE, {len(random)} random) to {args.out}")
 
 
 if __name__ == "__main__":

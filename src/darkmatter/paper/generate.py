@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from darkmatter.interp.autointerp import CI_LEVEL
+from darkmatter.stats import CI_LEVEL
 from darkmatter.errors import UserError, cli
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
@@ -92,38 +92,71 @@ def read_run(metrics_dir: Path, required: bool) -> dict | None:
 
 # ---- data-dependent wording -----------------------------------------------------------------
 
-def verdicts(run: dict) -> dict[str, str]:
-    """Words whose choice depends on the numbers."""
-    res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
-    k_r = res["kurtosis"]["r"]["quantiles"]["0.5"]
-    k_rand = res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"]
-    novel_ica, novel_sub = cmp_["ica"]["novel_fraction"], cmp_["random_in_pca_subspace"]["novel_fraction"]
-    p = cmp_["mann_whitney_p"]["ica_vs_random_in_pca_subspace"]
-    closer = cmp_["ica"]["median_max_cos"] > cmp_["random_in_pca_subspace"]["median_max_cos"]
+def ci_word(test: dict | None, above: str, below: str, neither: str) -> str:
+    """``above`` if the interval of a difference lies above 0, ``below`` if below, else ``neither``."""
+    ci = (test or {}).get("ci")
+    if ci is None:
+        return neither
+    return above if ci[0] > 0 else below if ci[1] < 0 else neither
+
+
+def p_word(p_high: float, p_low: float, high: str, low: str, neither: str, alpha: float = 0.05) -> str:
+    return high if p_high < alpha else low if p_low < alpha else neither
+
+
+def stable_word(ica: dict) -> str:
     stable = ica["stable_fraction"]
-    gap = cmp_["kurtosis_gap"]["all_components"]["ratio_of_medians"]
+    if stable is None:
+        return "not measured"
+    return ("most" if stable > 0.5 else "a minority" if stable >= 0.25 else "only a small minority" if stable > 0 else "none")
+
+
+def verdicts(run: dict) -> dict[str, str]:
+    """Words whose choice depends on the numbers (and on their uncertainty)."""
+    res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
+    rot = cmp_["rotation_null"]
+    gap = cmp_["kurtosis_gap"]
     return {
-        "ResidualShape": ("markedly more heavy-tailed than" if k_r > 2 * k_rand
-                          else "about as heavy-tailed as" if k_r < 1.25 * k_rand else "somewhat more heavy-tailed than"),
-        "NovelVerdict": "exceeds" if novel_ica > novel_sub else "does not exceed",
-        "CloserVerdict": "closer to" if closer else "farther from",
-        "SignificanceVerdict": "significant" if p is not None and p < 0.05 else "not significant",
-        "StableVerdict": ("most" if stable > 0.5 else "a minority" if stable >= 0.25
-                          else "only a small minority" if stable > 0 else "none"),
-        "GapVerdict": "sparser" if gap is not None and gap > 1 else "no sparser",
+        "ResidualShape": ci_word(res["shape"], "more heavy-tailed than", "less heavy-tailed than",
+                                 "not distinguishable in tail weight from"),
+        "NovelVerdict": p_word(rot["novel_fraction"]["p_more"], rot["novel_fraction"]["p_fewer"],
+                               "exceeds", "falls below", "does not differ significantly from"),
+        "CloserVerdict": p_word(rot["median_max_cos"]["p_closer"], rot["median_max_cos"]["p_farther"],
+                                "closer to", "farther from", "no closer to and no farther from"),
+        "StableVerdict": stable_word(ica),
+        "StablePhrase": (f"{fmt_count(ica['n_stable'])} of {fmt_count(ica['n_components'])} components come back across "
+                         "restarts and disjoint token samples" if ica["stability"]["measured"]
+                         else "stability was not measured (one restart and no resamples)"),
+        "GapVerdict": ci_word(gap["like_for_like"], "more heavy-tailed than", "less heavy-tailed than",
+                              "not distinguishable in tail weight from"),
+        "SeedGapVerdict": ci_word(gap["seed_definition"], "sparser", "less sparse", "no sparser"),
+        "IcaVsRandomVerdict": ci_word(gap["ica_vs_random_whitened"], "more heavy-tailed than", "less heavy-tailed than",
+                                      "not distinguishable in tail weight from"),
         "ConvergedVerdict": "all converged" if ica["all_converged"] else "did not all converge",
         "LinearVerdict": ("more than half" if res["linear_predictability"]["r2_heldout"] > 0.5 else "less than half"),
+        "OutlierVerdict": "excluded from" if res["tokens"]["outliers_excluded"] else "kept in",
     }
 
 
 # ---- macros ---------------------------------------------------------------------------------
 
+def fmt_ci(ci: list[float] | None, digits: int = 2) -> str:
+    return f"[{fmt_fixed(ci[0], digits)}, {fmt_fixed(ci[1], digits)}]" if ci else "(too few values for an interval)"
+
+
+def fmt_count_or(value, missing: str = "n/a") -> str:
+    return fmt_count(value) if value is not None else missing
+
+
 def macros(run: dict, main, card: dict | None) -> dict[str, str]:
     """``main`` is the main :class:`~darkmatter.config.Run`, ``run`` its metrics."""
     act, train, ev, res, ica, cmp_ = (run[k] for k in REQUIRED)
     lp = res["linear_predictability"]
-    gap = cmp_["kurtosis_gap"]["all_components"]
+    gap = cmp_["kurtosis_gap"]
+    rot = cmp_["rotation_null"]
     iters = [r["n_iter"] for r in ica["runs"]]
+    classes = res["tokens"]["classes"]
+    measured = ica["stability"]["measured"]
     m = {
         "Model": MODEL_NAMES.get(main.model.name, main.model.name),
         "Layer": str(main.layer),
@@ -137,10 +170,14 @@ def macros(run: dict, main, card: dict | None) -> dict[str, str]:
         "SpecialFrac": fmt_pct(act["special_fraction"], 2),
         "NormPosZero": fmt_count(round(act["norm_mean_position0"])),
         "NormNonspecial": fmt_count(round(act["norm_mean_nonspecial"])),
+        "OutlierFactor": fmt_sig(classes["norm_factor"], 2),
+        "OutlierCount": fmt_count(classes["counts"]["outlier"]),
+        "OutlierVerdict": "",  # replaced by verdicts()
         "SaeWidth": fmt_count(main.sae.width),
         "SaeTrainTokens": fmt_count(train["tokens"]),
         "SaeLambda": fmt_sci(main.sae.l0_coefficient),
         "HeldoutTokens": fmt_count(ev["n_tokens"]),
+        "HeldoutAnalysed": fmt_count(res["tokens"]["n_heldout_analysed"]),
         "SaeLzero": fmt_sig(ev["l0"], 3),
         "SaeLzeroSpecial": fmt_sig(ev["l0_with_special"], 3),
         "SaeDead": fmt_pct(ev["dead_fraction"]),
@@ -151,6 +188,8 @@ def macros(run: dict, main, card: dict | None) -> dict[str, str]:
         "SaeZeroAblation": fmt_fixed(ev["lm"]["delta_loss_zero_ablation"], 1),
         "Fvu": fmt_fixed(res["dark_matter_fraction"]),
         "FvuSpecial": fmt_fixed(res["dark_matter_fraction_with_special"]),
+        "FvuWithOutliers": fmt_fixed(res["dark_matter_fraction_with_outliers"]),
+        "FvuWithoutOutliers": fmt_fixed(res["dark_matter_fraction_without_outliers"]),
         "FvuAllRows": fmt_fixed(res["dark_matter_fraction_all_rows"]),
         "ErrNormFrac": fmt_fixed(res["error_norm_fraction"]["per_token"]["quantiles"]["0.5"]),
         "Rsq": fmt_fixed(lp["r2_heldout"]),
@@ -163,6 +202,7 @@ def macros(run: dict, main, card: dict | None) -> dict[str, str]:
         "KurtR": fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
         "KurtRSpecial": fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 1),
         "KurtRand": fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2),
+        "KurtShapeCI": fmt_ci(res["shape"]["ci"]),
         "KurtRMax": fmt_sig(res["kurtosis"]["r"]["max"], 3),
         "PcaHalf": fmt_count(res["pca"]["residual"]["n_components_50"]),
         "PcaNinety": fmt_count(res["pca"]["residual"]["n_components_90"]),
@@ -170,32 +210,52 @@ def macros(run: dict, main, card: dict | None) -> dict[str, str]:
         "IcaTarget": {"residual": "the residual $r$", "nonlinear": "the nonlinear part of $r$"}[ica["target"]],
         "IcaK": fmt_count(ica["n_components"]),
         "IcaTokens": fmt_count(ica["n_tokens"]),
+        "IcaResampleTokens": fmt_count(min(ica["resample_tokens"])) if ica["resample_tokens"] else "0",
         "IcaSeeds": fmt_count(ica["seeds"]),
-        "IcaVarFrac": fmt_pct(ica["reconstruction_fraction"]),
+        "IcaResamples": fmt_count(ica["resamples"]),
+        "IcaVarFrac": fmt_pct(ica["pca_variance_fraction"]),
         "IcaItersMin": fmt_count(min(iters)),
         "IcaItersMax": fmt_count(max(iters)),
-        "IcaNStable": fmt_count(ica["n_stable"]),
-        "IcaStableFrac": fmt_pct(ica["stable_fraction"], 0),
-        "StableThreshold": fmt_fixed(ica["stable_threshold"], 1),
+        "IcaNStable": fmt_count_or(ica["n_stable"], "not measured"),
+        "IcaNStableSeeds": fmt_count_or(ica["stability"]["n_stable_seeds"], "not measured"),
+        "IcaNStableResamples": fmt_count_or(ica["stability"]["n_stable_resamples"], "not measured"),
+        "IcaStableFrac": fmt_pct(ica["stable_fraction"], 0) if measured else "not measured",
+        "StableThreshold": fmt_fixed(ica["stability"]["threshold"], 1),
         "IcaKurtMedian": fmt_fixed(ica["source_kurtosis"]["quantiles"]["0.5"], 2),
         "IcaKurtMax": fmt_sig(ica["source_kurtosis"]["max"], 3),
+        "IcaKurtOtherWayMax": fmt_sig(ica["outliers"]["source_kurtosis_other_way"]["max"], 3),
+        "RandWhitenedKurtMedian": fmt_fixed(ica["random_whitened_kurtosis"]["quantiles"]["0.5"], 2),
         "NovelThreshold": fmt_fixed(cmp_["thresholds"]["novel_below"], 1),
         "MatchThreshold": fmt_fixed(cmp_["thresholds"]["match_above"], 1),
         "NovelIca": fmt_count(cmp_["ica"]["novel"]),
         "NovelIcaFrac": fmt_pct(cmp_["ica"]["novel_fraction"], 0),
         "NovelRandomFrac": fmt_pct(cmp_["random"]["novel_fraction"], 0),
-        "NovelSubspaceFrac": fmt_pct(cmp_["random_in_pca_subspace"]["novel_fraction"], 0),
+        "NovelNullFrac": fmt_pct(rot["novel_fraction"]["null_mean"], 0),
+        "NovelNullInterval": "[" + ", ".join(fmt_pct(v, 0) for v in rot["novel_fraction"]["null_interval"]) + "]",
+        "NovelP": fmt_p(rot["novel_fraction"]["p_two_sided"]),
         "MatchedIca": fmt_count(cmp_["ica"]["matched"]),
         "NRandom": fmt_count(cmp_["random"]["n"]),
+        "NRotations": fmt_count(rot["n_rotations"]),
         "MedianCosIca": fmt_fixed(cmp_["ica"]["median_max_cos"], 2),
         "MedianCosRandom": fmt_fixed(cmp_["random"]["median_max_cos"], 2),
-        "MedianCosSubspace": fmt_fixed(cmp_["random_in_pca_subspace"]["median_max_cos"], 2),
-        "MannWhitneyP": fmt_p(cmp_["mann_whitney_p"]["ica_vs_random_in_pca_subspace"]),
-        "NActiveFeatures": fmt_count(cmp_["kurtosis_gap"]["n_active_features"]),
-        "ActiveFreq": fmt_pct(cmp_["kurtosis_gap"]["active_frequency"], 1),
-        "SaeKurtMedian": fmt_sig(gap["median_sae"], 3) if gap.get("median_sae") is not None else "n/a",
-        "GapMedians": fmt_sig(gap["ratio_of_medians"], 3) if gap["ratio_of_medians"] is not None else "n/a",
-        "GapMeans": fmt_sig(gap["ratio_of_means"], 3) if gap["ratio_of_means"] is not None else "n/a",
+        "MedianCosNull": fmt_fixed(rot["median_max_cos"]["null_mean"], 2),
+        "MedianCosNullInterval": fmt_ci(rot["median_max_cos"]["null_interval"]),
+        "MedianCosP": fmt_p(rot["median_max_cos"]["p_two_sided"]),
+        "NActiveFeatures": fmt_count(gap["n_active_features"]),
+        "ActiveFreq": fmt_pct(gap["active_frequency"], 1),
+        "SaeLatentKurtMedian": fmt_sig(gap["seed_definition"]["median_a"], 3),
+        "SaePreactKurtMedian": fmt_fixed(gap["like_for_like"]["median_a"], 2),
+        "SeedGapDiff": fmt_sig(gap["seed_definition"]["difference"], 3),
+        "SeedGapCI": fmt_ci(gap["seed_definition"]["ci"], 1),
+        "SeedGapRatio": fmt_sig(gap["seed_definition"]["ratio_of_medians"], 3)
+                        if gap["seed_definition"]["ratio_of_medians"] is not None else "undefined (a median is not positive)",
+        "GapDiff": fmt_fixed(gap["like_for_like"]["difference"], 2),
+        "GapCI": fmt_ci(gap["like_for_like"]["ci"]),
+        "GapP": fmt_p(gap["like_for_like"]["p_permutation"]),
+        "IcaVsRandomDiff": fmt_fixed(gap["ica_vs_random_whitened"]["difference"], 2),
+        "IcaVsRandomCI": fmt_ci(gap["ica_vs_random_whitened"]["ci"]),
+        "PreactVsRandomDiff": fmt_fixed(gap["sae_preact_vs_random_x"]["difference"], 2),
+        "PreactVsRandomCI": fmt_ci(gap["sae_preact_vs_random_x"]["ci"]),
         "FigDir": f"runs/{main.name}",
         "CILevel": fmt_pct(CI_LEVEL, 0),
     }
@@ -225,8 +285,12 @@ def table(spec: str, header: list[str], rows: list[list[str]]) -> str:
 def compare_table(cmp_: dict) -> str:
     rows = []
     for key, label in (("ica", "ICA mixing directions"), ("ica_stable", "\\quad stable only"),
-                       ("random", "random directions"), ("random_in_pca_subspace", "random, in PCA subspace")):
+                       ("rotation_null", "random rotations of the whitened space (null)"),
+                       ("random", "random unit directions")):
         b = cmp_[key]
+        if b is None:
+            rows.append([label, "\\multicolumn{6}{c}{stability not measured}"])
+            continue
         rows.append([label, fmt_count(b["n"]), fmt_count(b["matched"]), fmt_count(b["partial"]), fmt_count(b["novel"]),
                      fmt_pct(b["novel_fraction"], 0) if b["n"] else "--",
                      fmt_fixed(b["median_max_cos"], 2) if b["n"] else "--"])
@@ -236,23 +300,34 @@ def compare_table(cmp_: dict) -> str:
 
 
 def dark_matter_table(res: dict) -> str:
-    lp = res["linear_predictability"]
+    """Columns: the analysed tokens, the other way for high-norm outliers, and with special tokens."""
+    lp, k = res["linear_predictability"], res["kurtosis"]
+    excluded = res["tokens"]["outliers_excluded"]
+    other = "with_outliers" if excluded else "without_outliers"
+
+    def three(fvu_key, kurt_key=None):
+        if kurt_key is None:
+            return [fmt_fixed(res[fvu_key]), fmt_fixed(res[f"{fvu_key}_{other}"]) if f"{fvu_key}_{other}" in res else "--",
+                    fmt_fixed(res[f"{fvu_key}_with_special"])]
+        return [fmt_fixed(k[kurt_key]["quantiles"]["0.5"], 2), fmt_fixed(k[f"{kurt_key}_{other}"]["quantiles"]["0.5"], 2),
+                fmt_fixed(k[f"{kurt_key}_with_special"]["quantiles"]["0.5"], 2)]
+
     rows = [
-        ["dark-matter fraction (FVU), held-out", fmt_fixed(res["dark_matter_fraction"]), fmt_fixed(res["dark_matter_fraction_with_special"])],
-        ["dark-matter fraction, all rows", fmt_fixed(res["dark_matter_fraction_all_rows"]), fmt_fixed(res["dark_matter_fraction_all_rows_with_special"])],
-        ["\\quad linearly predictable from $x$", fmt_fixed(lp["linear_fraction"]), "--"],
-        ["\\quad nonlinear", fmt_fixed(lp["nonlinear_fraction"]), "--"],
-        ["\\quad mean of $r$", fmt_fixed(lp["mean_fraction"]), "--"],
-        ["held-out $R^2$ of ridge $r \\approx Wx+b$", fmt_fixed(lp["r2_heldout"]), "--"],
-        ["median excess kurtosis, dims of $x$", fmt_fixed(res["kurtosis"]["x"]["quantiles"]["0.5"], 2),
-         fmt_fixed(res["kurtosis"]["x_with_special"]["quantiles"]["0.5"], 2)],
-        ["median excess kurtosis, dims of $r$", fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
-         fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 2)],
-        ["\\quad $r$ on random unit directions", fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2), "--"],
-        ["PCs for 50\\% / 90\\% of var$(r)$", f"{fmt_count(res['pca']['residual']['n_components_50'])} / "
-                                             f"{fmt_count(res['pca']['residual']['n_components_90'])}", "--"],
+        ["dark-matter fraction (FVU), held-out rows", *three("dark_matter_fraction")],
+        ["dark-matter fraction, all rows", fmt_fixed(res["dark_matter_fraction_all_rows"]), "--",
+         fmt_fixed(res["dark_matter_fraction_all_rows_with_special"])],
+        ["\\quad linearly predictable from $x$ (held-out)", fmt_fixed(lp["linear_fraction"]), "--", "--"],
+        ["\\quad nonlinear (held-out)", fmt_fixed(lp["nonlinear_fraction"]), "--", "--"],
+        ["\\quad mean of $r$ (held-out)", fmt_fixed(lp["mean_fraction"]), "--", "--"],
+        ["$R^2$ of ridge $r \\approx Wx+b$ (fit: train, scored: held-out)", fmt_fixed(lp["r2_heldout"]), "--", "--"],
+        ["median excess kurtosis, dims of $x$ (held-out)", *three(None, "x")],
+        ["median excess kurtosis, dims of $r$ (held-out)", *three(None, "r")],
+        ["\\quad $r$ on random unit directions (held-out)", fmt_fixed(k["r_random_directions"]["quantiles"]["0.5"], 2), "--", "--"],
+        ["PCs for 50\\% / 90\\% of var$(r)$ (train rows)", f"{fmt_count(res['pca']['residual']['n_components_50'])} / "
+                                                           f"{fmt_count(res['pca']['residual']['n_components_90'])}", "--", "--"],
     ]
-    return table("lrr", ["quantity", "no special", "with special"], rows)
+    other_label = "with outliers" if excluded else "without outliers"
+    return table("lrrr", ["quantity", "analysed tokens", other_label, "with special"], rows)
 
 
 def tex_escape(text: str) -> str:
@@ -281,7 +356,7 @@ def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, str, dict |
                   if ai and ai["groups"]["ica"]["balanced_accuracy"] and ai["groups"]["random"]["balanced_accuracy"]
                   else NOT_RUN)
         return [fmt_fixed(r["residual"]["dark_matter_fraction"]), fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
-                f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
+                f"{fmt_count_or(r['ica']['n_stable'], '--')}/{fmt_count(r['ica']['n_components'])}",
                 f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}", detect]
 
     rows = [[main_label, "trained here (JumpReLU, CPU)", *cells(run)]]
@@ -298,7 +373,7 @@ def layers_table(runs: dict[int, dict | None]) -> str:
         rows.append([str(layer), fmt_fixed(r["residual"]["dark_matter_fraction"]),
                      fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
                      fmt_fixed(r["residual"]["kurtosis"]["r"]["quantiles"]["0.5"], 2),
-                     f"{fmt_count(r['ica']['n_stable'])}/{fmt_count(r['ica']['n_components'])}",
+                     f"{fmt_count_or(r['ica']['n_stable'], '--')}/{fmt_count(r['ica']['n_components'])}",
                      f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}"])
     return table("rrrrrr", ["layer", "FVU", "$R^2$", "median kurt.\\ $r$", "stable", "novel"], rows)
 
@@ -313,15 +388,15 @@ def sae_table(ev: dict, sweep: list[dict]) -> str:
 
 def autointerp_table(ai: dict | None) -> str:
     labels = (("ica", "ICA components"), ("ica_stable", "\\quad stable only"), ("sae", "SAE features (density-matched)"),
-              ("random", "random directions"))
+              ("random", "random whitened units"))
     if ai is None:
         return table("lrrrr", ["units", "$n$", "balanced acc.", "F1", "AUC"], [[label, NOT_RUN, "", "", ""] for _, label in labels])
 
     def cell(entry):
-        if entry is None:
+        if entry is None or entry["mean"] is None:
             return "--"
-        lo, hi = entry["ci"]
-        return f"{fmt_fixed(entry['mean'], 2)} [{fmt_fixed(lo, 2)}, {fmt_fixed(hi, 2)}]"
+        ci = f" [{fmt_fixed(entry['ci'][0], 2)}, {fmt_fixed(entry['ci'][1], 2)}]" if entry["ci"] else " (too few)"
+        return f"{fmt_fixed(entry['mean'], 2)}{ci}"
 
     rows = [[label, fmt_count(ai["groups"][k]["n_units"]), *(cell(ai["groups"][k][m]) for m in ("balanced_accuracy", "f1", "auc"))]
             for k, label in labels]
@@ -333,31 +408,34 @@ def autointerp_section(ai: dict | None) -> str:
     if ai is None:
         return later_section("autointerp", None)
 
-    def contrast(test: dict, other: str) -> str:
+    def contrast(test: dict, other: str, how: str) -> str:
         if test["difference"] is None:
-            return f"there are no {other} units to compare with"
-        lo, hi = test["ci"]
+            return f"there are no {other} to compare with"
         significant = test["p_permutation"] < 0.05
         direction = "better than" if test["difference"] > 0 else "worse than"
         verdict = f"detected {direction}" if significant else "not detected significantly differently from"
-        return (f"ICA components are {verdict} {other} (difference in balanced accuracy "
-                f"{fmt_fixed(test['difference'], 3)}, {fmt_pct(CI_LEVEL, 0)} CI [{fmt_fixed(lo, 3)}, {fmt_fixed(hi, 3)}], "
+        ci = (f"{fmt_pct(CI_LEVEL, 0)} CI [{fmt_fixed(test['ci'][0], 3)}, {fmt_fixed(test['ci'][1], 3)}]" if test["ci"]
+              else "too few units for an interval")
+        return (f"ICA components are {verdict} {other} ({how} {fmt_fixed(test['difference'], 3)}, {ci}, "
                 f"permutation $p={fmt_p(test['p_permutation'])}$)")
 
     g = ai["groups"]
     judge = (f"The judge is {ai['model'].replace('_', '-')} run locally on CPU, a weak judge: its explanations are often "
              "generic, so absolute scores say little about the units; the comparison between groups, against the "
-             "random-direction baseline, is what is informative. " if ai["judge_is_weak"] else f"The judge is {ai['model'].replace('_', '-')}. ")
+             "random baseline, is what is informative. " if ai["judge_is_weak"] else f"The judge is {ai['model'].replace('_', '-')}. ")
     ba = {k: g[k]["balanced_accuracy"] for k in ("ica", "sae", "random")}
     means = ", ".join(f"{name} {fmt_fixed(ba[k]['mean'], 2)}" for k, name in
                       (("ica", "ICA"), ("sae", "SAE"), ("random", "random")) if ba[k] is not None)
+    tests = ai["tests"]
     return ("% Generated by darkmatter.paper from the autointerp metrics.\n"
-            f"{judge}Each unit is explained from its top contexts and scored by detection on held-out contexts "
-            f"(activating ones across quantiles and non-activating ones; chance is 0.5). Mean balanced accuracy: {means} "
-            f"(Table~\\ref{{tab:autointerp}}). {contrast(ai['tests']['ica_vs_random'], 'random directions')}; "
-            f"{contrast(ai['tests']['ica_vs_sae'], 'density-matched SAE features')}.\n"
+            f"{judge}Each unit is explained from its top contexts in the train rows and scored by detection on "
+            "held-out rows (activating contexts across the quantiles of the held-out activations, and non-activating "
+            "ones; no detection context shares a row, a document or a window with a shown one; chance is 0.5). "
+            f"Mean balanced accuracy: {means} (Table~\ref{{tab:autointerp}}). "
+            f"{contrast(tests['ica_vs_random'], 'random units of the same whitened space', 'difference of means')}; "
+            f"{contrast(tests['ica_vs_sae'], 'their density-matched SAE features', 'mean paired difference over ' + fmt_count(tests['ica_vs_sae']['n']) + ' pairs')}.\n"
             "\\begin{figure}[tbp]\\centering\\includegraphics[width=0.48\\linewidth]{autointerp/autointerp}"
-            "\\caption{Detection balanced accuracy per unit; bars are group means, the dotted line is chance.}"
+            "\\caption{Detection balanced accuracy per unit (held-out rows); bars are group means, the dotted line is chance.}"
             "\\end{figure}\n")
 
 

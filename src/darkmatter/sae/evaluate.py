@@ -8,8 +8,8 @@ reported with AND without special tokens (BOS/EOS/PAD and position 0, where |x| 
 
 - ``fvu``: SAELens's definition, E‖x − x̂‖² / (E‖x‖² − ‖E x‖²), variance around the mean;
   ``explained_variance`` = 1 − fvu;
-- L0: mean, quantiles and a histogram; dead (never fires on held-out non-special tokens) and
-  dense (fires on more than ``dense_threshold`` of them) feature fractions.
+- L0: mean, quantiles and a histogram; dead and dense feature fractions
+  (:mod:`darkmatter.sae.features`: one definition for every stage).
 
 LM metrics run the full model on ``lm_rows`` held-out rows with the residual at the SAE's hook
 replaced by the reconstruction: at non-special positions only (the default splice) and at every
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from darkmatter.data.activations import ActivationCache
 from darkmatter.data.split import row_tokens, split_rows
 from darkmatter.errors import NonFiniteError, cli
+from darkmatter.sae.features import dead_fraction
 from darkmatter.sae.io import check_compatible
 
 L0_BINS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9)
@@ -70,9 +71,9 @@ def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.n
         ids = index[lo : lo + chunk]
         x = np.asarray(acts[ids], dtype=np.float32)
         with torch.no_grad():
-            feats = sae.encode(torch.from_numpy(x))
-            x_hat = sae.decode(feats).numpy()
-        active = (feats > 0).numpy()
+            feats = sae.encode(torch.from_numpy(x).to(sae.W_dec.device))
+            x_hat = sae.decode(feats).cpu().numpy()
+        active = (feats > 0).cpu().numpy()
         if not np.isfinite(x_hat).all():
             raise NonFiniteError(f"NaN/inf in SAE reconstructions of held-out tokens {ids[0]}..{ids[-1]}")
         err = ((x.astype(np.float64) - x_hat) ** 2).sum(axis=1)
@@ -99,7 +100,7 @@ def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.n
         "l0_with_special": l0_all_sum / moments["all"].n,
         "l0_quantiles": {q: float(np.quantile(l0s, float(q))) for q in ("0.1", "0.5", "0.9", "0.99")},
         "l0_histogram": {"bin_edges": list(L0_BINS[:-1]) + ["inf"], "counts": counts.tolist()},
-        "dead_fraction": float((fires == 0).mean()),
+        "dead_fraction": dead_fraction(fires),
         "dense_fraction": float((frequency > dense_threshold).mean()),
         "dense_threshold": dense_threshold,
         "all_dead": bool((fires == 0).all()),
@@ -113,7 +114,7 @@ def lm_stats(subject, sae, tokens: np.ndarray, special: np.ndarray, hook: str, b
     def replace(mask: torch.Tensor, with_zero: bool = False):
         def hook_fn(resid, hook):
             new = torch.zeros_like(resid) if with_zero else sae(resid.float()).to(resid.dtype)
-            return torch.where(mask[..., None], new, resid)
+            return torch.where(mask.to(resid.device)[..., None], new, resid)
 
         return hook_fn
 
@@ -134,7 +135,7 @@ def lm_stats(subject, sae, tokens: np.ndarray, special: np.ndarray, hook: str, b
         clean = None
         for name, hooks in runs.items():
             logp = subject.logprobs(batch, hooks)[:, :-1]
-            sums[name] += float(-logp.gather(-1, targets).sum())
+            sums[name] += float(-logp.gather(-1, targets.to(logp.device)).sum())
             if name == "clean":
                 clean = logp
             elif name in kl:
@@ -170,7 +171,7 @@ def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_thresho
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import add_run_arguments, run_from_args
     from darkmatter.data.models import load_run_subject
-    from darkmatter.sae.io import load_sae
+    from darkmatter.sae.io import load_sae, to_device
 
     parser = argparse.ArgumentParser(description="Evaluate an SAE on held-out tokens (reconstruction and LM loss).")
     add_run_arguments(parser)
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     run = run_from_args(args)
     cache = ActivationCache.open(args.cache)
-    sae = load_sae(args.sae)
+    sae = to_device(load_sae(args.sae), run.subject.device)
     report = {"sae": str(args.sae), "hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
     report |= evaluate(sae, cache, run.sae.heldout_fraction, run.sae_eval.dense_threshold)
     lm_rows = args.lm_rows or run.sae_eval.lm_rows

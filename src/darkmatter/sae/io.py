@@ -31,3 +31,11 @@ def check_compatible(sae, cache) -> None:
             f"SAE was trained at {hook} but the cache holds {cache.meta['hook_name']}; "
             "cache the layer/site the SAE was trained on (the run's subject.layer and subject.site)"
         )
+
+
+def to_device(sae, device: str):
+    """The SAE on the run's device (``auto``: CUDA when present), where the subject model and the
+    activations are: an SAE left on the CPU next to a CUDA model fails at the first hook."""
+    from darkmatter.data.models import resolve_device
+
+    return sae.to(resolve_device(device))
