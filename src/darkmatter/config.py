@@ -539,10 +539,12 @@ class Params:
             if definition.data.corpus not in self.corpora:
                 raise ValueError(f"run_definitions.{name}.data.corpus: {definition.data.corpus!r} is not in corpora; "
                                  f"allowed: {', '.join(self.corpora)}")
-            self.run(name)  # overrides validate like the sections they override
+            # Every definition's overrides validate like the sections they override; the chunking of
+            # its cache only matters once the run is built.
+            self.run(name, check_chunks=name in self.runs)
         return self
 
-    def run(self, name: str) -> Run:
+    def run(self, name: str, check_chunks: bool = True) -> Run:
         """The resolved run ``name`` (:class:`Run`); a one-line error for an unknown name."""
         if name not in self.run_definitions:
             raise ConfigError(f"run {name!r} is not defined in run_definitions; allowed: {', '.join(self.run_definitions)}")
@@ -555,7 +557,7 @@ class Params:
             except ValidationError as exc:
                 where = f"run_definitions.{name}.sizes.{section}"
                 raise ValueError(_one_line(exc, where, root=cls)) from None
-        if sections["activations"].chunk_tokens % d.data.context_length:
+        if check_chunks and sections["activations"].chunk_tokens % d.data.context_length:
             raise ValueError(f"run_definitions.{name}: activations.chunk_tokens {sections['activations'].chunk_tokens} "
                              f"must be a multiple of data.context_length {d.data.context_length}")
         return Run(name=name, label=d.label, subject=d.subject, corpus_name=d.data.corpus,

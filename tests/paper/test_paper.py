@@ -19,6 +19,7 @@ ALLOWED_DIGITS = [
     r"\[x,1\]", r"90\\%",  # "PCs for 90% of the variance" is the definition of the reported count
     r"[Pp]osition 0", r"\bL0\b", r"float64", r"\|\^2",
     r"Scope(~| )2", r"\b(270M|1B|4B|12B)\b",  # model and release names
+    r"\(1\+\\#\\\{.*?\\\}\)/\(1\+B\)", r"\$1/p\$",  # the Monte-Carlo p-value formula; a sparse code's kurtosis ~1/p
 ]
 #: Commands whose arguments are not prose (files, keys, options).
 NON_PROSE = r"\\(documentclass|usepackage|includegraphics|input|cite[pt]?|label|ref|bibliography|bibliographystyle|graphicspath|begin|end)(\[[^\]]*\])?(\{[^}]*\})+"
@@ -67,16 +68,19 @@ def test_pdf_follows_the_metrics(workspace):
     assert f"{residual['dark_matter_fraction']:.3f}" in text
     assert "not run" in text, "ladder rows without metrics say so"
 
+    old = residual["dark_matter_fraction"]
     residual["dark_matter_fraction"] = 0.4321
     (workspace / "metrics/runs/gemma-3-270m-l9/residual.json").write_text(json.dumps(residual))
     compare = json.loads((workspace / "metrics/runs/gemma-3-270m-l9/compare.json").read_text())
-    was_exceeding = compare["ica"]["novel_fraction"] > compare["random_in_pca_subspace"]["novel_fraction"]
-    compare["ica"]["novel_fraction"] = 0.99 if not was_exceeding else 0.0
+    novel = compare["rotation_null"]["novel_fraction"]
+    novel["p_more"], novel["p_fewer"] = 0.001, 0.999  # as if ICA found more novel directions than rotations do
+    gap = compare["kurtosis_gap"]["like_for_like"]
+    gap["difference"], gap["ci"] = -1.5, [-2.0, -1.0]  # and SAE pre-activations lighter-tailed than the sources
     (workspace / "metrics/runs/gemma-3-270m-l9/compare.json").write_text(json.dumps(compare))
     changed = " ".join(_generate_and_build(workspace).split())
-    assert "0.432" in changed and f"{0.12693:.3f}" not in changed.split("FVU")[0]
-    verdict = "does not exceed" if was_exceeding else "exceeds that of random directions"
-    assert verdict in changed, "the wording follows the numbers"
+    assert "0.432" in changed and f"{old:.3f}" not in changed.split("FVU")[0]
+    assert "exceeds what random rotations of the same whitened space give" in changed, "the wording follows the numbers"
+    assert "so they are less heavy-tailed than the ICA sources" in changed, "... and their uncertainty"
 
 
 def test_a_ladder_row_appears_when_its_metrics_exist(workspace, tmp_path):
@@ -140,14 +144,16 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path):
                          "ica_stable": {"n_units": 2, "balanced_accuracy": entry, "f1": entry, "auc": None},
                          "sae": {"n_units": 16, "balanced_accuracy": entry, "f1": entry, "auc": entry},
                          "random": {"n_units": 16, "balanced_accuracy": chance, "f1": chance, "auc": chance}},
-              "tests": {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005},
-                        "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97}}}
+              "tests": {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005, "n": [64, 16]},
+                        "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97, "n": 64,
+                                       "paired": True}}}
     (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
     out = tmp_path / "generated"
     generate(load_params(REPO / "params.yaml"), metrics, out)
     table = (out / "tab_autointerp.tex").read_text()
     assert "0.71 [0.66, 0.76]" in table and "0.50 [0.45, 0.55]" in table and "not run" not in table
     prose = (out / "sec_autointerp.tex").read_text()
-    assert "ICA components are detected better than random directions" in prose
-    assert "not detected significantly differently from density-matched SAE features" in prose
+    assert "ICA components are detected better than random units of the same whitened space" in prose
+    assert "not detected significantly differently from their density-matched SAE features" in prose
+    assert "mean paired difference over 64 pairs" in prose
     assert "a weak judge" in prose

@@ -62,7 +62,7 @@ def test_a_run_brings_its_model_kwargs_and_full_sizes():
     assert gpt2.subject.from_pretrained_kwargs == {"center_writing_weights": True}
     assert gpt2.corpus.kind == "hub" and gpt2.corpus.dataset == "Skylion007/openwebtext"
     assert gpt2.activations.n_tokens == params.size_profiles["full"].activations["n_tokens"] > default.activations.n_tokens
-    assert gpt2.autointerp.max_baseline_units == 200 and gpt2.ica.target == default.ica.target
+    assert gpt2.autointerp.n_random_units == 200 and gpt2.ica.target == default.ica.target
     gemma = params.run("gemma-3-1b-262k")
     assert gemma.subject.from_pretrained_kwargs == {} and gemma.context_length == 1024
     assert gemma.corpus.data_dir == "sample/10BT"

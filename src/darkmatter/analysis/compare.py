@@ -164,7 +164,7 @@ def compare(components: dict, decoder, stats: dict, cfg) -> tuple[dict, dict]:
         "ica_stable": bins(ica_cos[stable], cfg.novel_below, cfg.match_above) if measured else None,
         "ica_vs_live_features": bins(live_cos, cfg.novel_below, cfg.match_above),
         "random": bins(rand_cos, cfg.novel_below, cfg.match_above),
-        "rotation_null": {**bins(null_cos.ravel(), cfg.novel_below, cfg.match_above),
+        "rotation_null": {"pooled": bins(null_cos.ravel(), cfg.novel_below, cfg.match_above),
                           **rotation_test(ica_cos, null_cos, cfg.novel_below)},
         "kurtosis_gap": kurtosis_gap(components, stats, active, cfg),
     }

@@ -179,6 +179,7 @@ def macros(run: dict, main, card: dict | None) -> dict[str, str]:
         "HeldoutTokens": fmt_count(ev["n_tokens"]),
         "HeldoutAnalysed": fmt_count(res["tokens"]["n_heldout_analysed"]),
         "SaeLzero": fmt_sig(ev["l0"], 3),
+        "SaeFvu": fmt_fixed(ev["fvu"]),
         "SaeLzeroSpecial": fmt_sig(ev["l0_with_special"], 3),
         "SaeDead": fmt_pct(ev["dead_fraction"]),
         "SaeDeltaLoss": fmt_fixed(ev["lm"]["delta_loss"], 2),
@@ -287,7 +288,7 @@ def compare_table(cmp_: dict) -> str:
     for key, label in (("ica", "ICA mixing directions"), ("ica_stable", "\\quad stable only"),
                        ("rotation_null", "random rotations of the whitened space (null)"),
                        ("random", "random unit directions")):
-        b = cmp_[key]
+        b = cmp_[key]["pooled"] if key == "rotation_null" else cmp_[key]
         if b is None:
             rows.append([label, "\\multicolumn{6}{c}{stability not measured}"])
             continue
@@ -431,7 +432,7 @@ def autointerp_section(ai: dict | None) -> str:
             f"{judge}Each unit is explained from its top contexts in the train rows and scored by detection on "
             "held-out rows (activating contexts across the quantiles of the held-out activations, and non-activating "
             "ones; no detection context shares a row, a document or a window with a shown one; chance is 0.5). "
-            f"Mean balanced accuracy: {means} (Table~\ref{{tab:autointerp}}). "
+            f"Mean balanced accuracy: {means} (Table~\\ref{{tab:autointerp}}). "
             f"{contrast(tests['ica_vs_random'], 'random units of the same whitened space', 'difference of means')}; "
             f"{contrast(tests['ica_vs_sae'], 'their density-matched SAE features', 'mean paired difference over ' + fmt_count(tests['ica_vs_sae']['n']) + ' pairs')}.\n"
             "\\begin{figure}[tbp]\\centering\\includegraphics[width=0.48\\linewidth]{autointerp/autointerp}"
