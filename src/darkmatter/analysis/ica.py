@@ -38,6 +38,11 @@ converge is flagged there (and printed), never silently used as if it had.
 
 Backends: python-picard (Picard-O, ``ortho=True, extended=True``) by default, scikit-learn
 FastICA (parallel, logcosh) as the reference; ``bench/bench_ica.py`` compares them.
+
+Parallel fits: the restarts and resamples are independent, so they run in parallel worker
+processes (joblib), one BLAS thread each. Picard's time goes to element-wise numpy work
+(tanh, log-cosh in its line search), which is single-threaded: on 2 cores one fit with 2 BLAS
+threads took 134 s and two concurrent one-thread fits took 111 s each (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -210,18 +215,37 @@ class ICAResult:
         return len(self.seed_match) + 1
 
 
+def _run_one_thread(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | None) -> Run:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return run_ica(z, backend, seed, max_iter, tol)
+
+
+def run_parallel(jobs: list[tuple[np.ndarray, int]], cfg, desc: str) -> list[Run]:
+    """``run_ica`` on each (data, seed) job, in up to ``os.cpu_count()`` one-thread worker processes."""
+    import os
+
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    n_jobs = max(1, min(len(jobs), os.cpu_count() or 1))
+    if n_jobs == 1:
+        return [run_ica(z, cfg.backend, seed, cfg.max_iter, cfg.tol) for z, seed in tqdm(jobs, desc=desc, unit="fit")]
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_run_one_thread)(z, cfg.backend, seed, cfg.max_iter, cfg.tol) for z, seed in jobs)
+    return list(tqdm(results, total=len(jobs), desc=desc, unit="fit"))
+
+
 def fit(samples: list[np.ndarray], whitener: Whitener, total_variance: float, cfg) -> ICAResult:
     """All restarts on ``samples[0]``, one fit on each further (disjoint) sample, and stability.
 
     ``samples`` are whitened data [n_i, k]: the reference sample first, then the resamples.
     """
-    from tqdm.auto import tqdm
-
     jobs = [(samples[0], cfg.seed + i) for i in range(cfg.seeds)] + [(z, cfg.seed) for z in samples[1:]]
-    runs, comps = [], []
-    for z, seed in tqdm(jobs, desc=f"ICA {cfg.backend} k={whitener.k}", unit="fit"):
-        run = run_ica(z, cfg.backend, seed, cfg.max_iter, cfg.tol)
-        runs.append(run)
+    runs = run_parallel(jobs, cfg, desc=f"ICA {cfg.backend} k={whitener.k}")
+    comps = []
+    for (z, seed), run in zip(jobs, runs):
         comps.append(to_components(run.unmixing_white, whitener, z, total_variance))
         if not run.converged:
             print(f"warning: ICA ({cfg.backend}, seed {seed}, {len(z)} tokens) did not converge in {run.n_iter} iterations")

@@ -237,7 +237,8 @@ class LocalBackend(Backend):
 
     ``complete_batch`` left-pads requests into batches: one forward for a batch of detection
     prompts, one ``generate`` for a batch of explanations, which is several times faster on
-    CPU than one request at a time.
+    CPU than one request at a time. Requests are batched in order of prompt length (less
+    padding), and a detection forward computes the logits of the last position only.
     """
 
     name = "local"
@@ -268,7 +269,8 @@ class LocalBackend(Backend):
     def complete_batch(self, reqs: list[Request]) -> list[Response]:
         out: list[Response | None] = [None] * len(reqs)
         for want in (True, False):
-            idx = [i for i, r in enumerate(reqs) if r.want_logprobs == want]
+            idx = sorted((i for i, r in enumerate(reqs) if r.want_logprobs == want),
+                         key=lambda i: len(self.prompts.text(reqs[i])))
             for lo in range(0, len(idx), self.batch_size):
                 group = idx[lo : lo + self.batch_size]
                 for i, resp in zip(group, self._run([reqs[i] for i in group], want)):
@@ -280,7 +282,7 @@ class LocalBackend(Backend):
         n_in = enc["attention_mask"].sum(1).tolist()
         with self.torch.inference_mode():
             if logprobs:
-                logp = self.torch.log_softmax(self.lm(**enc).logits[:, -1].float(), -1)
+                logp = self.torch.log_softmax(self.lm(**enc, logits_to_keep=1).logits[:, -1].float(), -1)
                 return [Response("Yes" if row[self.yes_no[0]] > row[self.yes_no[1]] else "No",
                                  {"yes": float(row[self.yes_no[0]]), "no": float(row[self.yes_no[1]])},
                                  {"input_tokens": int(n), "output_tokens": 1}) for row, n in zip(logp, n_in)]
