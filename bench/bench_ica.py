@@ -29,8 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def real_data(k: int, tokens: int, run: str):
+    """The run's whitened dark matter on ``tokens`` analysed train-row tokens (the ICA stage's first sample)."""
+    from darkmatter.analysis.ica import fit_samples, whitened_target
+    from darkmatter.analysis.tokens import analysed_tokens, heldout_token_mask
+    from darkmatter.config import load_params
     from darkmatter.data.activations import ActivationCache
-    from darkmatter.analysis.ica import target_rows, whitened_target
     from darkmatter.sae.io import load_sae
 
     stats = dict(np.load(REPO / f"data/runs/{run}/residual/stats.npz"))
@@ -38,8 +41,11 @@ def real_data(k: int, tokens: int, run: str):
     sae = load_sae(REPO / f"data/runs/{run}/sae")
     values = stats["pca_residual_values"]
     whitener = Whitener.from_pca(stats["mean_residual"], values, stats["pca_residual_vectors"], k)
-    z, _ = whitened_target(sae, cache, target_rows(cache, tokens, 0), whitener, "residual", stats, 8192)
-    return z, whitener, float(values.sum()), f"SAE residual of run {run}, {len(z):,} non-special tokens"
+    heldout_fraction = load_params(REPO / "params.yaml").run(run).sae.heldout_fraction
+    heldout = heldout_token_mask(cache.meta["n_rows"], cache.meta["context_length"], heldout_fraction)
+    index = fit_samples(analysed_tokens(stats, heldout, "train"), tokens, 0, 0)[0]
+    z = whitened_target(sae, cache, index, whitener, "residual", stats, 8192)
+    return z, whitener, float(values.sum()), f"SAE residual of run {run}, {len(z):,} analysed train-row tokens"
 
 
 def synthetic_data(k: int, tokens: int):
@@ -60,6 +66,8 @@ def main() -> None:
     parser.add_argument("--run", default="gemma-3-270m-l9", help="a run built by dvc repro")
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="also time this many seed restarts: one after another vs the ICA stage's parallel workers")
     args = parser.parse_args()
 
     z, whitener, total, what = synthetic_data(args.k, args.tokens) if args.synthetic else real_data(args.k, args.tokens, args.run)
@@ -84,6 +92,23 @@ def main() -> None:
         ("... of the more non-Gaussian half (kurtosis above the median)", f"{(agreement[strong] > 0.99).sum()} of {strong.sum()}"),
         ("source kurtosis (Picard): median / max", f"{np.median(kurt):.3f} / {kurt.max():.2f}"),
     ]
+    if args.parallel:
+        import time
+        from types import SimpleNamespace
+
+        from darkmatter.analysis.ica import run_parallel
+
+        jobs = [(z, seed) for seed in range(args.parallel)]
+        cfg = SimpleNamespace(backend="picard", max_iter=args.max_iter, tol=None)
+        start = time.perf_counter()
+        for data, seed in jobs:
+            run_ica(data, "picard", seed, args.max_iter)
+        one_by_one = time.perf_counter() - start
+        start = time.perf_counter()
+        run_parallel(jobs, cfg, "parallel")
+        parallel = time.perf_counter() - start
+        rows.append((f"{args.parallel} Picard restarts: one after another (all BLAS threads) / in parallel one-thread "
+                     "workers (`ica.run_parallel`)", f"{one_by_one:.1f} s / {parallel:.1f} s (**{one_by_one / parallel:.2f}x**)"))
     body = "\n".join(["| quantity | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
     print(body)
     write_section("ICA backends" + (" (synthetic)" if args.synthetic else ""), body)

@@ -21,6 +21,7 @@ metadata only, so nothing heavy is imported.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass as plain_dataclass
 from pathlib import Path
@@ -283,10 +284,57 @@ class AutointerpConfig:
     seed: int = 0
 
 
+@dataclass(config=STRICT, frozen=True)
+class CausalConfig:
+    """Causal tests of the dark matter: ablation, error-node split, steering, attribution
+    (``darkmatter.causal``). Sized so the stage adds a few minutes to the default build on 2 cores."""
+
+    #: Held-out rows for the gradient pass (attribution, and the cheap ranking of all units) ...
+    attribution_rows: Annotated[int, Field(gt=0)] = 8
+    #: ... and, disjoint from them, the held-out rows of the exact ablations.
+    rows: Annotated[int, Field(gt=0)] = 8
+    batch_rows: Annotated[int, Field(gt=0)] = 4
+    #: Predictions read out per row (evenly spaced; edits apply at every position). The
+    #: unembedding and softmax dominate a forward from a middle layer; a subsample cuts them.
+    positions_per_row: Annotated[int, Field(gt=0)] = 32
+    #: ``project``: x − (x·v̂)v̂; ``mean``: x − ((x − μ)·v̂)v̂ with μ the train rows' mean of x.
+    #: Mean-ablation is the default: projecting a direction out also removes its average, and
+    #: the residual stream's large mean makes that catastrophic for any direction that overlaps it
+    #: (a random direction then "matters" more than any feature).
+    ablation: Literal["project", "mean"] = "mean"
+    #: Ablated exactly per group: the top units by predicted |Δloss|, plus a seeded sample of the rest.
+    exact_top: Annotated[int, Field(ge=0)] = 8
+    exact_random: Annotated[int, Field(ge=0)] = 4
+    #: Subspace sizes as fractions of k, for ICA, PCA and random subspaces (1.0: the identity check).
+    subspace_fractions: Annotated[tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...], Field(min_length=1)] = (0.125, 0.25, 0.5, 1.0)
+    n_random_subspaces: Annotated[int, Field(gt=0)] = 3
+    #: ICA components to steer (indices), each with its matched SAE feature; empty: the
+    #: ``n_steer`` components with the largest predicted effect.
+    steer_components: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    n_steer: Annotated[int, Field(ge=0)] = 2
+    #: Steering strengths, in units of the component's source standard deviation (‖a_j‖ per unit α).
+    steer_alphas: Annotated[tuple[float, ...], Field(min_length=1)] = (-8.0, 0.0, 8.0)
+    steer_prompt_tokens: Annotated[int, Field(gt=1)] = 24
+    steer_new_tokens: Annotated[int, Field(gt=0)] = 10
+    #: Units per row counted as "top" by |activation × gradient|.
+    attribution_top_k: Annotated[int, Field(gt=0)] = 10
+    n_bootstrap: Annotated[int, Field(gt=0)] = 1000
+    seed: int = 0
+
+    @field_validator("steer_alphas")
+    @classmethod
+    def _finite(cls, alphas: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [a for a in alphas if not math.isfinite(a)]
+        if bad:
+            raise ValueError(f"steering strengths must be finite numbers; got {bad}")
+        return alphas
+
+
 #: Sections a run may override (``sizes``), with their types.
 SECTIONS: dict[str, type] = {
     "activations": ActivationsConfig, "sae": SAEConfig, "sae_eval": SAEEvalConfig, "residual": ResidualConfig,
     "ica": ICAConfig, "compare": CompareConfig, "examples": ExamplesConfig, "autointerp": AutointerpConfig,
+    "causal": CausalConfig,
 }
 
 
@@ -306,6 +354,7 @@ class Sizes:
     compare: dict[str, Any]
     examples: dict[str, Any]
     autointerp: dict[str, Any]
+    causal: dict[str, Any]
 
 
 # ---- corpora ------------------------------------------------------------------------------------
@@ -483,6 +532,7 @@ class Run:
     compare: CompareConfig
     examples: ExamplesConfig
     autointerp: AutointerpConfig
+    causal: CausalConfig
 
     @property
     def model(self) -> ModelSpec:
@@ -519,6 +569,7 @@ class Params:
     compare: CompareConfig
     examples: ExamplesConfig
     autointerp: AutointerpConfig
+    causal: CausalConfig
 
     @model_validator(mode="after")
     def _runs_resolve(self) -> Params:

@@ -112,3 +112,21 @@ def test_gemma_caches_a_few_hundred_tokens_end_to_end(gemma, gemma_weights, tmp_
     row = torch.from_numpy(cache.tokens[64:128].astype(np.int64))[None]
     np.testing.assert_allclose(cache.acts[64:128], gemma.activations(row, 9)[0].numpy(), rtol=1e-4, atol=1e-2)
     assert cache.special[::64].all() and not cache.special[1:64].all()
+
+
+def test_logprobs_from_a_layer_continue_the_full_forward(tiny_subject, gemma):
+    """The causal stage's forward from a cached layer-L residual, unembedding only some positions,
+    equals the full forward at those positions (tiny model and the real Gemma 3 270M)."""
+    import torch
+
+    for subject, layer, vocab in ((tiny_subject, 1, 101), (gemma, 9, 262_144)):
+        tokens = torch.randint(3, min(vocab, 20_000), (2, 24), generator=torch.Generator().manual_seed(0))
+        full = subject.logprobs(tokens)
+        positions = torch.tensor([1, 7, 22])
+        for site, stop in (("resid_post", layer + 1), ("resid_pre", layer)):
+            with torch.inference_mode():
+                resid = subject.model(tokens, stop_at_layer=stop)
+            part = subject.logprobs_from(resid, layer, site, positions=positions)
+            torch.testing.assert_close(part, full[:, positions], atol=2e-3, rtol=1e-4)
+        assert subject.logprobs_from(resid, layer, "resid_pre").shape == full.shape
+        torch.testing.assert_close(subject.last_logprobs(tokens), full[:, -1], atol=2e-3, rtol=1e-4)

@@ -157,3 +157,47 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path):
     assert "not detected significantly differently from their density-matched SAE features" in prose
     assert "mean paired difference over 64 pairs" in prose
     assert "a weak judge" in prose
+
+
+def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(workspace, tmp_path):
+    """Planted causal metrics: the prose says "more than" / "less than" / "no differently from"
+    exactly where the intervals say so, and the m = k identity check is reported."""
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+
+    def mean(m, lo, hi, n=8):
+        return {"mean": m, "ci": [lo, hi], "n": n}
+
+    def ratio(v):
+        return {"value": v, "ci": [v - 0.01, v + 0.01], "n": 8}
+
+    def test(d, lo, hi):
+        return {"difference": d, "ci": [lo, hi], "p_permutation": 0.01 if lo > 0 or hi < 0 else 0.6}
+
+    sub = {str(m): {"ica": {"loss_ratio": ratio(r)}, "pca": {"loss_ratio": ratio(p)}, "random": {"loss_ratio": ratio(q)},
+                    "ica_minus_pca": test(*t1), "ica_minus_random": test(*t2)}
+           for m, r, p, q, t1, t2 in ((8, 1.5, 1.2, 1.01, (0.3, 0.2, 0.4), (0.5, 0.4, 0.6)),
+                                      (64, 2.0, 2.0, 2.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)))}
+    report = {
+        "rows": {"attribution": 8, "exact": 8, "positions_per_row": 32}, "ablation": "mean",
+        "clean_loss": mean(3.9, 3.3, 4.5),
+        "exact_groups": {"ica": mean(0.2, 0.1, 0.3, 12), "sae": mean(0.05, 0.02, 0.08, 12), "random": mean(0.01, 0.0, 0.02, 12)},
+        "tests": {"ica_vs_sae": test(0.15, 0.05, 0.25), "ica_vs_random": test(-0.01, -0.05, 0.03)},
+        "ranking_agreement": {"spearman": 0.8, "p": 1e-5, "n_units": 36},
+        "subspaces": sub,
+        "error_node_split": {"sae_only": mean(1.7, 1.1, 2.2), "sae_plus_r": mean(0.0, 0.0, 0.0),
+                             "minus_ica_part": mean(0.03, 0.01, 0.05), "ica_share": ratio(0.018)},
+        "attribution": {"top_k": 10, "groups": {g: {"share_of_top_k": s, "share_of_units": 1 / 3}
+                                                for g, s in (("ica", 0.5), ("sae", 0.3), ("random", 0.2))}},
+    }
+    (metrics / "runs/gemma-3-270m-l9/causal.json").write_text(json.dumps(report))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    prose = (out / "sec_causal.tex").read_text()
+    assert "ICA components matter more than their matched SAE features (mean paired difference 0.150" in prose
+    assert "no differently from random directions (difference of means -0.010" in prose
+    assert "$m=8$: ICA above PCA, above random" in prose
+    assert "their loss ratios agree, as they must" in prose
+    assert "a share 0.018" in prose and "not run" not in prose
+    table = (out / "tab_causal.tex").read_text()
+    assert "1.500 [1.490, 1.510]" in table and "\n64 & 2.000" in table

@@ -192,6 +192,50 @@ class SubjectModel:
             logits = self.model(tokens.to(self.device), return_type="logits")
         return torch.log_softmax(logits.float(), dim=-1)
 
+    def _unembed_logprobs(self, final: torch.Tensor) -> torch.Tensor:
+        """ln_final, unembedding and log-softmax of final-layer residuals ``[..., d_model]``.
+
+        Same maths as TransformerLens's forward tail; the unembedding runs as one ``linear`` on a
+        cached contiguous W_Uᵀ, which is ~2× faster on CPU than TransformerLens's einsum over the
+        d_model × 262k matrix (the largest matmul of a forward from a middle layer).
+        """
+        import torch
+        from transformer_lens.utilities.activation_functions import apply_softcap
+
+        model = self.model
+        if model.cfg.normalization_type is not None:
+            final = model.ln_final(final)
+        w_u = model.unembed.W_U
+        if getattr(self, "_w_u_t_of", None) is not w_u:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable under autograd too
+                self._w_u_t, self._w_u_t_of = w_u.detach().T.contiguous(), w_u
+        logits = torch.nn.functional.linear(final, self._w_u_t, model.unembed.b_U)
+        return torch.log_softmax(apply_softcap(logits, model.cfg.output_logits_soft_cap).float(), dim=-1)
+
+    def logprobs_from(self, resid: torch.Tensor, layer: int, site: HookSite = "resid_post",
+                      positions: torch.Tensor | None = None, grad: bool = False) -> torch.Tensor:
+        """Next-token log-probabilities ``[batch, seq or len(positions), vocab]`` from a residual at
+        ``layer``/``site``: the forward continues from there (the layers before it are not
+        recomputed), and only ``positions`` are unembedded when given.
+
+        ``grad`` keeps the autograd graph (attribution needs ∂loss/∂resid); otherwise inference mode.
+        """
+        import torch
+
+        self._check_layer(layer)
+        start = layer + 1 if site == "resid_post" else layer
+        with torch.enable_grad() if grad else torch.inference_mode():
+            final = self.model(resid.to(self.device), start_at_layer=start, stop_at_layer=self.model.cfg.n_layers)
+            return self._unembed_logprobs(final if positions is None else final[:, positions])
+
+    def last_logprobs(self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, object]] = ()) -> torch.Tensor:
+        """Next-token log-probabilities ``[batch, vocab]`` at the last position only (greedy decoding)."""
+        import torch
+
+        with torch.inference_mode(), self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            final = self.model(tokens.to(self.device), stop_at_layer=self.model.cfg.n_layers)
+            return self._unembed_logprobs(final[:, -1])
+
     def loss_per_token(
         self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, object]] = ()
     ) -> torch.Tensor:

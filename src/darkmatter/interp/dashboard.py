@@ -117,7 +117,23 @@ def headline(residual: dict, ica: dict, compare: dict) -> str:
     return '<table class="kv">' + "".join(f"<tr><td>{html.escape(a)}</td><td><b>{html.escape(str(b))}</b></td></tr>" for a, b in rows) + "</table>"
 
 
-def render(examples: dict, residual: dict, ica: dict, compare: dict) -> str:
+def steering_html(steering: list[dict]) -> str:
+    """The causal stage's steering runs: per unit and α, the greedy continuation and top next tokens."""
+    parts = ["<h2>Steering (causal stage): prompt + α · direction, greedy continuation</h2>"]
+    for run in steering:
+        rows = "".join(
+            f"<tr><td>{a['alpha']:+g}</td><td><code>{html.escape(a['continuation'])}</code></td>"
+            f"<td>{html.escape(', '.join(repr(t['token']) for t in a['top_next_tokens']))}</td>"
+            f"<td>{'' if a['activation_on_continuation'] is None else format(a['activation_on_continuation'], '.3g')}</td></tr>"
+            for a in run["alphas"])
+        parts.append(f"<h3>{html.escape(run['unit'])} (paired with {html.escape(run['paired_with'])}; "
+                     f"|v| = {run['vector_norm']:.3g} per unit α)</h3><p><code>{html.escape(run['prompt'])}</code></p>"
+                     f'<table class="kv"><tr><th>α</th><th>continuation</th><th>top next tokens</th>'
+                     f"<th>unit activation on continuation</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def render(examples: dict, residual: dict, ica: dict, compare: dict, steering: list[dict] | None = None) -> str:
     novel_below = compare["thresholds"]["novel_below"]
     units = examples["units"]
     groups = {kind: [u for u in units if u["kind"] == kind] for kind in ("ica", "sae", "random")}
@@ -131,6 +147,8 @@ def render(examples: dict, residual: dict, ica: dict, compare: dict) -> str:
     for kind, title in (("sae", "Baseline: density-matched SAE features"), ("random", "Baseline: random whitened units")):
         body.append(f"<details><summary><h2 style='display:inline'>{title} ({len(groups[kind])})</h2></summary>"
                     + "".join(unit_html(u, novel_below) for u in groups[kind]) + "</details>")
+    if steering is not None:
+        body.append(steering_html(steering))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dark matter: {html.escape(meta["hook_name"])}</title>'
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
@@ -142,15 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--residual", type=Path, required=True)
     parser.add_argument("--ica", type=Path, required=True)
     parser.add_argument("--compare", type=Path, required=True)
+    parser.add_argument("--steering", type=Path, help="the causal stage's steering.json")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     inputs = [args.examples, args.residual, args.ica, args.compare]
     for path in inputs:
         if not path.exists():
             raise UserError(f"{path} not found; run the analysis stages first (`dvc repro`)")
+    if args.steering is not None and not args.steering.exists():
+        raise UserError(f"{args.steering} not found; run the causal stage first (`dvc repro causal@<run>`)")
     examples, residual, ica, compare = (json.loads(p.read_text()) for p in inputs)
+    steering = json.loads(args.steering.read_text()) if args.steering else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(examples, residual, ica, compare))
+    args.out.write_text(render(examples, residual, ica, compare, steering))
     print(f"wrote {args.out}")
 
 

@@ -1,0 +1,1 @@
+"""Causal tests of the dark matter (ablation, error-node split, steering, attribution)."""
