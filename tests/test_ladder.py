@@ -27,6 +27,8 @@ SMALL = {
     "examples": {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 4, "n_random_units": 4},
     "autointerp": {"n_ica_units": 8, "n_random_units": 4, "explain_top": 3, "detect_positives": 2,
                    "detect_negatives": 2, "n_bootstrap": 200},
+    "causal": {"attribution_rows": 1, "rows": 2, "batch_rows": 1, "exact_top": 2, "exact_random": 1, "n_steer": 1,
+               "steer_new_tokens": 2, "subspace_fractions": [0.5, 1.0], "n_random_subspaces": 1, "n_bootstrap": 100},
 }
 
 
