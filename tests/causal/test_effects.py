@@ -127,3 +127,11 @@ def test_steering_along_the_planted_direction_moves_the_next_token_class(planted
     top_class = {a: int(o["top_next_tokens"][0]["token"]) < 10 for a, o in out.items()}
     assert top_class[20.0] and not top_class[-20.0], "+v predicts class A (ids < 10), −v class B"
     assert len(out[0.0]["continuation"]) > 0 and out[0.0]["alpha"] == 0.0
+
+
+def test_the_logit_lens_of_the_planted_direction_names_its_class(planted):
+    from darkmatter.causal.steer import logit_lens
+
+    subject, _, v = planted
+    lens = logit_lens(subject, v, str, top=5)
+    assert all(int(t) < 10 for t in lens["plus"]) and all(int(t) >= 10 for t in lens["minus"])

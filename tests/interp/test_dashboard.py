@@ -79,3 +79,16 @@ def test_dashboard_shows_the_numbers_a_researcher_needs():
 def test_histogram_svg_has_one_bar_per_bin():
     svg = histogram_svg([1, 0, 100], [0.0, 1.0, 2.0, 3.0])
     assert svg.count("<rect") == 3 and "0 … 3" in svg
+
+
+def test_dashboard_shows_steering_runs_escaped():
+    steering = [{"unit": "ica-3", "paired_with": "ica-3", "vector_norm": 2.5,
+                 "logit_lens": {"plus": ["<b>", " the"], "minus": [" of"]}, "prompt": "a <prompt>",
+                 "alphas": [{"alpha": -8.0, "continuation": "x < y", "top_next_tokens": [{"token": " and", "logprob": -1.0}],
+                             "activation_on_continuation": 0.25},
+                            {"alpha": 8.0, "continuation": "z", "top_next_tokens": [], "activation_on_continuation": None}]}]
+    page = render(*_inputs(), steering)
+    assert "<h2>Steering" in page and "ica-3" in page and "x &lt; y" in page and "a &lt;prompt&gt;" in page
+    assert "&lt;b&gt;" in page and "<b>" not in page.split("<h2>Steering")[1].split("logit lens")[1].split("</p>")[0]
+    assert "+8" in page and "-8" in page and "0.25" in page
+    assert "<h2>Steering" not in render(*_inputs())

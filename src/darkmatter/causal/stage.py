@@ -22,7 +22,8 @@ continues the forward from the cached layer-L activations; special tokens are ou
    removed), by SAE(x) + r (= x, the check), and with the ICA part of r removed,
    V Vᵀ (t − μ); the share of the dark matter's effect the ICA part carries, with a bootstrap CI.
 5. **Steering** (``darkmatter.causal.steer``): chosen components and their matched SAE features,
-   norm-matched, over ``causal.steer_alphas``.
+   norm-matched, over ``causal.steer_alphas``: continuations, the top next tokens, the unit's own
+   activation on what the steered model wrote, and each direction's logit lens (±v̂ unembedded).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from darkmatter.causal.edits import subspaces
     from darkmatter.causal.effects import attributions, batches, edit_effects, gradients, predicted_effects, scored_positions
-    from darkmatter.causal.steer import steer
+    from darkmatter.causal.steer import logit_lens, steer
     from darkmatter.causal.units import build_units
     from darkmatter.config import add_run_arguments, run_from_args
     from darkmatter.data.activations import ActivationCache
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in ("ica", "sae"):
             vector = groups[g].directions[j] * norm
             steering.append({"unit": groups[g].names([j])[0], "paired_with": f"ica-{j}", "vector_norm": norm,
+                             "logit_lens": logit_lens(subject, groups[g].directions[j], decode),
                              "prompt": "".join(decode(int(t)) for t in prompt),
                              "alphas": [steer(subject, hook, prompt, prompt_special, vector, a, cfg.steer_new_tokens,
                                               reader(groups[g], j), decode) for a in cfg.steer_alphas]})

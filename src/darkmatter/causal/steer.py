@@ -42,3 +42,14 @@ def steer(subject, hook: str, prompt: np.ndarray, special: np.ndarray, vector: n
     return {"alpha": float(alpha), "continuation": "".join(decode(int(t)) for t in generated),
             "top_next_tokens": [{"token": decode(int(i)), "logprob": round(float(v), 3)} for v, i in zip(values, ids)],
             "activation_on_continuation": float(np.mean(activation)) if len(activation) else None}
+
+
+def logit_lens(subject, direction: np.ndarray, decode, top: int = 5) -> dict:
+    """What a direction writes straight into the output: the tokens whose log-probability the final
+    norm + unembedding of +v̂ (and of −v̂) ranks highest, ignoring every layer in between."""
+    import torch
+
+    v = torch.as_tensor(np.stack([direction, -direction]), dtype=torch.float32, device=subject.device)
+    with torch.inference_mode():
+        logp = subject.unembed_logprobs(v)
+    return {sign: [decode(int(i)) for i in row.topk(top).indices] for sign, row in zip(("plus", "minus"), logp)}

@@ -192,7 +192,7 @@ class SubjectModel:
             logits = self.model(tokens.to(self.device), return_type="logits")
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def _unembed_logprobs(self, final: torch.Tensor) -> torch.Tensor:
+    def unembed_logprobs(self, final: torch.Tensor) -> torch.Tensor:
         """ln_final, unembedding and log-softmax of final-layer residuals ``[..., d_model]``.
 
         Same maths as TransformerLens's forward tail; the unembedding runs as one ``linear`` on a
@@ -226,7 +226,7 @@ class SubjectModel:
         start = layer + 1 if site == "resid_post" else layer
         with torch.enable_grad() if grad else torch.inference_mode():
             final = self.model(resid.to(self.device), start_at_layer=start, stop_at_layer=self.model.cfg.n_layers)
-            return self._unembed_logprobs(final if positions is None else final[:, positions])
+            return self.unembed_logprobs(final if positions is None else final[:, positions])
 
     def last_logprobs(self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, object]] = ()) -> torch.Tensor:
         """Next-token log-probabilities ``[batch, vocab]`` at the last position only (greedy decoding)."""
@@ -234,7 +234,7 @@ class SubjectModel:
 
         with torch.inference_mode(), self.model.hooks(fwd_hooks=list(fwd_hooks)):
             final = self.model(tokens.to(self.device), stop_at_layer=self.model.cfg.n_layers)
-            return self._unembed_logprobs(final[:, -1])
+            return self.unembed_logprobs(final[:, -1])
 
     def loss_per_token(
         self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, object]] = ()

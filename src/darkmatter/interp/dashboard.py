@@ -127,7 +127,10 @@ def steering_html(steering: list[dict]) -> str:
             f"<td>{'' if a['activation_on_continuation'] is None else format(a['activation_on_continuation'], '.3g')}</td></tr>"
             for a in run["alphas"])
         parts.append(f"<h3>{html.escape(run['unit'])} (paired with {html.escape(run['paired_with'])}; "
-                     f"|v| = {run['vector_norm']:.3g} per unit α)</h3><p><code>{html.escape(run['prompt'])}</code></p>"
+                     f"|v| = {run['vector_norm']:.3g} per unit α)</h3>"
+                     f"<p>logit lens: +v → {html.escape(', '.join(map(repr, run['logit_lens']['plus'])))}; "
+                     f"−v → {html.escape(', '.join(map(repr, run['logit_lens']['minus'])))}</p>"
+                     f"<p><code>{html.escape(run['prompt'])}</code></p>"
                      f'<table class="kv"><tr><th>α</th><th>continuation</th><th>top next tokens</th>'
                      f"<th>unit activation on continuation</th></tr>{rows}</table>")
     return "".join(parts)
