@@ -140,7 +140,7 @@ class SAESweepConfig:
     """Sparsity–fidelity sweep on the main run's cache: one short training run per L0 coefficient."""
 
     l0_coefficients: Annotated[tuple[Positive, ...], Field(min_length=1)] = (3e-5, 1e-4, 3e-4)
-    train_tokens: Annotated[int, Field(gt=0)] = 300_000
+    train_tokens: Annotated[int, Field(gt=0)] = 200_000
     #: Held-out rows for each point's ΔLM loss (fewer than the main SAE's, to fit the budget).
     lm_rows: Annotated[int, Field(gt=0)] = 8
 
@@ -189,7 +189,7 @@ class ICAConfig:
     #: ``picard``: Picard-O (ortho, extended); ``fastica``: scikit-learn parallel logcosh.
     backend: Literal["picard", "fastica"] = "picard"
     #: Restarts from other random rotations on the same tokens (seed stability).
-    seeds: Annotated[int, Field(gt=0)] = 3
+    seeds: Annotated[int, Field(gt=0)] = 2
     #: Refits on disjoint token samples of the train rows (resampling stability).
     resamples: Annotated[int, Field(ge=0)] = 2
     #: A component is stable if its match has |cos| above this (rows of W, in whitened space) in
@@ -272,7 +272,7 @@ class AutointerpConfig:
     use_batches: bool = False
     #: ICA components scored (a uniform sample over the kurtosis ranking when fewer than k), each
     #: paired with its density-matched SAE feature.
-    n_ica_units: Annotated[int, Field(ge=0)] = 64
+    n_ica_units: Annotated[int, Field(ge=0)] = 32
     #: Random units scored (the unpaired baseline).
     n_random_units: Annotated[int, Field(ge=0)] = 16
     #: Top contexts shown to the explainer.
