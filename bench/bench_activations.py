@@ -4,7 +4,9 @@
 
 Both ratios come from one run on the same tokens, timed in interleaved rounds (best of each):
 - roofline: measured tok/s ÷ the tok/s at which the forward's own matmuls (same shapes, up to
-  layer L) run when timed alone in fp32, each at its best of 5;
+  layer L) run when timed alone in fp32, each at its best of 5. "Ours" is the stage's default
+  forward (``SubjectModel.compile_forward``); the eager forward is reported beside it, with the
+  time its matmuls take in place (torch profiler), which bounds what fusing the rest can win;
 - naive: our ``stop_at_layer`` forward vs ``run_with_cache`` over the full model (all blocks and
   the unembedding), which is what a caching loop without early stopping pays.
 Needs the prepared model (`dvc repro model`, or it builds the test copy).
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_seconds, roofline_seconds, write_section  # noqa: E402
 from conftest import prepared_weights  # noqa: E402
 
-from darkmatter.data.models import load_subject  # noqa: E402
+from darkmatter.data.models import SubjectModel, load_subject  # noqa: E402
 
 
 def block_gemms(cfg, batch: int, context: int) -> list[tuple[int, int, int, int, int]]:
@@ -50,6 +52,16 @@ def _truncated_hf(weights, layer: int):
     return hf.model.eval()
 
 
+def matmul_seconds_in(fn) -> float:
+    """Self time of the matmul kernels during one call of ``fn`` (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    kernels = ("aten::mm", "aten::addmm", "aten::bmm")
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gemma-3-270m")
@@ -67,9 +79,17 @@ def main() -> None:
     tokens[:, 0] = subject.tokenizer.bos_token_id
     hook = subject.hook_name(args.layer)
 
-    def ours():
-        for lo in range(0, len(tokens), args.batch):
-            subject.activations(tokens[lo : lo + args.batch], args.layer)
+    compiled = SubjectModel(subject.spec, subject.model, subject.device)
+    compiled.compile_forward(args.batch, args.context)
+
+    def forward(model):
+        def run():
+            for lo in range(0, len(tokens), args.batch):
+                model.activations(tokens[lo : lo + args.batch], args.layer)
+
+        return run
+
+    ours, eager = forward(compiled), forward(subject)
 
     hf = _truncated_hf(prepared_weights(args.model), args.layer)
 
@@ -87,18 +107,21 @@ def main() -> None:
     n_blocks = args.layer + 1
     n_batches = len(tokens) / args.batch
     gemms = block_gemms(cfg, args.batch, args.context)
-    roof, ours_t, naive_t, hf_t = [], [], [], []
-    ours()  # warm-up
-    for _ in range(args.rounds):  # interleaved, so drifting CPU clocks hit all three alike
+    roof, ours_t, eager_t, naive_t, hf_t = [], [], [], [], []
+    ours()  # warm-up (and the compile)
+    eager_matmul_s = matmul_seconds_in(eager)
+    for _ in range(args.rounds):  # interleaved, so drifting CPU clocks hit all alike
         roof.append(roofline_seconds(gemms))
         ours_t.append(best_seconds(ours, repeats=1, warmup=0))
+        eager_t.append(best_seconds(eager, repeats=1, warmup=0))
         naive_t.append(best_seconds(naive, repeats=1, warmup=0))
         hf_t.append(best_seconds(hf_truncated, repeats=1, warmup=0))
     block_s, gflops = min(roof)
     n = tokens.numel()
     fpt = sum(c * 2 * b * m * k * nn for c, b, m, k, nn in gemms) * n_blocks / (args.batch * args.context)
     roof_tps = args.batch * args.context / (block_s * n_blocks)
-    ours_tps, naive_tps, hf_tps = n / min(ours_t), n / min(naive_t), n / min(hf_t)
+    ours_tps, eager_tps, naive_tps, hf_tps = n / min(ours_t), n / min(eager_t), n / min(naive_t), n / min(hf_t)
+    in_place_tps = n / eager_matmul_s
     body = f"""
 Model {args.model}, layer {args.layer} (`{hook}`), {n} tokens, context {args.context}, batch {args.batch}.
 
@@ -107,7 +130,9 @@ Model {args.model}, layer {args.layer} (`{hook}`), {n} tokens, context {args.con
 | matmul FLOPs per token to layer {args.layer} ({n_blocks} blocks) | {fpt / 1e6:.1f} MFLOP |
 | fp32 rate of exactly those matmuls, each shape at its best of 5 | {gflops:.1f} GFLOP/s |
 | roofline: those matmuls alone | {roof_tps:.0f} tok/s |
-| **ours** (`stop_at_layer={args.layer + 1}`) | **{ours_tps:.0f} tok/s** |
+| **ours** (`stop_at_layer={args.layer + 1}`, `torch.compile`, the stage's default) | **{ours_tps:.0f} tok/s** |
+| ours, eager TransformerLens forward | {eager_tps:.0f} tok/s ({eager_tps / roof_tps:.2f} of roofline) |
+| the eager forward's matmuls alone, timed in place (profiler) | {in_place_tps:.0f} tok/s ({in_place_tps / roof_tps:.2f} of roofline) |
 | naive (`run_with_cache`, full forward) | {naive_tps:.0f} tok/s |
 | reference: HF eager forward truncated to {n_blocks} blocks | {hf_tps:.0f} tok/s ({hf_tps / roof_tps:.2f} of roofline) |
 | **ours / roofline** (target ≥ 0.85) | **{ours_tps / roof_tps:.2f}** |

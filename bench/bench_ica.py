@@ -4,10 +4,18 @@
 
 Data: the default run's dark matter, whitened exactly as the ICA stage does (needs
 ``dvc repro residual@9`` first), or with ``--synthetic`` the planted-source data of
-``tests/test_ica.py`` scaled up. Both backends get the same z, the same seed and their own
-default tolerance; reported are wall time, iterations, convergence, and the agreement of the
-two solutions: Hungarian-matched |cos| between their activation-space mixing directions.
-Target: Picard ≥ 3× faster than FastICA at |cos| > 0.99.
+``tests/test_ica.py`` scaled up. Both backends get the same z and the same seed.
+
+Equal quality, not equal iterations: Picard runs to its own convergence (tol 1e-7, the stage's
+setting). FastICA then runs in segments of ``--segment`` iterations, each continuing from the
+last unmixing matrix (``w_init``; the parallel FastICA update is stateless, so this is the same
+trajectory as one long run), until its solution matches Picard's: every component of the
+compared set at Hungarian-matched |cos| > 0.99 between the two unmixing matrices in whitened
+space (where the ICA stage matches fits). The compared set is the more non-Gaussian half of
+Picard's components (source kurtosis above the median): near-Gaussian components are not
+identifiable and the two contrasts (Picard's extended infomax, FastICA's log-cosh negentropy)
+need not agree on them. FastICA's time to that solution, against Picard's, is the ratio
+(target ≥ 3). If FastICA never gets there within ``--max-iter`` iterations, the table says so.
 """
 
 from __future__ import annotations
@@ -64,32 +72,41 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=65536)
     parser.add_argument("--run", default="gemma-3-270m-l9", help="a run built by dvc repro")
-    parser.add_argument("--max-iter", type=int, default=1000)
+    parser.add_argument("--max-iter", type=int, default=1000, help="Picard's cap")
+    parser.add_argument("--fastica-max-iter", type=int, default=3000)
+    parser.add_argument("--segment", type=int, default=50, help="FastICA iterations between agreement checks")
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--parallel", type=int, default=0,
                         help="also time this many seed restarts: one after another vs the ICA stage's parallel workers")
     args = parser.parse_args()
 
     z, whitener, total, what = synthetic_data(args.k, args.tokens) if args.synthetic else real_data(args.k, args.tokens, args.run)
-    runs, comps = {}, {}
-    for backend in ("picard", "fastica"):
-        runs[backend] = run_ica(z, backend, 0, args.max_iter)
-        comps[backend] = to_components(runs[backend].unmixing_white, whitener, z, total)
-        r = runs[backend]
-        print(f"{backend}: {r.seconds:.1f} s, {r.n_iter} iterations, converged {r.converged}")
-    _, agreement = match(comps["picard"].mixing, comps["fastica"].mixing)
-    p, f = runs["picard"], runs["fastica"]
-    kurt = comps["picard"].kurtosis
-    strong = kurt > np.median(kurt)
+    picard = run_ica(z, "picard", 0, args.max_iter)
+    reference = to_components(picard.unmixing_white, whitener, z, total)  # rows ordered by kurtosis
+    half = len(reference.kurtosis) // 2  # the more non-Gaussian half
+    fast, seconds, iterations = None, 0.0, 0
+    while iterations < args.fastica_max_iter:
+        fast = run_ica(z, "fastica", 0, args.segment, tol=0.0, w_init=None if fast is None else fast.unmixing_white)
+        seconds, iterations = seconds + fast.seconds, iterations + args.segment
+        all_cos = match(reference.white, fast.unmixing_white)[1]
+        agreement = all_cos[:half]
+        print(f"FastICA {iterations} iterations, {seconds:.1f} s: min |cos| on the non-Gaussian half {agreement.min():.4f}")
+        if agreement.min() > 0.99:
+            break
+    kurt = reference.kurtosis
+    reached = agreement.min() > 0.99
     rows = [
         ("data", what),
         ("whitened dimensions k", str(whitener.k)),
-        ("Picard-O (ortho, extended): time / iterations / converged (tol)", f"{p.seconds:.1f} s / {p.n_iter} / {p.converged} ({p.tol:g})"),
-        ("FastICA (parallel, logcosh): time / iterations / converged (tol)", f"{f.seconds:.1f} s / {f.n_iter} / {f.converged} ({f.tol:g})"),
-        ("**FastICA time / Picard time** (target ≥ 3)", f"**{f.seconds / p.seconds:.2f}x**"),
-        ("matched \\|cos\\| of mixing directions: median / min", f"{np.median(agreement):.4f} / {agreement.min():.4f}"),
-        ("**components agreeing at \\|cos\\| > 0.99**", f"**{(agreement > 0.99).sum()} of {len(agreement)}**"),
-        ("... of the more non-Gaussian half (kurtosis above the median)", f"{(agreement[strong] > 0.99).sum()} of {strong.sum()}"),
+        ("Picard-O (ortho, extended) to its convergence: time / iterations / converged (tol)",
+         f"{picard.seconds:.1f} s / {picard.n_iter} / {picard.converged} ({picard.tol:g})"),
+        ("FastICA (parallel, logcosh) until it matches Picard on the non-Gaussian half: time / iterations",
+         f"{seconds:.1f} s / {iterations}" + ("" if reached else f" (**not reached** within {args.fastica_max_iter})")),
+        ("**FastICA time / Picard time, equal quality** (target ≥ 3)",
+         f"**{seconds / picard.seconds:.2f}x**" if reached else f"> {seconds / picard.seconds:.2f}x (FastICA never matched)"),
+        ("matched \\|cos\\| on the non-Gaussian half: min / median", f"{agreement.min():.4f} / {np.median(agreement):.4f}"),
+        ("matched \\|cos\\|, all components: min / median; above 0.99",
+         f"{all_cos.min():.4f} / {np.median(all_cos):.4f}; {(all_cos > 0.99).sum()} of {len(all_cos)}"),
         ("source kurtosis (Picard): median / max", f"{np.median(kurt):.3f} / {kurt.max():.2f}"),
     ]
     if args.parallel:

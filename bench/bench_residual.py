@@ -51,7 +51,7 @@ def main() -> None:
     chunk = MAX_CHUNK_TOKENS
 
     def full():
-        accumulate(sae, Prefix, np.arange(n_rows - 2, n_rows), ResidualConfig(), chunk)
+        accumulate(sae, Prefix, 0.1, ResidualConfig(), chunk)
 
     def forward_only():
         with torch.no_grad():

@@ -97,6 +97,8 @@ class ActivationsConfig:
     #: Sequences per forward pass.
     batch_size: int = Field(default=32, gt=0)
     store_dtype: StoreDtype = "float32"
+    #: Run the forward through ``torch.compile`` (``SubjectModel.compile_forward``): ~1.2× on CPU.
+    compile: bool = True
 
 
 @dataclass(config=STRICT, frozen=True)
@@ -121,6 +123,8 @@ class SAEConfig:
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     checkpoint_every: Annotated[int, Field(gt=0)] = 200
     seed: int = 0
+    #: Run SAELens's training forward through ``torch.compile`` (fuses the JumpReLU element-wise work).
+    compile: bool = True
 
     @model_validator(mode="after")
     def _target_for_quadratic(self) -> SAEConfig:

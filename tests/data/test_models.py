@@ -48,6 +48,22 @@ def test_loss_hooks_are_applied(tiny_subject):
 
 
 @pytest.mark.real_model
+def test_compiled_forward_matches_the_eager_one(tiny_subject, gemma):
+    """``compile_forward`` (the activation stage's default) gives the eager residuals, for a full
+    batch and for a short last batch padded to the compiled shape; other shapes run eagerly."""
+    from darkmatter.data.models import SubjectModel
+
+    for subject, layer, vocab in ((tiny_subject, 1, 101), (gemma, 9, 20_000)):
+        compiled = SubjectModel(subject.spec, subject.model, subject.device)
+        compiled.compile_forward(batch_rows=3, context=16)
+        tokens = torch.randint(3, vocab, (3, 16), generator=torch.Generator().manual_seed(1))
+        for batch in (tokens, tokens[:2], tokens[:, :8]):
+            eager = subject.activations(batch, layer)
+            torch.testing.assert_close(compiled.activations(batch, layer), eager, rtol=1e-4, atol=1e-3)
+        assert compiled._compiled is not None and getattr(subject, "_compiled", None) is None
+
+
+@pytest.mark.real_model
 def test_gemma_matches_hf_hidden_states(gemma, gemma_weights):
     from transformers import AutoModelForCausalLM
 
@@ -121,7 +137,8 @@ def test_logprobs_from_a_layer_continue_the_full_forward(tiny_subject, gemma):
 
     for subject, layer, vocab in ((tiny_subject, 1, 101), (gemma, 9, 262_144)):
         tokens = torch.randint(3, min(vocab, 20_000), (2, 24), generator=torch.Generator().manual_seed(0))
-        full = subject.logprobs(tokens)
+        with torch.inference_mode():  # TransformerLens's own full forward and unembedding
+            full = torch.log_softmax(subject.model(tokens).float(), dim=-1)
         positions = torch.tensor([1, 7, 22])
         for site, stop in (("resid_post", layer + 1), ("resid_pre", layer)):
             with torch.inference_mode():

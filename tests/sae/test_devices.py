@@ -42,7 +42,7 @@ def test_lm_stats_and_the_residual_pass_run_on_cuda(tiny_subject, tmp_path):
     tokens = np.random.default_rng(0).integers(3, 101, (4, 16))
     special = np.zeros_like(tokens, bool)
     special[:, 0] = True
-    stats = lm_stats(tiny_subject, sae, tokens, special, "blocks.1.hook_resid_post", batch_rows=2)
+    stats = lm_stats(tiny_subject, sae, tokens, special, 1, "resid_post", batch_rows=2)
     assert np.isfinite(stats["delta_loss"]) and stats["kl"] >= 0
     acts = np.random.default_rng(1).standard_normal((64 * 8, d)).astype(np.float32)
     cache = ActivationCache.open(write_cache(tmp_path, acts, 64))

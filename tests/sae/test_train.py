@@ -243,7 +243,25 @@ def test_lm_stats_with_a_perfect_sae_cost_nothing(tiny_subject):
     tokens = np.random.default_rng(0).integers(3, 101, (4, 12))
     special = np.zeros_like(tokens, bool)
     special[:, 0] = True
-    stats = lm_stats(tiny_subject, sae, tokens, special, "blocks.1.hook_resid_post", batch_rows=3)
+    stats = lm_stats(tiny_subject, sae, tokens, special, 1, "resid_post", batch_rows=3)
     assert abs(stats["delta_loss"]) < 1e-4 and stats["kl"] < 1e-5 and abs(stats["kl_all_positions"]) < 1e-5
     assert stats["delta_loss_zero_ablation"] > 0.01
     assert stats["loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_streamed_loss_and_kl_equal_the_log_softmax_formulas(tiny_subject):
+    """The vocabulary-streaming sums (slices of 17 of the 101 logits, online max rescaling) give
+    the cross-entropy and KL(clean ‖ variant) that full log-softmax tensors give."""
+    from darkmatter.sae.evaluate import loss_and_kl
+
+    g = torch.Generator().manual_seed(0)
+    finals = 3 * torch.randn(3, 20, tiny_subject.d_model, generator=g)
+    targets = torch.randint(0, 101, (20,), generator=g)
+    with torch.inference_mode():
+        loss, kl = loss_and_kl(tiny_subject, finals, targets, vocab_chunk=17)
+        logp = tiny_subject.unembed_logprobs(finals).double()
+    want_loss = -logp.gather(-1, targets.expand(3, -1)[..., None])[..., 0].sum(dim=1)
+    want_kl = (logp[0].exp() * (logp[0] - logp)).sum(dim=(1, 2))
+    np.testing.assert_allclose(loss, want_loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(kl, want_kl.numpy(), rtol=1e-4, atol=1e-5)
+    assert kl[0] == 0 and kl[1] > 0.01

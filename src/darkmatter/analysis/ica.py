@@ -113,8 +113,9 @@ class Run:
     seconds: float
 
 
-def run_ica(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | None = None) -> Run:
-    """Fit ICA on white data ``z`` [n, k] with one backend and seed."""
+def run_ica(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | None = None,
+            w_init: np.ndarray | None = None) -> Run:
+    """Fit ICA on white data ``z`` [n, k] with one backend and seed (from ``w_init`` if given)."""
     tol = DEFAULT_TOL[backend] if tol is None else tol
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -123,12 +124,12 @@ def run_ica(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | 
             from picard import picard
 
             _, w, _, n_iter = picard(z.T, ortho=True, extended=True, whiten=False, max_iter=max_iter, tol=tol,
-                                     random_state=seed, return_n_iter=True)
+                                     w_init=w_init, random_state=seed, return_n_iter=True)
         elif backend == "fastica":
             from sklearn.decomposition import FastICA
 
             model = FastICA(n_components=z.shape[1], algorithm="parallel", fun="logcosh", whiten=False,
-                            max_iter=max_iter, tol=tol, random_state=seed)
+                            max_iter=max_iter, tol=tol, w_init=w_init, random_state=seed)
             model.fit(z)
             w, n_iter = model.components_, int(model.n_iter_)
         else:

@@ -413,12 +413,15 @@ def main(argv: list[str] | None = None) -> None:
     provenance = args.weights / "provenance.json"
     identity = {
         "model": run.model.name,
+        "compiled_forward": cfg.compile,
         "weights": json.loads(provenance.read_text()) if provenance.exists() else run.model.name,
         "dtype": subject_cfg.dtype,
         **({"from_pretrained_kwargs": subject_cfg.from_pretrained_kwargs} if subject_cfg.from_pretrained_kwargs else {}),
         "corpus_sha256": sha256_file(args.corpus),
     }
     spec = CacheSpec(run.layer, subject_cfg.site, cfg.chunk_tokens, cfg.batch_size, cfg.store_dtype, identity)
+    if cfg.compile:
+        subject.compile_forward(cfg.batch_size, run.context_length)
     metrics = build_cache(
         subject, rows, subject.special_token_ids(), spec, args.out, args.scratch,
         extra_metrics={"corpus_tokens": corpus_tokens},

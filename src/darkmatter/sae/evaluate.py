@@ -11,7 +11,7 @@ reported with AND without special tokens (BOS/EOS/PAD and position 0, where |x| 
 - L0: mean, quantiles and a histogram; dead and dense feature fractions
   (:mod:`darkmatter.sae.features`: one definition for every stage).
 
-LM metrics run the full model on ``lm_rows`` held-out rows with the residual at the SAE's hook
+LM metrics run the model on ``lm_rows`` held-out rows with the residual at the SAE's hook
 replaced by the reconstruction: at non-special positions only (the default splice) and at every
 position, plus zero-ablation of the non-special positions for scale. Reported: mean next-token
 loss, Δloss against the clean model, KL(clean ‖ spliced), and the fraction of the zero-ablation
@@ -107,41 +107,84 @@ def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.n
     }
 
 
-def lm_stats(subject, sae, tokens: np.ndarray, special: np.ndarray, hook: str, batch_rows: int) -> dict:
-    """Loss and KL with the reconstruction spliced in at ``hook`` (tokens/special are ``[rows, T]``)."""
+def loss_and_kl(subject, finals, targets, vocab_chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Summed next-token loss of each variant and summed KL(clean ‖ variant), streaming the vocabulary.
+
+    ``finals`` is ``[k, n, d_model]`` (final-layer residuals of ``k`` variants of the same ``n``
+    predictions, variant 0 the clean one); ``targets`` is ``[n]``. The unembedding runs one
+    vocabulary slice at a time for all variants together (one GEMM per slice, W_U read once),
+    keeping online sums in float64 like a streaming softmax: per row the running max m and
+    s = Σ exp(z − m) (so logsumexp = m + log s), and per variant T_q = Σ exp(z_clean − m_clean)·z_q.
+    Then loss = logsumexp(z) − z_target and, with p the clean distribution,
+    KL(p ‖ q) = (T_clean − T_q)/s_clean − logsumexp(z_clean) + logsumexp(z_q).
+    No vocabulary-wide tensor is ever built, so the cost is the GEMM plus a few passes over
+    each slice.
+    """
     import torch
 
-    def replace(mask: torch.Tensor, with_zero: bool = False):
-        def hook_fn(resid, hook):
-            new = torch.zeros_like(resid) if with_zero else sae(resid.float()).to(resid.dtype)
-            return torch.where(mask.to(resid.device)[..., None], new, resid)
+    k, n, d = finals.shape
+    normed = subject.normalise_final(finals.reshape(k * n, d))
+    vocab = subject.model.cfg.d_vocab_out
+    dev = normed.device
+    running_max = torch.full((k * n,), -torch.inf, dtype=torch.float64, device=dev)
+    sum_exp = torch.zeros(k * n, dtype=torch.float64, device=dev)
+    clean_dot = torch.zeros(k, n, dtype=torch.float64, device=dev)
+    target_logit = torch.zeros(k * n, dtype=torch.float64, device=dev)
+    target = targets.to(dev).repeat(k)
+    width = min(vocab_chunk, vocab)
+    z_buf = torch.empty(k * n, width, device=dev, dtype=normed.dtype)
+    e_buf = torch.empty_like(z_buf)
+    for lo in range(0, vocab, width):
+        hi = min(lo + width, vocab)
+        z = subject.unembed(normed, slice(lo, hi), out=z_buf[:, : hi - lo])
+        new_max = torch.maximum(running_max, z.amax(dim=1).double())
+        rescale = torch.exp(running_max - new_max)
+        e = torch.sub(z, new_max[:, None].to(z.dtype), out=e_buf[:, : hi - lo]).exp_()
+        sum_exp = sum_exp * rescale + e.sum(dim=1).double()
+        clean_weights = e[:n]
+        clean_dot = clean_dot * rescale[:n] + torch.stack(
+            [torch.linalg.vecdot(clean_weights, z[q * n : (q + 1) * n]).double() for q in range(k)]
+        )
+        running_max = new_max
+        inside = (target >= lo) & (target < hi)
+        rows = inside.nonzero()[:, 0]
+        target_logit[rows] = z[rows, target[rows] - lo].double()
+    lse = (running_max + sum_exp.log()).reshape(k, n)
+    loss = (lse - target_logit.reshape(k, n)).sum(dim=1)
+    expected = clean_dot / sum_exp[:n]  # E_p[z_q] per variant
+    kl = ((expected[0] - lse[0]) - (expected - lse)).sum(dim=1)
+    return loss.cpu().numpy(), kl.cpu().numpy()
 
-        return hook_fn
 
-    sums = {name: 0.0 for name in ("clean", "spliced", "spliced_all", "zero_ablated")}
+def lm_stats(subject, sae, tokens: np.ndarray, special: np.ndarray, layer: int, site: str, batch_rows: int) -> dict:
+    """Loss and KL with the reconstruction spliced in at ``layer``/``site`` (tokens/special are ``[rows, T]``).
+
+    The clean forward stops at the SAE's site; the clean, spliced and zero-ablated residuals each
+    continue from there, stacked as one batch (:meth:`SubjectModel.final_residual`), so the blocks
+    before the site run once per batch; :func:`loss_and_kl` then unembeds all four together.
+    """
+    import torch
+
+    names = ("clean", "spliced", "spliced_all", "zero_ablated")
+    sums = dict.fromkeys(names, 0.0)
     kl = {"spliced": 0.0, "spliced_all": 0.0}
     n_predictions = 0
     for lo in tqdm(range(0, len(tokens), batch_rows), desc="LM loss with SAE", unit="batch"):
         batch = torch.from_numpy(tokens[lo : lo + batch_rows].astype(np.int64))
-        nonspecial = torch.from_numpy(~special[lo : lo + batch_rows])
-        everywhere = torch.ones_like(nonspecial)
-        targets = batch[:, 1:, None]
-        runs = {
-            "clean": [],
-            "spliced": [(hook, replace(nonspecial))],
-            "spliced_all": [(hook, replace(everywhere))],
-            "zero_ablated": [(hook, replace(nonspecial, with_zero=True))],
-        }
-        clean = None
-        for name, hooks in runs.items():
-            logp = subject.logprobs(batch, hooks)[:, :-1]
-            sums[name] += float(-logp.gather(-1, targets.to(logp.device)).sum())
-            if name == "clean":
-                clean = logp
-            elif name in kl:
-                kl[name] += float((clean.exp() * (clean - logp)).sum())
-            del logp
-        n_predictions += targets.numel()
+        keep = torch.from_numpy(~special[lo : lo + batch_rows])[..., None]
+        resid = subject.activations(batch, layer, site)
+        with torch.inference_mode():
+            recon = sae(resid.to(sae.W_dec.device)).to(resid.device)
+            keep = keep.to(resid.device)
+            variants = (resid, torch.where(keep, recon, resid), recon, torch.where(keep, torch.zeros_like(resid), resid))
+            finals = subject.final_residual(torch.cat(variants), layer, site)[:, :-1]  # one forward for all four
+            finals = finals.reshape(len(variants), -1, resid.shape[-1])
+            losses, kls = loss_and_kl(subject, finals, batch[:, 1:].reshape(-1))
+        for name, value in zip(names, losses):
+            sums[name] += float(value)
+        for name in kl:
+            kl[name] += float(kls[names.index(name)])
+        n_predictions += batch[:, 1:].numel()
     loss = {name: total / n_predictions for name, total in sums.items()}
     gap = loss["zero_ablated"] - loss["clean"]
     return {
@@ -193,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = np.asarray(cache.tokens).reshape(-1, context)[rows]
     special = np.asarray(cache.special).reshape(-1, context)[rows]
     subject = load_run_subject(run, args.weights)
-    report["lm"] = lm_stats(subject, sae, tokens, special, cache.meta["hook_name"], run.sae_eval.lm_batch_rows)
+    report["lm"] = lm_stats(subject, sae, tokens, special, run.layer, run.subject.site, run.sae_eval.lm_batch_rows)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
