@@ -66,7 +66,7 @@ JumpReLU SAE d_in {d}, width {w}, batch {b} tokens, {args.steps} steps per round
 | matmul FLOPs per training token (5 GEMMs) | {flops / b / 1e6:.1f} MFLOP |
 | fp32 rate of exactly those GEMMs, each at its best of 5 | {gflops:.1f} GFLOP/s |
 | roofline: those GEMMs alone | {b / step_roof:.0f} tok/s |
-| **training** (`SAETrainer.step` + unit-norm decoder hooks) | **{b / step_s:.0f} tok/s** ({step_s * 1e3:.0f} ms/step) |
+| **training** (`SAETrainer.step` + unit-norm decoder hooks, compiled training forward as the stage runs it) | **{b / step_s:.0f} tok/s** ({step_s * 1e3:.0f} ms/step) |
 | **training / roofline** | **{step_roof / step_s:.2f}** |
 """
     print(body)
