@@ -57,7 +57,7 @@ def real_data(k: int, tokens: int, run: str):
 
 
 def synthetic_data(k: int, tokens: int):
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "tests" / "analysis"))
     from test_ica import planted
 
     x, _ = planted(n=tokens)

@@ -47,7 +47,8 @@ def main() -> None:
 
     class Prefix:  # the first ``tokens`` tokens of the cache, same format
         root, meta = cache.root, {**cache.meta, "n_tokens": n_rows * cache.meta["context_length"], "n_rows": n_rows}
-        acts, special = cache.acts, np.asarray(cache.special[: n_rows * cache.meta["context_length"]])
+        acts = cache.acts[: n_rows * cache.meta["context_length"]]
+        special = np.asarray(cache.special[: n_rows * cache.meta["context_length"]])
 
     n, d, width = Prefix.meta["n_tokens"], cache.meta["d_model"], sae.cfg.d_sae
     chunk = MAX_CHUNK_TOKENS

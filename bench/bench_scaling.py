@@ -1,8 +1,10 @@
 """How each hot stage's cost grows with tokens and SAE width: measured times and fitted exponents.
 
-    python bench/bench_scaling.py [--tokens 8192 16384 32768] [--widths 2048 4096]
+    python bench/bench_scaling.py [--widths 2048 4096]
 
-At three token counts N and two SAE widths W, in one run on the default run's cache:
+At three token counts N per stage (each stage's own ladder, large enough that fixed costs do not
+dominate, small enough to fit a few minutes) and two SAE widths W, in one run on the default
+run's cache:
 - **caching**: the activation stage's forward (compiled, as the stage runs it) over N tokens;
 - **SAE training**: N training tokens (``SAETrainer.step`` as in ``darkmatter.sae.train``);
 - **residual pass**: ``darkmatter.analysis.residual.accumulate`` over N tokens, with the SAE
@@ -68,7 +70,10 @@ def main() -> None:
     from darkmatter.sae.train import TokenBatches, build_training_sae, to_inference_sae
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768])
+    parser.add_argument("--caching-tokens", type=int, nargs=3, default=[8192, 16384, 32768])
+    parser.add_argument("--sae-tokens", type=int, nargs=3, default=[32768, 65536, 131072],
+                        help="SAE training and residual pass")
+    parser.add_argument("--ica-tokens", type=int, nargs=3, default=[16384, 32768, 65536])
     parser.add_argument("--widths", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--run", default="gemma-3-270m-l9", help="a run built by dvc repro")
     parser.add_argument("--ica-components", type=int, default=64)
@@ -85,11 +90,14 @@ def main() -> None:
     times: dict[str, dict[int, dict[int, float]]] = {"caching": {}, "SAE training": {}, "residual pass": {}, "ICA fit": {}}
     ica_iters: dict[int, int] = {}
     scale = 1 / np.sqrt(float((np.asarray(cache.acts[:8192], dtype=np.float64) ** 2).sum(1).mean()))
-    for n in args.tokens:
+    for n in args.caching_tokens:
+        tokens = torch.from_numpy(np.asarray(cache.tokens[:n]).reshape(-1, context).astype(np.int64))
+        times["caching"].setdefault(0, {})[n] = timed(
+            lambda: [subject.activations(tokens[lo : lo + batch], layer) for lo in range(0, len(tokens), batch)]
+        )
+    saes = {}
+    for n in args.sae_tokens:
         part = Prefix(cache, n // context)
-        tokens = torch.from_numpy(part.tokens.reshape(-1, context).astype(np.int64))
-        seconds = timed(lambda: [subject.activations(tokens[lo : lo + batch], layer) for lo in range(0, len(tokens), batch)])
-        times["caching"].setdefault(0, {})[n] = seconds
         for width in args.widths:
             cfg = SAEConfig(width=width, train_tokens=n)
             steps = n // cfg.batch_size
@@ -103,30 +111,38 @@ def main() -> None:
 
             train(WARMUP_STEPS)  # the compile (sae.compile), outside the timing as outside the stage's per-token cost
             times["SAE training"].setdefault(width, {})[n] = timed(train)
-            inference = to_inference_sae(sae, scale, {"hook_name": cache.meta["hook_name"]})
+            saes[width] = inference = to_inference_sae(sae, scale, {"hook_name": cache.meta["hook_name"]})
             times["residual pass"].setdefault(width, {})[n] = timed(lambda: accumulate(inference, part, 0.25, ResidualConfig()))
+    for n in args.ica_tokens:
+        part = Prefix(cache, n // context)
         keep = np.flatnonzero(~part.special)
-        r = np.concatenate([c.r.double().numpy() for c in stream(inference, part.acts, keep, 8192, desc="dark matter")])
-        mean = r.mean(0)
-        whitener = Whitener.from_pca(mean, *pca(np.cov(r, rowvar=False)), args.ica_components)
+        sae = saes[max(args.widths)]
+        r = np.concatenate([c.r.double().numpy() for c in stream(sae, part.acts, keep, 8192, desc="dark matter")])
+        whitener = Whitener.from_pca(r.mean(0), *pca(np.cov(r, rowvar=False)), args.ica_components)
         result = run_ica(whitener(r), "picard", seed=0, max_iter=2000)
         times["ICA fit"].setdefault(0, {})[n] = result.seconds
         ica_iters[n] = result.n_iter
 
-    sizes = args.tokens
+    ladders = {"caching": args.caching_tokens, "SAE training": args.sae_tokens, "residual pass": args.sae_tokens,
+               "ICA fit": args.ica_tokens}
+    def k(n: int) -> str:
+        return f"{n // 1024}k"
+
     rows, fits = [], {}
     for stage, by_width in times.items():
+        sizes = ladders[stage]
         for width, by_n in by_width.items():
             a, b = fit_exponent(sizes, [by_n[n] for n in sizes])
             fits[(stage, width)] = (a, b)
             label = stage if not width else f"{stage}, width {width}"
-            rows.append(f"| {label} | " + " | ".join(f"{by_n[n]:.1f}" for n in sizes) + f" | **{b:.2f}** |")
+            rows.append(f"| {label} | {' / '.join(map(k, sizes))} | {' / '.join(f'{by_n[n]:.1f}' for n in sizes)} | **{b:.2f}** |")
+    sizes = args.ica_tokens
     per_iter = [times["ICA fit"][0][n] / ica_iters[n] for n in sizes]
-    _, b_iter = fit_exponent(sizes, per_iter)
-    rows.append("| ICA, seconds per iteration × 1000 | " + " | ".join(f"{1000 * t:.1f}" for t in per_iter) + f" | **{b_iter:.2f}** |")
-    rows.append("| ICA iterations to tol 1e-7 | " + " | ".join(str(ica_iters[n]) for n in sizes) + " | |")
+    a_iter, b_iter = fit_exponent(sizes, per_iter)
+    rows.append(f"| ICA, ms per iteration | {' / '.join(map(k, sizes))} | {' / '.join(f'{1000 * t:.0f}' for t in per_iter)} | **{b_iter:.2f}** |")
+    rows.append(f"| ICA iterations to tol 1e-7 | {' / '.join(map(k, sizes))} | {' / '.join(str(ica_iters[n]) for n in sizes)} | |")
     width_rows = []
-    big = sizes[-1]
+    big = args.sae_tokens[-1]
     if len(args.widths) == 2:
         w1, w2 = args.widths
         for stage in ("SAE training", "residual pass"):
@@ -138,14 +154,12 @@ def main() -> None:
         for (stage, width), (a, b) in fits.items()
         if stage != "ICA fit"
     ]
-    a_iter, _ = fit_exponent(sizes, per_iter)
     predicted.append("| ICA fit, per 1000 iterations | " + " | ".join(f"{1000 * a_iter * t**b_iter:,.0f}" for t in targets) + " |")
-    header = " | ".join(f"N = {n:,}" for n in sizes)
     body = f"""
 Default run's cache and model ({cache.meta['model']}, `{cache.meta['hook_name']}`); seconds per stage, one process, in one run.
 
-| stage | {header} | exponent b in t ∝ N^b |
-|---|{'---|' * len(sizes)}---|
+| stage | tokens N | seconds | exponent b in t ∝ N^b |
+|---|---|---|---|
 {chr(10).join(rows)}
 
 Width exponent at N = {big:,} (t ∝ W^c):
@@ -160,11 +174,6 @@ data's), to the default cache (262,144 tokens) and the seeds' 1M:
 | stage | N = 262,144 | N = 1,048,576 |
 |---|---|---|
 {chr(10).join(predicted)}
-
-Caching and the residual pass grow linearly in N, SAE training linearly in N and about linearly
-in W (its GEMMs are N·d·W). An ICA fit's time per iteration is linear in N; its iteration count
-depends on the data, so ICA's cost at 4× the tokens is 4× per iteration times however many
-iterations that data needs (the stage fits at most `ica.max_tokens` tokens per fit).
 """
     print(body)
     write_section("Scaling of the cost", body)
