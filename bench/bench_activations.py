@@ -107,7 +107,6 @@ def main() -> None:
                 cache[hook].cpu()
 
     n_blocks = args.layer + 1
-    n_batches = len(tokens) / args.batch
     gemms = block_gemms(cfg, args.batch, args.context)
     roof, ours_t, eager_t, naive_t, hf_t = [], [], [], [], []
     ours()  # warm-up (and the compile)

@@ -15,7 +15,7 @@ space (where the ICA stage matches fits). The compared set is the more non-Gauss
 Picard's components (source kurtosis above the median): near-Gaussian components are not
 identifiable and the two contrasts (Picard's extended infomax, FastICA's log-cosh negentropy)
 need not agree on them. FastICA's time to that solution, against Picard's, is the ratio
-(target ≥ 3). If FastICA never gets there within ``--max-iter`` iterations, the table says so.
+(target ≥ 3). If FastICA never gets there within ``--fastica-max-iter`` iterations, the table says so.
 """
 
 from __future__ import annotations

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_seconds, roofline_seconds, write_section  # noqa: E402
+from common import CachePrefix, best_seconds, roofline_seconds, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,16 +44,12 @@ def main() -> None:
     sae = load_sae(REPO / f"data/runs/{args.run}/sae")
     n_rows = args.tokens // cache.meta["context_length"]
 
-    class Prefix:  # the first ``tokens`` tokens of the cache, same format
-        root, meta = cache.root, {**cache.meta, "n_tokens": n_rows * cache.meta["context_length"], "n_rows": n_rows}
-        acts = cache.acts[: n_rows * cache.meta["context_length"]]
-        special = np.asarray(cache.special[: n_rows * cache.meta["context_length"]])
-
-    n, d, width = Prefix.meta["n_tokens"], cache.meta["d_model"], sae.cfg.d_sae
+    prefix = CachePrefix(cache, n_rows)
+    n, d, width = prefix.meta["n_tokens"], cache.meta["d_model"], sae.cfg.d_sae
     chunk = MAX_CHUNK_TOKENS
 
     def full():
-        accumulate(sae, Prefix, 0.1, ResidualConfig(), chunk)
+        accumulate(sae, prefix, 0.1, ResidualConfig(), chunk)
 
     def forward_only():
         with torch.no_grad():

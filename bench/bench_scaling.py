@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_section  # noqa: E402
+from common import CachePrefix, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
@@ -45,17 +45,6 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-class Prefix:
-    """The first ``n_rows`` rows of an activation cache, in the cache's own interface."""
-
-    def __init__(self, cache, n_rows: int):
-        n = n_rows * cache.meta["context_length"]
-        self.root = cache.root
-        self.meta = {**cache.meta, "n_tokens": n, "n_rows": n_rows}
-        self.acts, self.special = cache.acts[:n], np.asarray(cache.special[:n])
-        self.tokens = np.asarray(cache.tokens[:n])
 
 
 def main() -> None:
@@ -97,7 +86,7 @@ def main() -> None:
         )
     saes = {}
     for n in args.sae_tokens:
-        part = Prefix(cache, n // context)
+        part = CachePrefix(cache, n // context)
         for width in args.widths:
             cfg = SAEConfig(width=width, train_tokens=n)
             steps = n // cfg.batch_size
@@ -114,7 +103,7 @@ def main() -> None:
             saes[width] = inference = to_inference_sae(sae, scale, {"hook_name": cache.meta["hook_name"]})
             times["residual pass"].setdefault(width, {})[n] = timed(lambda: accumulate(inference, part, 0.25, ResidualConfig()))
     for n in args.ica_tokens:
-        part = Prefix(cache, n // context)
+        part = CachePrefix(cache, n // context)
         keep = np.flatnonzero(~part.special)
         sae = saes[max(args.widths)]
         r = np.concatenate([c.r.double().numpy() for c in stream(sae, part.acts, keep, 8192, desc="dark matter")])

@@ -65,3 +65,15 @@ def write_section(title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
+
+
+class CachePrefix:
+    """The first ``n_rows`` rows of an activation cache, in the interface the stages read."""
+
+    def __init__(self, cache, n_rows: int):
+        import numpy as np
+
+        n = n_rows * cache.meta["context_length"]
+        self.root = cache.root
+        self.meta = {**cache.meta, "n_tokens": n, "n_rows": n_rows}
+        self.acts, self.special = cache.acts[:n], np.asarray(cache.special[:n])
