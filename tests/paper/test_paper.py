@@ -42,15 +42,18 @@ def workspace(tmp_path_factory):
 
 def _generate_and_build(root):
     params = load_params(REPO / "params.yaml")
-    generate(params, root / "metrics", root / "paper" / "generated", REPO / "data/runs/gemma-3-270m-l9/corpus/card.json")
+    generate(params, root / "metrics", root / "paper" / "generated")
     pdf = build(root / "paper")
     return subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
 
 
 def test_every_macro_in_the_text_is_generated(workspace):
     generate(load_params(REPO / "params.yaml"), workspace / "metrics", workspace / "paper/generated")
-    defined = set(re.findall(r"\\newcommand\{\\(dm[A-Za-z]+)\}", (workspace / "paper/generated/macros.tex").read_text()))
-    used = set(re.findall(r"\\(dm[A-Za-z]+)", (REPO / "paper/main.tex").read_text()))
+    generated = [workspace / "paper/generated" / name for name in ("macros.tex", "provenance.tex")]
+    defined = {m for path in generated for m in re.findall(r"\\newcommand\{\\(dm[A-Za-z]+)\}", path.read_text())}
+    main_tex = (REPO / "paper/main.tex").read_text()
+    defined |= set(re.findall(r"\\providecommand\{\\(dm[A-Za-z]+)\}", main_tex))  # the commit, set by the build
+    used = set(re.findall(r"\\(dm[A-Za-z]+)", main_tex))
     assert used and used <= defined, f"undefined: {sorted(used - defined)}"
 
 

@@ -191,3 +191,32 @@ def test_the_repository_ships_a_read_only_http_remote_for_reviewers():
     with Repo(str(Path(__file__).resolve().parents[2])) as repo:
         url = repo.config["remote"]["reviewers"]["url"]
     assert url.startswith("https://")
+
+
+def test_the_arxiv_tarball_compiles_on_its_own_and_the_citation_parses(tmp_path):
+    import shutil
+    import tarfile
+
+    import yaml
+
+    from darkmatter.release.paper import arxiv_tarball, citation_cff
+
+    repo = Path(__file__).resolve().parents[2]
+    ws = tmp_path / "ws"
+    for name in ("paper", "figures"):
+        shutil.copytree(repo / name, ws / name, ignore=shutil.ignore_patterns("main.pdf"))
+    names = arxiv_tarball(ws, tmp_path / "arxiv.tar.gz", "gemma-3-270m-l9")
+    assert {"main.tex", "main.bbl", "generated/macros.tex", "generated/provenance.tex", "figures/sae_sweep.pdf"} <= set(names)
+    assert not any(n.endswith(".png") for n in names)  # only what the LaTeX includes
+    src = tmp_path / "arxiv"
+    with tarfile.open(tmp_path / "arxiv.tar.gz") as tar:
+        tar.extractall(src, filter="data")
+    for _ in range(2):  # as arXiv does: pdflatex only, no bibtex, nothing outside the tarball
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=src,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+    log = (src / "main.log").read_text(errors="replace")
+    assert "undefined" not in log, "a citation or reference is unresolved without bibtex"
+
+    cff = yaml.safe_load(citation_cff(ws))
+    assert cff["cff-version"] == "1.2.0" and cff["authors"] and cff["preferred-citation"]["type"] == "article"

@@ -2,7 +2,8 @@
 
 The build runs in a scratch directory and moves ``main.pdf`` into place only if it succeeded,
 so a failed build never leaves a half-built PDF; a LaTeX error comes out as one line naming the
-message and the source line.
+message and the source line. The git commit of the code (``HEAD``, ``-dirty`` if the code,
+params, pipeline or LaTeX differ from it) goes into the PDF's metadata and every provenance line.
 """
 
 from __future__ import annotations
@@ -17,14 +18,29 @@ from pathlib import Path
 from darkmatter.errors import UserError, cli
 
 
-def build(paper_dir: Path) -> Path:
-    """latexmk the paper in a scratch copy; move main.pdf into ``paper_dir`` only on success."""
+#: What the PDF is a function of besides the DVC-tracked outputs: a change here marks the commit dirty.
+CODE = ["src", "params.yaml", "dvc.yaml", "paper/main.tex", "paper/refs.bib"]
+
+
+def code_commit(repo_root: Path) -> str:
+    """``git rev-parse HEAD`` (+ ``-dirty`` if :data:`CODE` differs from it), or ``unknown`` outside git."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *CODE], cwd=repo_root).returncode != 0
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def build(paper_dir: Path, commit: str | None = None, keep_bbl: bool = False) -> Path:
+    """latexmk the paper in a scratch copy; move main.pdf (and with ``keep_bbl`` main.bbl) into ``paper_dir`` on success."""
+    commit = commit or code_commit(paper_dir.resolve().parent)
     if shutil.which("latexmk") is None or shutil.which("pdflatex") is None:
         raise UserError("latexmk/pdflatex not found; run scripts/setup.sh (apt-get install --no-install-recommends "
                         "texlive-latex-base texlive-latex-recommended texlive-science latexmk)")
     with tempfile.TemporaryDirectory(prefix="paper-") as tmp:
         proc = subprocess.run(
-            ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={tmp}", "main.tex"],
+            ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={tmp}",
+             f"-usepretex=\\def\\dmcommit{{{commit}}}\\def\\dmcommitshort{{{commit[:12]}}}", "main.tex"],
             cwd=paper_dir, capture_output=True, text=True,
             env={**os.environ, "SOURCE_DATE_EPOCH": "0", "FORCE_SOURCE_DATE": "1"},  # byte-reproducible PDF
         )
@@ -38,6 +54,8 @@ def build(paper_dir: Path) -> Path:
             raise UserError(f"LaTeX failed: {what} {where}; fix paper/main.tex or regenerate paper/generated")
         target = paper_dir / "main.pdf"
         shutil.move(str(pdf), target)
+        if keep_bbl:
+            shutil.move(str(Path(tmp) / "main.bbl"), paper_dir / "main.bbl")
     return target
 
 

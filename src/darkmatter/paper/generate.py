@@ -22,8 +22,10 @@ import json
 import math
 from pathlib import Path
 
-from darkmatter.stats import CI_LEVEL
 from darkmatter.errors import UserError, cli
+from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
+                                         resolve_figure, track)
+from darkmatter.stats import CI_LEVEL
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
 LATER = ("autointerp", "probes", "causal")
@@ -83,11 +85,16 @@ def read_run(metrics_dir: Path, required: bool) -> dict | None:
                 stage = {"sae_eval": "eval_sae"}.get(name, name)
                 raise UserError(f"{path} is missing; run `dvc repro {stage}@{metrics_dir.name}` before generating the paper")
             return None
-        out[name] = json.loads(path.read_text())
+        out[name] = track(json.loads(path.read_text()), _source(path))
     for name in LATER:
         path = metrics_dir / f"{name}.json"
-        out[name] = json.loads(path.read_text()) if path.exists() else None
+        out[name] = track(json.loads(path.read_text()), _source(path)) if path.exists() else note_absent(_source(path))
     return out
+
+
+def _source(path: Path) -> str:
+    """A metrics file's path as dvc.lock names it (``metrics/runs/<run>/<name>.json``)."""
+    return "metrics/" + "/".join(path.parts[path.parts.index("runs"):] if "runs" in path.parts else path.parts[-1:])
 
 
 # ---- data-dependent wording -----------------------------------------------------------------
@@ -148,7 +155,7 @@ def fmt_count_or(value, missing: str = "n/a") -> str:
     return fmt_count(value) if value is not None else missing
 
 
-def macros(run: dict, main, card: dict | None) -> dict[str, str]:
+def macros(run: dict, main, corpus: dict) -> dict[str, str]:
     """``main`` is the main :class:`~darkmatter.config.Run`, ``run`` its metrics."""
     act, train, ev, res, ica, cmp_ = (run[k] for k in REQUIRED)
     lp = res["linear_predictability"]
@@ -166,7 +173,7 @@ def macros(run: dict, main, card: dict | None) -> dict[str, str]:
         "NTokens": fmt_count(act["n_tokens"]),
         "Context": fmt_count(main.context_length),
         "CorpusTokens": fmt_count(act["corpus_tokens"]["total"]),
-        "CorpusDocs": fmt_count(card["totals"]["documents"]) if card else "n/a",
+        "CorpusDocs": fmt_count(corpus["totals"]["documents"]),
         "SpecialFrac": fmt_pct(act["special_fraction"], 2),
         "NormPosZero": fmt_count(round(act["norm_mean_position0"])),
         "NormNonspecial": fmt_count(round(act["norm_mean_nonspecial"])),
@@ -529,34 +536,67 @@ def layer_runs(params, metrics_root: Path) -> dict[int, dict | None]:
     return {r.layer: read_run(metrics_root / "runs" / r.name, required=False) for r in sorted(same, key=lambda r: r.layer)}
 
 
-def generate(params, metrics_root: Path, out: Path, card_path: Path | None = None) -> list[Path]:
-    """Write every generated file; returns their paths. Raises before writing if inputs are missing."""
-    main = read_run(metrics_root / "runs" / params.main_run, required=True)
-    ladder = ladder_rows(params, metrics_root)
-    sweep_path = metrics_root / "sae_sweep.json"
-    if not sweep_path.exists():
-        raise UserError(f"{sweep_path} is missing; run `dvc repro sae_sweep` before generating the paper")
-    sweep = json.loads(sweep_path.read_text())
-    card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None
-    files = {
-        "macros.tex": macro_file({**macros(main, params.main, card), **ladder_macros(ladder)}),
-        "tab_dark_matter.tex": dark_matter_table(main["residual"]),
-        "tab_compare.tex": compare_table(main["compare"]),
-        "tab_ladder.tex": ladder_table(MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, ladder),
-        "tab_layers.tex": layers_table(layer_runs(params, metrics_root)),
-        "tab_sae.tex": sae_table(main["sae_eval"], sweep),
-        "tab_autointerp.tex": autointerp_table(main["autointerp"]),
-        "sec_autointerp.tex": autointerp_section(main["autointerp"]),
-        "sec_causal.tex": causal_section(main["causal"]),
-        "tab_causal.tex": causal_table(main["causal"]),
-        **{f"sec_{name}.tex": later_section(name, main[name]) for name in LATER if name not in ("autointerp", "causal")},
-    }
+def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = None,
+             lock_path: Path | None = None) -> list[Path]:
+    """Write every generated file; returns their paths. Raises before writing if inputs are missing.
+
+    ``recorder`` (one is made if not given) collects what each file read of the metrics;
+    ``provenance.tex`` maps each figure of ``paper/main.tex`` and each table to its stage in ``lock_path``
+    (default: ``dvc.lock`` beside ``metrics_root``).
+    """
+    recorder = recorder or Recorder()
+    token = RECORDER.set(recorder)
+    try:
+        files = _render(params, metrics_root, recorder)
+    finally:
+        RECORDER.reset(token)
+    repo_root = metrics_root.resolve().parent
+    lock = read_lock(lock_path or repo_root / "dvc.lock")
+    figure_dirs = [f"figures/runs/{params.main_run}", "figures"]
+    tex = [repo_root / "paper" / "main.tex"] if (repo_root / "paper" / "main.tex").exists() else []
+    figures = {key: resolve_figure(key, figure_dirs, repo_root) for key in included_figures(tex)}
+    tables = {name.removesuffix(".tex"): sorted(recorder.files[name]) for name in files if name.startswith("tab_")}
+    files["provenance.tex"] = provenance_tex(figures, tables, lock)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tex"):
         stale.unlink()
     for name, text in files.items():
         (out / name).write_text(text)
     return [out / name for name in files]
+
+
+def _render(params, metrics_root: Path, recorder: Recorder) -> dict[str, str]:
+    """Each generated file's text, rendered with ``recorder`` attributing the metrics reads to it."""
+    with recorder.reading("inputs"):
+        main = read_run(metrics_root / "runs" / params.main_run, required=True)
+        ladder = ladder_rows(params, metrics_root)
+        sweep_path = metrics_root / "sae_sweep.json"
+        if not sweep_path.exists():
+            raise UserError(f"{sweep_path} is missing; run `dvc repro sae_sweep` before generating the paper")
+        sweep = track(json.loads(sweep_path.read_text()), "metrics/sae_sweep.json")
+        corpus_path = metrics_root / "runs" / params.main_run / "corpus.json"
+        if not corpus_path.exists():
+            raise UserError(f"{corpus_path} is missing; run `dvc repro corpus@{params.main_run}` before generating the paper")
+        corpus = track(json.loads(corpus_path.read_text()), _source(corpus_path))
+    builders = {
+        "macros.tex": lambda: macro_file({**macros(main, params.main, corpus), **ladder_macros(ladder)}),
+        "tab_dark_matter.tex": lambda: dark_matter_table(main["residual"]),
+        "tab_compare.tex": lambda: compare_table(main["compare"]),
+        "tab_ladder.tex": lambda: ladder_table(MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, ladder),
+        "tab_layers.tex": lambda: layers_table(layer_runs(params, metrics_root)),
+        "tab_sae.tex": lambda: sae_table(main["sae_eval"], sweep),
+        "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
+        "sec_autointerp.tex": lambda: autointerp_section(main["autointerp"]),
+        "sec_causal.tex": lambda: causal_section(main["causal"]),
+        "tab_causal.tex": lambda: causal_table(main["causal"]),
+        **{f"sec_{name}.tex": (lambda name=name: later_section(name, main[name]))
+           for name in LATER if name not in ("autointerp", "causal")},
+    }
+    files = {}
+    for name, build in builders.items():
+        with recorder.reading(name):
+            files[name] = build()
+    return files
 
 
 @cli
@@ -566,10 +606,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the paper's tables, macros and wording from the metrics.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
-    parser.add_argument("--card", type=Path, required=True, help="the main run's corpus card.json")
     parser.add_argument("--out", type=Path, default=Path("paper/generated"))
     args = parser.parse_args(argv)
-    files = generate(load_params(args.params), args.metrics, args.out, args.card)
+    files = generate(load_params(args.params), args.metrics, args.out)
     print(f"wrote {len(files)} files to {args.out}")
 
 

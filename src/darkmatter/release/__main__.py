@@ -1,4 +1,4 @@
-"""``python -m darkmatter.release {publish,pull,bundle,import}``: a thin CLI over the release modules."""
+"""``python -m darkmatter.release {publish,pull,bundle,import,paper}``: a thin CLI over the release modules."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from darkmatter.errors import cli
 from darkmatter.release.bundle import import_bundle, write_bundle
+from darkmatter.release.paper import arxiv_tarball, citation_cff
 from darkmatter.release.remote import publish, pull
 
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("import", help="verify a bundle, copy it into .dvc/cache, dvc checkout")
     p.add_argument("archive", type=Path)
     p.add_argument("--sha256", help="expected checksum (default: the .sha256 file beside the archive)")
+    p = sub.add_parser("paper", help="the arXiv source tarball and CITATION.cff")
+    p.add_argument("out", type=Path, help="where to write darkmatter-arxiv.tar.gz")
     args = parser.parse_args(argv)
 
     if args.command == "publish":
@@ -34,6 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "bundle":
         checksum = write_bundle(args.repo, args.archive)
         print(f"wrote {args.archive} and {checksum.name}: {checksum.read_text().split()[0]}")
+    elif args.command == "paper":
+        from darkmatter.config import load_params
+
+        tarball = args.out / "darkmatter-arxiv.tar.gz"
+        names = arxiv_tarball(args.repo, tarball, load_params(args.repo / "params.yaml").main_run)
+        (args.repo / "CITATION.cff").write_text(citation_cff(args.repo))
+        print(f"wrote {tarball} ({len(names)} files) and {args.repo / 'CITATION.cff'}")
     else:
         print(f"imported {import_bundle(args.repo, args.archive, args.sha256)} objects; dvc status should be clean")
 

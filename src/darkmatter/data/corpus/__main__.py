@@ -15,6 +15,9 @@ Outputs (``--out``)::
                  words, characters (+ dedupe/split counts); totals; seed
     CARD.md      the same as a human-readable data card (:mod:`~darkmatter.data.corpus.card`)
 
+and with ``--metrics FILE`` the totals and per-source documents and words as JSON: git-tracked,
+so the paper (and its staleness test in CI) reads the corpus size without the DVC cache.
+
 Counts are whitespace-separated words (``len(text.split())``), not model tokens; the
 activations stage tokenises with the subject model. Same params -> byte-identical outputs.
 """
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build a run's text corpus.")
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, help="also write the card's totals here (git-tracked, read by the paper)")
     parser.add_argument("--downloads", type=Path, default=DOWNLOADS,
                         help="where fetched archives are kept between runs (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -147,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     card = build(run.corpus_settings, run.corpus, args.out, args.downloads)
     t = card["totals"]
+    if args.metrics:
+        args.metrics.parent.mkdir(parents=True, exist_ok=True)
+        per_source = {c.get("name", str(i)): {k: c.get(k) for k in ("documents", "words")}
+                      for i, c in enumerate(card["sources"])}
+        args.metrics.write_text(json.dumps({"totals": t, "per_source": per_source}, indent=2) + "\n")
     print(f"corpus {run.corpus_name}: {t['documents']:,} documents, {t['words']:,} words, "
           f"{t['characters']:,} characters -> {args.out} in {time.perf_counter() - t0:.1f} s")
 
