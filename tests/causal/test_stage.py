@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from darkmatter.causal.stage import check_inputs, load_inputs, pick_exact, top_k_shares
+from darkmatter.causal.stage import IDENTITY_TOLERANCE, check_inputs, identity_check, load_inputs, pick_exact, top_k_shares
 from darkmatter.config import CausalConfig, ConfigError, load_params
 from darkmatter.errors import UserError
 
@@ -59,3 +59,14 @@ def test_top_k_shares_count_each_groups_units_among_the_top():
     shares = top_k_shares(scores, k=2)
     assert shares["a"]["per_row"] == [2, 0] and shares["b"]["per_row"] == [0, 2]
     assert shares["a"]["share_of_units"] == pytest.approx(0.4)
+
+
+def test_one_subspace_in_two_bases_is_an_identity_check_not_a_bootstrap_test():
+    rng = np.random.default_rng(0)
+    loss = rng.gamma(2.0, 0.1, 64).astype(np.float32)
+    rounding = loss * (1 + rng.choice([-1, 1], 64) * np.finfo(np.float32).eps)  # another basis: float32 rounding
+    check = identity_check(loss, rounding)
+    assert check["agree"] and "ci" not in check and 0 < check["max_abs_difference"] < 1e-6
+    broken = loss.copy()
+    broken[5] += 10 * IDENTITY_TOLERANCE  # an edit that removed something else on one row
+    assert not identity_check(loss, broken)["agree"]

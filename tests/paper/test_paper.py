@@ -11,7 +11,7 @@ from conftest import REPO
 from darkmatter.config import load_params
 from darkmatter.errors import UserError
 from darkmatter.paper.build import build
-from darkmatter.paper.generate import fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig, generate
+from darkmatter.paper.generate import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig, generate
 
 #: Digits that may appear in hand-written LaTeX: names and definitions, never results.
 ALLOWED_DIGITS = [
@@ -126,6 +126,7 @@ def test_formatting_rules():
     assert fmt_sig(246.13) == "246" and fmt_sig(0.0123456) == "0.0123"
     assert fmt_sci(1e-4) == "\\ensuremath{10^{-4}}" and fmt_sci(3e-5) == "\\ensuremath{3.0\\times10^{-5}}"
     assert fmt_p(0.2) == "0.200" and fmt_p(3.27e-16) == "\\ensuremath{3.3\\times10^{-16}}"
+    assert [fmt_about(n) for n in (351, 350, 764, 99, 1234)] == ["350", "350", "760", "99", "1{,}200"]
 
 
 def test_the_pdf_is_byte_reproducible(workspace):
@@ -177,10 +178,13 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     def test(d, lo, hi):
         return {"difference": d, "ci": [lo, hi], "p_permutation": 0.01 if lo > 0 or hi < 0 else 0.6}
 
+    def same(worst):  # the m = k identity check (causal.stage.identity_check)
+        return {"same_subspace": True, "max_abs_difference": worst, "tolerance": 1e-4, "agree": worst <= 1e-4}
+
     sub = {str(m): {"ica": {"loss_ratio": ratio(r)}, "pca": {"loss_ratio": ratio(p)}, "random": {"loss_ratio": ratio(q)},
-                    "ica_minus_pca": test(*t1), "ica_minus_random": test(*t2)}
-           for m, r, p, q, t1, t2 in ((8, 1.5, 1.2, 1.01, (0.3, 0.2, 0.4), (0.5, 0.4, 0.6)),
-                                      (64, 2.0, 2.0, 2.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)))}
+                    "ica_minus_pca": t1, "ica_minus_random": t2}
+           for m, r, p, q, t1, t2 in ((8, 1.5, 1.2, 1.01, test(0.3, 0.2, 0.4), test(0.5, 0.4, 0.6)),
+                                      (64, 2.0, 2.0, 2.0, same(1e-6), same(2e-6)))}
     report = {
         "rows": {"attribution": 8, "exact": 8, "positions_per_row": 32}, "ablation": "mean",
         "clean_loss": mean(3.9, 3.3, 4.5),
@@ -204,3 +208,7 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     assert "a share 0.018" in prose and "not run" not in prose
     table = (out / "tab_causal.tex").read_text()
     assert "1.500 [1.490, 1.510]" in table and "\n64 & 2.000" in table
+    sub["64"]["ica_minus_random"] = same(0.05)  # a removal that is not the same subspace: a bug, said so
+    (metrics / "runs/gemma-3-270m-l9/causal.json").write_text(json.dumps(report))
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    assert "DISAGREE, which signals a bug" in (out / "sec_causal.tex").read_text()
