@@ -34,19 +34,22 @@ def _stage(x: np.ndarray) -> tuple[dict, str]:
 
 def test_planted_moves_are_classified(tmp_path):
     a = {"fvu": 0.2, "auc": {"mean": 0.6, "ci": [0.55, 0.65], "n": 32}, "gap": {"difference": 0.1, "ci": [0.05, 0.15]},
-         "counts": [3, 4], "label": "x"}
+         "counts": [3, 4], "label": "x", "throughput": {"seconds": 50.0}}
     b = {"fvu": 0.21, "auc": {"mean": 0.62, "ci": [0.57, 0.67], "n": 32}, "gap": {"difference": 0.2, "ci": [0.15, 0.25]},
-         "counts": [3, 5], "label": "y", "new": 1}
+         "counts": [3, 5], "label": "y", "new": 1, "throughput": {"seconds": 41.0}}
     c = compare(_build(tmp_path / "a", a, "FVU 0.200\nsame\n"), _build(tmp_path / "b", b, "FVU 0.210\nsame\n"))
     moves = {m.key: m for m in c.moves}
     assert moves["auc.mean"].within_ci is True and moves["gap.difference"].within_ci is False
     assert moves["fvu"].within_ci is None and abs(moves["fvu"].relative - 0.05) < 1e-12
     assert moves["counts[1]"].delta == 1 and "auc.n" not in moves
     assert [m.key for m in c.outside_ci] == ["gap.difference"]
+    assert moves["throughput.seconds"].is_timing and "throughput.seconds" not in {m.key for m in c.results}
     assert c.only_in["B"] == ["metrics/runs/r/stats.json: new"]
     assert c.text == {"macros.tex": [("FVU 0.200", "FVU 0.210")]}
     report = render(c, 0.0)
     assert report.index("gap.difference") < report.index("auc.mean")  # what left its CI comes first
+    assert "throughput.seconds" not in report and "timings and judge usage (not results): 1 moved" in report
+    assert "throughput.seconds" in render(c, 0.0, timings=True)
 
 
 def test_a_build_from_inputs_perturbed_at_1e_12_moves_only_within_its_intervals(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Compare two builds of the paper: which numbers moved, by how much, and whether within their own CI.
 
-    python -m darkmatter.paper.diff BUILD_A BUILD_B [--rtol 1e-9] [--fail-outside-ci]
+    python -m darkmatter.paper.diff BUILD_A BUILD_B [--rtol 1e-9] [--fail-outside-ci] [--timings]
 
 A build is a directory holding ``metrics/`` and ``paper/generated/`` (a clone after ``dvc repro``,
 or after ``dvc pull``). Every number in every metrics JSON is compared; a number reported with a
@@ -8,7 +8,9 @@ confidence interval (a dict holding ``ci: [lo, hi]`` next to its ``mean``/``diff
 judged against A's interval; everything else is listed with its absolute and relative move.
 The generated LaTeX is compared line by line, so a reader sees which sentences and table cells
 changed. Moves smaller than ``--rtol`` (relative) are counted but not listed: float64 sums that
-differ at 1e-16 between machines should not drown the moves that matter.
+differ at 1e-16 between machines should not drown the moves that matter. Wall-clock timings and
+judge usage (``seconds``, ``tokens_per_s``, ``usage``...) are not results: they are counted apart
+and listed only with ``--timings``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import difflib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from darkmatter.errors import UserError, cli
 
 #: Keys whose number a sibling ``ci`` is the interval of.
 ESTIMATE_KEYS = ("mean", "difference", "value", "estimate")
+#: Key paths that hold how long or how much, not what was found.
+TIMING = re.compile(r"(^|\.)(seconds|tokens_per_s|throughput|usage)(\.|\[|$)")
 
 
 @dataclass
@@ -46,13 +51,21 @@ class Move:
     def within_ci(self) -> bool | None:
         return None if self.ci is None else self.ci[0] <= self.b <= self.ci[1]
 
+    @property
+    def is_timing(self) -> bool:
+        return bool(TIMING.search(self.key))
+
 
 @dataclass
 class Comparison:
-    moves: list[Move]  # listed: relative move >= rtol
+    moves: list[Move]  # relative move >= rtol (timings included; see ``results``)
     small: int  # moved by less than rtol
     only_in: dict[str, list[str]]  # "A"/"B" -> metrics keys or files present in one build only
     text: dict[str, list[tuple[str, str]]]  # generated file -> (line in A, line in B)
+
+    @property
+    def results(self) -> list[Move]:
+        return [m for m in self.moves if not m.is_timing]
 
     @property
     def outside_ci(self) -> list[Move]:
@@ -126,19 +139,23 @@ def _changed_lines(a: list[str], b: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def render(c: Comparison, rtol: float) -> str:
-    with_ci = [m for m in c.moves if m.ci is not None]
+def render(c: Comparison, rtol: float, timings: bool = False) -> str:
+    results = c.results
+    with_ci = [m for m in results if m.ci is not None]
+    n_timing = len(c.moves) - len(results)
     lines = [
-        f"# Paper diff: {len(c.moves)} numbers moved by >= {rtol:g} (relative), {c.small} by less",
+        f"# Paper diff: {len(results)} numbers moved by >= {rtol:g} (relative), {c.small} by less",
         "",
-        f"- with a CI: {len(with_ci)} ({len(c.outside_ci)} outside A's interval); without: {len(c.moves) - len(with_ci)}",
+        f"- with a CI: {len(with_ci)} ({len(c.outside_ci)} outside A's interval); without: {len(results) - len(with_ci)}",
         f"- generated LaTeX: {sum(map(len, c.text.values()))} changed lines in {len(c.text)} files",
+        f"- timings and judge usage (not results): {n_timing} moved" + ("" if timings or not n_timing else " (--timings lists them)"),
         f"- only in A: {len(c.only_in['A'])}; only in B: {len(c.only_in['B'])}",
         "",
     ]
-    if c.moves:
+    listed = c.moves if timings else results
+    if listed:
         lines += ["| file | key | A | B | Δ | relative | A's CI | within |", "|---|---|---|---|---|---|---|---|"]
-        order = sorted(c.moves, key=lambda m: (m.within_ci is not False, m.ci is None, -m.relative))
+        order = sorted(listed, key=lambda m: (m.within_ci is not False, m.is_timing, m.ci is None, -m.relative))
         for m in order:
             ci = f"[{m.ci[0]:.4g}, {m.ci[1]:.4g}]" if m.ci else ""
             verdict = {True: "yes", False: "**no**", None: ""}[m.within_ci]
@@ -163,9 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rtol", type=float, default=1e-9, help="list only moves at least this large (relative)")
     parser.add_argument("--out", type=Path, help="also write the report here (Markdown)")
     parser.add_argument("--fail-outside-ci", action="store_true", help="exit 1 if a number left its own CI")
+    parser.add_argument("--timings", action="store_true", help="also list moved wall-clock timings and judge usage")
     args = parser.parse_args(argv)
     comparison = compare(args.build_a, args.build_b, args.rtol)
-    report = render(comparison, args.rtol)
+    report = render(comparison, args.rtol, args.timings)
     print(report)
     if args.out:
         args.out.write_text(report + "\n")
