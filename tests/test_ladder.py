@@ -121,7 +121,7 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     assert report["usage"]["calls"] > 0 and report["cost_usd"] > 0
 
     proc = subprocess.run([sys.executable, "-m", "darkmatter.paper.generate", "--params", "params.yaml",
-                           "--metrics", "metrics", "--card", "none.json", "--out", "generated"],
+                           "--metrics", "metrics", "--out", "generated"],
                           cwd=ws, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     table = (ws / "generated/tab_ladder.tex").read_text()
