@@ -21,7 +21,8 @@ from pathlib import Path
 
 from darkmatter.errors import cli
 from darkmatter.paper.generate import generate
-from darkmatter.paper.provenance import FIGURE_EXTENSIONS, Recorder, included_figures, producer, read_lock
+from darkmatter.paper.provenance import (FIGURE_EXTENSIONS, Recorder, figure_dirs, included_figures, producer,
+                                         read_lock)
 
 
 @dataclass
@@ -63,9 +64,9 @@ def check(repo_root: Path, params) -> Report:
 
     tex = [repo_root / "paper" / "main.tex"]
     included = set(included_figures(tex))
-    figure_dirs = [repo_root / "figures" / "runs" / params.main_run, repo_root / "figures"]
+    dirs = [repo_root / d for d in figure_dirs(params.main_run)]
     for path in sorted(p for p in (repo_root / "figures").rglob("*") if p.suffix in FIGURE_EXTENSIONS):
-        keys = {str(path.relative_to(d).with_suffix("")) for d in figure_dirs if path.is_relative_to(d)}
+        keys = {str(path.relative_to(d).with_suffix("")) for d in dirs if path.is_relative_to(d)}
         if not keys & included:
             report.orphan_figures.append(str(path.relative_to(repo_root)))
 

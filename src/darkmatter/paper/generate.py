@@ -561,9 +561,8 @@ def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = 
         RECORDER.reset(token)
     repo_root = metrics_root.resolve().parent
     lock = read_lock(lock_path or repo_root / "dvc.lock")
-    figure_dirs = [f"figures/runs/{params.main_run}", "figures"]
     tex = [repo_root / "paper" / "main.tex"] if (repo_root / "paper" / "main.tex").exists() else []
-    figures = {key: resolve_figure(key, figure_dirs, repo_root) for key in included_figures(tex)}
+    figures = {key: resolve_figure(key, params.main_run, repo_root) for key in included_figures(tex)}
     tables = {name.removesuffix(".tex"): sorted(recorder.files[name]) for name in files if name.startswith("tab_")}
     files["provenance.tex"] = provenance_tex(figures, tables, lock)
     out.mkdir(parents=True, exist_ok=True)

@@ -149,9 +149,14 @@ def included_figures(tex_files: list[Path]) -> list[str]:
     return keys
 
 
-def resolve_figure(key: str, figure_dirs: list[str], repo_root: Path) -> str | None:
+def figure_dirs(main_run: str) -> list[str]:
+    """Where ``\\includegraphics`` looks, relative to the repository: ``main.tex``'s ``\\graphicspath``."""
+    return [f"figures/runs/{main_run}", "figures"]
+
+
+def resolve_figure(key: str, main_run: str, repo_root: Path) -> str | None:
     """The repository path of an included figure (the graphicspath's first match), or None."""
-    for directory in figure_dirs:
+    for directory in figure_dirs(main_run):
         for ext in ("", *FIGURE_EXTENSIONS):
             candidate = f"{directory.rstrip('/')}/{key}{ext}"
             if (repo_root / candidate).is_file():

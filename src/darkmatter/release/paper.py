@@ -41,7 +41,7 @@ def arxiv_tarball(repo_root: Path, out: Path, main_run: str) -> list[str]:
     tex = f"\\def\\dmcommit{{{commit}}}\\def\\dmcommitshort{{{commit[:12]}}}\n" + tex
     figures = {}
     for key in included_figures([paper / "main.tex"]):
-        found = resolve_figure(key + ".pdf", [f"figures/runs/{main_run}", "figures"], repo_root)
+        found = resolve_figure(key + ".pdf", main_run, repo_root)
         if found is None:
             raise UserError(f"figure {key} of paper/main.tex has no PDF under figures/; run `dvc repro` first")
         figures[key] = found
