@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from darkmatter.errors import CacheCorruptError, UserError
+from darkmatter.paper.build import code_commit
 from darkmatter.release.objects import cache_root, lock_objects, relative_object_path
 
 MANIFEST = "MANIFEST.json"
@@ -44,18 +45,13 @@ def lock_digest(repo_root: Path) -> str:
     return file_digest(lock, "sha256")
 
 
-def git_commit(repo_root: Path) -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
 def write_bundle(repo_root: Path, archive: Path) -> Path:
     """Write ``archive`` and ``archive.sha256``; returns the checksum file."""
     repo_root, archive = Path(repo_root), Path(archive)
     objects = lock_objects(repo_root)
     manifest = {
         "format": FORMAT,
-        "commit": git_commit(repo_root),
+        "commit": code_commit(repo_root),
         "dvc_lock_sha256": lock_digest(repo_root),
         "objects": [{"oid": o.oid, "stage": o.stage, "path": o.path, "size": o.size} for o in objects],
     }
