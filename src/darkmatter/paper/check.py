@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from darkmatter.errors import cli
-from darkmatter.paper.generate import generate
+from darkmatter.paper.generate import LATER, generate
 from darkmatter.paper.provenance import (FIGURE_EXTENSIONS, Recorder, figure_dirs, included_figures, producer,
                                          read_lock)
 
@@ -39,7 +39,7 @@ class Report:
         return not (self.stale or self.orphan_figures or self.unwritten or self.unbuilt or self.absent_keys)
 
     def lines(self) -> list[str]:
-        out = [f"stale: paper/generated/{name} differs from a regeneration; run `dvc repro -f paper_tables paper`"
+        out = [f"stale: paper/generated/{name} differs from a regeneration; run `dvc repro -s -f paper_tables && dvc repro paper` (-s: plain -f would force every upstream stage too)"
                for name in self.stale]
         out += [f"orphan figure: {p} is never included by paper/main.tex; include it or stop writing it"
                 for p in self.orphan_figures]
@@ -72,15 +72,14 @@ def check(repo_root: Path, params) -> Report:
 
     lock = read_lock(repo_root / "dvc.lock")
     pending = {f"metrics/runs/{run}/{name}.json" for run in params.runs for name in _later_without_stage(lock, run)}
-    for source in sorted(set().union(*recorder.absent_files.values()) if recorder.absent_files else set()):
+    absent = set().union(*recorder.absent_files.values())
+    for source in sorted(set().union(*recorder.files.values())):
         if producer(lock, source):
-            report.unbuilt.append(source)
-        elif source in pending:
+            if source in absent:
+                report.unbuilt.append(source)
+        elif source in absent and source in pending:
             report.pending.append(source)
         else:
-            report.unwritten.append(source)
-    for source in sorted(set().union(*recorder.files.values())):
-        if not producer(lock, source) and source not in report.pending + report.unwritten + report.unbuilt:
             report.unwritten.append(source)
     report.absent_keys = sorted(f"{src}: {key}" for src, keys in recorder.absent_keys.items() for key in keys)
     return report
@@ -88,8 +87,6 @@ def check(repo_root: Path, params) -> Report:
 
 def _later_without_stage(lock: dict, run: str) -> list[str]:
     """The later experiments of the paper whose stage does not exist for ``run`` (rendered "not run")."""
-    from darkmatter.paper.generate import LATER
-
     return [name for name in LATER if f"{name}@{run}" not in lock]
 
 
