@@ -29,6 +29,8 @@ SMALL = {
                    "detect_negatives": 2, "n_bootstrap": 200},
     "causal": {"attribution_rows": 1, "rows": 2, "batch_rows": 1, "exact_top": 2, "exact_random": 1, "n_steer": 1,
                "steer_new_tokens": 2, "subspace_fractions": [0.5, 1.0], "n_random_subspaces": 1, "n_bootstrap": 100},
+    "probes": {"extra_layers": [], "n_tokens": 2048, "n_features": 6, "min_positives": 5, "min_val_positives": 3,
+               "sae_width": 64, "sae_train_tokens": 2048, "n_bootstrap": 100},
 }
 
 
@@ -77,7 +79,7 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     text_dataset(cache, "Skylion007/openwebtext", n_docs=200)
     ws = workspace(tmp_path, ["gpt2-small"])
     env = _env(tmp_path, cache)
-    dvc_repro(ws, env, "dashboard@gpt2-small", "eval_sae@gpt2-small")
+    dvc_repro(ws, env, "dashboard@gpt2-small", "eval_sae@gpt2-small", "probes@gpt2-small")
 
     metrics = ws / "metrics/runs/gpt2-small"
     loaded = json.loads((metrics / "sae.json").read_text())
@@ -96,6 +98,10 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     assert ica["n_components"] == 8 and ica["all_converged"]
     assert json.loads((metrics / "compare.json").read_text())["ica"]["n"] == 8
     assert np.isfinite(json.loads((metrics / "sae_eval.json").read_text())["lm"]["delta_loss"])
+    probes = json.loads((metrics / "probes.json").read_text())
+    # GPT-2 adds a learned position embedding at layer 0: not a function of the token id alone
+    assert not probes["layer0_is_token_function"] and list(probes["layers"]) == ["6"]
+    assert probes["layers"]["6"]["experiment1"]["features"]["probed"] > 0
     assert (ws / "reports/runs/gpt2-small/index.html").stat().st_size > 1000
     card = json.loads((ws / "data/runs/gpt2-small/corpus/card.json").read_text())
     assert card["sources"][0]["dataset"] == "Skylion007/openwebtext" and card["sources"][0]["rows_read"] == 200

@@ -20,7 +20,7 @@ from conftest import REPO
 
 MAIN, SECOND = "gemma-3-270m-l9", "gemma-3-270m-l6"
 PER_RUN = ("corpus", "model", "activations", "sae", "eval_sae", "residual", "ica", "compare", "examples",
-           "causal", "dashboard", "autointerp")
+           "causal", "probes", "dashboard", "autointerp")
 
 TOUCH = '''import sys
 from pathlib import Path

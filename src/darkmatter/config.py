@@ -77,6 +77,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("google/gemma-3-1b-pt", 26, 1152, "hub", tl_name="google/gemma-3-1b-pt", licence=_GEMMA),
     ModelSpec("google/gemma-3-4b-pt", 34, 2560, "hub", tl_name="google/gemma-3-4b-pt", licence=_GEMMA),
     ModelSpec("google/gemma-3-12b-pt", 48, 3840, "hub", tl_name="google/gemma-3-12b-pt", licence=_GEMMA),
+    # The dataset-geometry seed's setting (Gemma Scope 1).
+    ModelSpec("google/gemma-2-2b", 26, 2304, "hub", tl_name="google/gemma-2-2b", licence=_GEMMA),
 )}
 
 
@@ -334,11 +336,59 @@ class CausalConfig:
         return alphas
 
 
+@dataclass(config=STRICT, frozen=True)
+class ProbesConfig:
+    """Dataset-geometry probes (``darkmatter.probes``): are layer-L SAE features predictable from
+    the layer-0 residual, beyond what token identity alone predicts? Sized so the stage adds a
+    few minutes to the default build on 2 cores."""
+
+    #: Layers probed besides the run's own (each gets an SAE trained here); the default run adds
+    #: a deep layer. Checked against the run's model when the run resolves.
+    extra_layers: tuple[Annotated[int, Field(ge=0)], ...] = (15,)
+    #: Tokens of the paired data (whole rows of the run's context): train rows from the cache's
+    #: train rows, validation rows from its held-out rows.
+    n_tokens: Annotated[int, Field(gt=0)] = 49152
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    #: Token types (ids) left out of every probe's training: the held-out-type evaluation.
+    heldout_type_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    #: Features probed per SAE: a seeded sample of those with enough positives ...
+    n_features: Annotated[int, Field(gt=0)] = 100
+    #: ... or exactly these feature indices (an index out of range or without enough positives fails by name).
+    features: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    #: Positives a feature needs among the training tokens, and among the validation tokens.
+    min_positives: Annotated[int, Field(gt=0)] = 20
+    min_val_positives: Annotated[int, Field(gt=0)] = 10
+    #: Cap on the positives per split (each balanced by as many inactive tokens).
+    max_positives: Annotated[int, Field(gt=0)] = 500
+    #: Inverse L2 strength of the logistic probes (scikit-learn ``C``), on standardised inputs.
+    c: Positive = 1.0
+    #: Newton iterations per probe (it converges in ~10; a probe that does not is named in the metrics).
+    max_iter: Annotated[int, Field(gt=0)] = 100
+    #: The affine layer-0 -> layer-L map: closed-form ridge, or the seed's Adam fit on the MSE.
+    map_solver: Literal["ridge", "adam"] = "ridge"
+    #: Ridge penalty relative to the mean eigenvalue of the layer-0 covariance.
+    ridge_alpha: Annotated[float, Field(ge=0.0)] = 1e-3
+    adam_lr: Positive = 1e-2
+    adam_epochs: Annotated[int, Field(gt=0)] = 30
+    #: The baseline and residual SAEs of experiment 2 (and the extra layers' SAEs): the ``sae``
+    #: section with this width and training length and the Gemma Scope 2 quadratic L0 target, the
+    #: same for both, so their features are compared at the same sparsity (with one λ the residual,
+    #: which lacks x's large mean, trains ~7x denser and dense features are harder to predict).
+    sae_width: Annotated[int, Field(gt=0)] = 2048
+    sae_train_tokens: Annotated[int, Field(gt=0)] = 120000
+    sae_target_l0: Positive = 50.0
+    sae_l0_coefficient: Positive = 3e-3
+    #: Rows per forward pass of the paired-data forward.
+    batch_size: Annotated[int, Field(gt=0)] = 16
+    n_bootstrap: Annotated[int, Field(gt=0)] = 2000
+    seed: int = 0
+
+
 #: Sections a run may override (``sizes``), with their types.
 SECTIONS: dict[str, type] = {
     "activations": ActivationsConfig, "sae": SAEConfig, "sae_eval": SAEEvalConfig, "residual": ResidualConfig,
     "ica": ICAConfig, "compare": CompareConfig, "examples": ExamplesConfig, "autointerp": AutointerpConfig,
-    "causal": CausalConfig,
+    "causal": CausalConfig, "probes": ProbesConfig,
 }
 
 
@@ -359,6 +409,7 @@ class Sizes:
     examples: dict[str, Any]
     autointerp: dict[str, Any]
     causal: dict[str, Any]
+    probes: dict[str, Any]
 
 
 # ---- corpora ------------------------------------------------------------------------------------
@@ -537,6 +588,7 @@ class Run:
     examples: ExamplesConfig
     autointerp: AutointerpConfig
     causal: CausalConfig
+    probes: ProbesConfig
 
     @property
     def model(self) -> ModelSpec:
@@ -574,6 +626,7 @@ class Params:
     examples: ExamplesConfig
     autointerp: AutointerpConfig
     causal: CausalConfig
+    probes: ProbesConfig
 
     @model_validator(mode="after")
     def _runs_resolve(self) -> Params:
@@ -615,6 +668,12 @@ class Params:
         if check_chunks and sections["activations"].chunk_tokens % d.data.context_length:
             raise ValueError(f"run_definitions.{name}: activations.chunk_tokens {sections['activations'].chunk_tokens} "
                              f"must be a multiple of data.context_length {d.data.context_length}")
+        n_layers = d.subject.spec.n_layers
+        for layer in sections["probes"].extra_layers:
+            if layer >= n_layers or layer == d.subject.layer:
+                raise ValueError(f"run_definitions.{name}: probes.extra_layers has {layer}; allowed: layers 0..{n_layers - 1} "
+                                 f"of {d.subject.model} other than the run's own layer {d.subject.layer} "
+                                 "(set sizes.probes.extra_layers for this run)")
         return Run(name=name, label=d.label, subject=d.subject, corpus_name=d.data.corpus,
                    corpus=self.corpora[d.data.corpus], corpus_settings=self.corpus,
                    context_length=d.data.context_length, sae_source=d.sae, **sections)

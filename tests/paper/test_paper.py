@@ -17,7 +17,7 @@ from darkmatter.paper.generate import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_
 ALLOWED_DIGITS = [
     r"Gemma(~| )3", r"GPT-2", r"Q4\\_K\\_M", r"float32", r"R\^2", r"\^\{-1/2\}", r"\^\{1/2\}",
     r"\[x,1\]", r"90\\%",  # "PCs for 90% of the variance" is the definition of the reported count
-    r"[Pp]osition 0", r"\bL0\b", r"float64", r"\|\^2",
+    r"[Pp]osition 0", r"[Ll]ayer(-|~| )0\b", r"\bL0\b", r"float64", r"\|\^2",
     r"Scope(~| )2", r"\b(270M|1B|4B|12B)\b",  # model and release names
     r"\(1\+\\#\\\{.*?\\\}\)/\(1\+B\)", r"\$1/p\$",  # the Monte-Carlo p-value formula; a sparse code's kurtosis ~1/p
 ]
@@ -212,3 +212,34 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     (metrics / "runs/gemma-3-270m-l9/causal.json").write_text(json.dumps(report))
     generate(load_params(REPO / "params.yaml"), metrics, out)
     assert "DISAGREE, which signals a bug" in (out / "sec_causal.tex").read_text()
+
+
+def test_probes_wording_follows_the_intervals(workspace, tmp_path):
+    """The probes section's verdicts (probe vs token lookup, held-out types, residual vs activations
+    SAE) flip exactly where the planted intervals do; the seed's claims stay labelled as the seed's."""
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    path = metrics / "runs/gemma-3-270m-l9/probes.json"
+    report = json.loads(path.read_text())
+    layer = next(iter(report["layers"]))
+    e1, e2 = report["layers"][layer]["experiment1"], report["layers"][layer]["experiment2"]
+    out = tmp_path / "generated"
+
+    def plant(lookup, unseen, residual):
+        e1["tests"]["probe_minus_token_lookup"] |= {"difference": lookup[0], "ci": list(lookup[1:])}
+        e1["controls"]["unseen_probe"] |= {"mean": unseen[0], "ci": list(unseen[1:])}
+        e2["residual_minus_baseline"] |= {"difference": residual[0], "ci": list(residual[1:]), "p_permutation": 0.5}
+        path.write_text(json.dumps(report))
+        generate(load_params(REPO / "params.yaml"), metrics, out)
+        return (out / "sec_probes.tex").read_text()
+
+    prose = plant((-0.02, -0.03, -0.01), (0.52, 0.49, 0.55), (0.004, -0.01, 0.02))
+    assert f"At layer {layer}" in prose and "the probe falls below it (paired difference -0.020 [-0.030, -0.010]" in prose
+    assert "no evidence that the probe predicts beyond memorised identity" in prose
+    assert "no difference is resolved" in prose
+    prose = plant((0.05, 0.03, 0.07), (0.7, 0.6, 0.8), (-0.15, -0.2, -0.1))
+    assert "the probe exceeds it" in prose and "carries part of the prediction beyond memorised identity" in prose
+    assert "the residual SAE's features are less predictable from layer 0" in prose
+    assert "Those are the seed's numbers, not measurements of this paper" in prose
+    table = (out / "tab_probes.tex").read_text()
+    assert "0.8554" in table and "47/83" in table and "(no test)" in table
