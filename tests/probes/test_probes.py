@@ -1,6 +1,7 @@
 """The dataset-geometry probes: planted answers come back, controls separate token identity from
 context, the affine map's solvers agree, bad input fails by name, and the stage runs end to end."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -192,6 +193,11 @@ def test_the_stage_runs_both_experiments_end_to_end(tmp_path, tiny_subject):
         assert -1 < e2["map"]["r2"]["fve"] <= 1 and e2["residual_minus_baseline"]["n"] == len(rows[layer]["residual"])
         assert (out / f"sae-{layer}-residual" / "cfg.json").exists()
     assert report["layers"]["1"]["sae"] == "run" and report["layers"]["2"]["sae"] == "baseline (trained here)"
+    # a killed run resumes: the forward and every trained SAE are kept in scratch and reused, same numbers
+    (kept,) = (tmp_path / "scratch").iterdir()
+    assert (kept / "paired.npz").exists() and (kept / "sae-2-residual" / "cfg.json").exists()
+    again, _ = split_per_feature(run_probes(run, cache, tiny_subject, run_sae, tmp_path / "scratch", out))
+    assert json.dumps({**again, "seconds": 0}, sort_keys=True) == json.dumps({**report, "seconds": 0}, sort_keys=True)
 
 
 def test_layer0_of_gemma_is_a_function_of_the_token_id(gemma):
