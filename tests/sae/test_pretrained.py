@@ -41,12 +41,15 @@ def test_every_pretrained_run_names_a_real_saelens_sae_at_its_hook():
     params = load_params(REPO / "params.yaml")
     assert params.runs == ("gemma-3-270m-l9",), "the default pipeline runs no hub row"
     pretrained = {name: d for name, d in params.run_definitions.items() if d.sae.source == "pretrained"}
-    assert {"gpt2-small", "gemma-3-1b-16k", "gemma-3-1b-262k", "gemma-3-4b-262k"} <= set(pretrained)
+    assert {"gpt2-small", "gemma-3-1b-16k", "gemma-3-1b-262k", "gemma-3-4b-262k", "gemma-2-2b-l20"} <= set(pretrained)
     for name, d in pretrained.items():
         release, sae = release_entry(d.sae.release, d.sae.sae_id)
         if release.get("conversion_func") == "gemma_3":  # hook comes from the folder: resid_post/layer_N_...
             assert sae["path"].startswith(f"{d.subject.site}/layer_{d.subject.layer}_"), name
             assert release["model"].replace("google/", "") in d.subject.model, name
+        elif release.get("conversion_func") == "gemma_2":  # Gemma Scope 1 residual SAEs: layer_N/width_.../..., resid_post
+            assert sae["path"].startswith(f"layer_{d.subject.layer}/") and d.subject.site == "resid_post", name
+            assert release["model"] in d.subject.model, name
         else:  # jb: the id is the hook
             assert d.sae.sae_id == d.subject.hook_name, name
     assert pretrained["gpt2-small"].subject.site == "resid_pre", "jb SAEs read resid_pre, not resid_post"
