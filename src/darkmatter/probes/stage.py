@@ -128,7 +128,7 @@ def probe_sae(name: str, sae, acts: np.ndarray, inputs, split, cfg, rng, request
                      "probed": len(rows), "requested": bool(requested),
                      # sparsity on the validation tokens, and how often the probed features fire
                      "l0_val": float(fires[split.val].sum(axis=1).mean()),
-                     "probed_firing_rate_median": float(np.median(counts["train_positives"][chosen] / len(split.train)))},
+                     "probed_firing_rate_median": float(np.median(rates[chosen]))},
         "probe": accuracy_summary(column["probe"], n_boot, rng),
         "train_loss": _mean_std([r["train_loss"] for r in rows]),
         "val_loss": _mean_std([r["val_loss"] for r in rows]),
@@ -189,7 +189,6 @@ def run_probes(run, cache, subject, run_sae, scratch: Path, out: Path) -> dict:
 
     cfg = run.probes
     t0 = time.perf_counter()
-    check_requested(cfg.features, run_sae.cfg.d_sae)
     context = cache.meta["context_length"]
     train_rows, val_rows = probe_rows(cache.meta["n_rows"], run.sae.heldout_fraction, cfg.n_tokens // context,
                                       cfg.val_fraction, cfg.seed)
