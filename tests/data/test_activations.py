@@ -152,7 +152,7 @@ def test_nan_fails_with_the_chunk_index(tiny_subject, tmp_path):
                 out[0, 3, 0] = float("nan")
             return out
 
-    with pytest.raises(NonFiniteError, match="chunk 2 \(first bad token 3 "):
+    with pytest.raises(NonFiniteError, match=r"chunk 2 \(first bad token 3 "):
         build_cache(Poisoned(), _rows(), [BOS, EOS], SPEC, tmp_path / "out", tmp_path / "scratch")
 
 

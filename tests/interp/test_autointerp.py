@@ -5,9 +5,10 @@ import pytest
 
 from darkmatter.config import AutointerpConfig, ExamplesConfig
 from darkmatter.errors import UserError
-from darkmatter.interp.autointerp import answer, detection_set, explain_request, marked, run, select_units, unit_scores
+from darkmatter.interp.autointerp import (answer, best_threshold, detect_request, detection_set, explain_request, marked,
+                                          run, select_units, unit_scores)
 from darkmatter.interp.examples import check_disjoint, density_matched_features, unit_examples
-from darkmatter.interp.llm import Backend, CachedLLM, Response, ResponseCache
+from darkmatter.interp.llm import Backend, CachedLLM, ReplayBackend, Response, ResponseCache
 from darkmatter.stats import mean_with_ci, monte_carlo_p, paired_difference, unpaired_difference
 
 
@@ -23,6 +24,10 @@ def _unit(kind, uid, signal, **extra):
             "top": [_ctx(10000 * uid + 10 * i, 9 - i, pos, "train") for i in range(8)],
             "quantiles": [_ctx(10000 * uid + 1000 + 10 * i, 3.0, pos, "heldout") for i in range(10)],
             "non_activating": [_ctx(10000 * uid + 2000 + 10 * i, 0.0, neg, "heldout") for i in range(10)]}
+
+
+def _calibration(n, signal=True):
+    return [_unit("calibration", 900 + i, signal, explanation="the word apple") for i in range(n)]
 
 
 def _pairs(n, ica_signal=True, sae_signal=True):
@@ -47,6 +52,19 @@ class Oracle(Scripted):
             yes = "<<apple>>" in req.prompt
             return Response("Yes" if yes else "No", {"yes": 0.0 if yes else -3.0, "no": -3.0 if yes else 0.0})
         return Response("the word apple")
+
+
+class YesMan(Oracle):
+    """Sees the marked word but leans to Yes: its log-odds are +1 on apple, +0.2 elsewhere, so a
+    cut-off at 0 says Yes to everything."""
+
+    name = "yesman"
+
+    def complete(self, req):
+        resp = super().complete(req)
+        if resp.logprobs is None:
+            return resp
+        return Response("Yes", {"yes": 1.0 if "<<apple>>" in req.prompt else 0.2, "no": 0.0})
 
 
 class Coin(Scripted):
@@ -103,30 +121,100 @@ def test_overlapping_windows_are_caught():
 
 
 def test_unit_scores_balanced_accuracy_f1_auc():
-    s = unit_scores([1, 1, 0, 0], [1, 0, 0, 0], [2.0, 0.5, 0.1, -1.0])
+    s = unit_scores([1, 1, 0, 0], [1, 0, 0, 0], [2.0, 0.5, 0.1, -1.0], 0.3)
     assert s["balanced_accuracy"] == pytest.approx(0.75) and s["f1"] == pytest.approx(2 / 3) and s["auc"] == 1.0
-    assert unit_scores([1, 0], [1, 1], None)["auc"] is None
+    assert s["balanced_accuracy_calibrated"] == 1.0, "at the cut-off 0.3 the scores separate perfectly"
+    assert unit_scores([1, 0], [1, 1], None, None)["auc"] is None
+
+
+def test_the_cut_off_is_the_middle_of_the_best_plateau():
+    assert best_threshold([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.2]) == pytest.approx(0.55)
+    assert best_threshold([1, 0], [5.0, 5.0]) < 5.0, "all tied: predict Yes for every item"
+
+
+def test_the_prompt_names_the_marked_token():
+    req = detect_request("ica-1", "apples", _ctx(5, 1.0, " apple", "heldout"), 0)
+    assert 'The marked token is " apple".' in req.prompt and "the<< apple>> end5" in req.prompt
+
+
+def _run(units, backend, root, cfg):
+    llm = CachedLLM(backend, ResponseCache(root))
+    return run(units, llm, llm, cfg)
 
 
 def test_a_perfect_judge_scores_one_and_a_coin_about_half(tmp_path):
-    units = _pairs(20, sae_signal=False) + [_unit("random", 100 + i, False) for i in range(20)]
+    units = _pairs(20, sae_signal=False) + [_unit("random", 100 + i, False) for i in range(20)] + _calibration(8)
     cfg = AutointerpConfig(n_bootstrap=500)
-    rows, summary = run(units, CachedLLM(Oracle("o"), ResponseCache(tmp_path / "a")), cfg)
+    rows, summary = _run(units, Oracle("o"), tmp_path / "a", cfg)
     ica = summary["groups"]["ica"]["balanced_accuracy"]
     assert ica["mean"] == 1.0 and ica["ci"] == [1.0, 1.0]
     assert summary["groups"]["random"]["balanced_accuracy"]["mean"] == 0.5  # says No to everything unmarked
-    test = summary["tests"]["ica_vs_random"]
+    assert summary["primary_metric"] == "auc" and list(summary["tests"]) == ["auc", "balanced_accuracy_calibrated"]
+    test = summary["tests"]["balanced_accuracy_calibrated"]["ica_vs_random"]
     assert not test["paired"] and test["difference"] == pytest.approx(0.5) and test["p_permutation"] < 0.01
     assert test["ci"][0] > 0
-    paired = summary["tests"]["ica_vs_sae"]
+    paired = summary["tests"]["balanced_accuracy_calibrated"]["ica_vs_sae"]
     assert paired["paired"] and paired["n"] == 20 and paired["difference"] == pytest.approx(0.5)
     assert paired["p_permutation"] < 0.01 and paired["p_wilcoxon"] < 0.01
-    assert {r["explanation"] for r in rows} == {"the word apple"}
+    assert summary["tests"]["auc"]["ica_vs_sae"]["difference"] == pytest.approx(0.5)
+    assert summary["judge_separates_calibration"]
+    assert summary["groups"]["calibration_given"]["auc"]["mean"] == 1.0 and summary["groups"]["calibration"]["n_units"] == 8
+    assert {r["explanation"] for r in rows if r["kind"] != "calibration_given"} == {"the word apple"}
 
-    _, coin = run(units, CachedLLM(Coin("c"), ResponseCache(tmp_path / "b")), cfg)
+    _, coin = _run(units, Coin("c"), tmp_path / "b", cfg)
     assert abs(coin["groups"]["ica"]["balanced_accuracy"]["mean"] - 0.5) < 0.1
-    assert coin["tests"]["ica_vs_random"]["p_permutation"] > 0.05, "a guessing judge separates nothing"
-    assert coin["tests"]["ica_vs_sae"]["p_permutation"] > 0.05
+    tests = coin["tests"]["auc"]
+    assert tests["ica_vs_random"]["p_permutation"] > 0.05, "a guessing judge separates nothing"
+    assert tests["ica_vs_sae"]["p_permutation"] > 0.05
+    assert not coin["judge_separates_calibration"], "so the groups are not ranked"
+
+
+def test_a_judge_that_leans_to_yes_is_read_at_the_cut_off_its_calibration_units_choose(tmp_path):
+    units = _pairs(6, sae_signal=False) + [_unit("random", 100 + i, False) for i in range(6)] + _calibration(6)
+    rows, summary = _run(units, YesMan("y"), tmp_path, AutointerpConfig(n_bootstrap=200))
+    groups = summary["groups"]
+    assert groups["ica"]["balanced_accuracy"]["mean"] == 0.5, "as answered (cut-off 0): Yes to everything"
+    assert groups["ica"]["balanced_accuracy_calibrated"]["mean"] == 1.0 and groups["ica"]["auc"]["mean"] == 1.0
+    assert groups["calibration_given"]["balanced_accuracy_calibrated"]["mean"] == 1.0
+    cuts = {r["unit"]: r["threshold"] for r in rows}
+    assert 0.2 < cuts["ica-0"] < 1.0, "chosen between the two levels of the score"
+    assert groups["random"]["balanced_accuracy_calibrated"]["mean"] == 0.5
+
+
+def test_a_calibration_units_cut_off_is_chosen_without_it(tmp_path):
+    """Two calibration units, one with its scores shifted by +5: each one's cut-off comes from the
+    other alone; every other unit's from both."""
+
+    class Shifted(YesMan):
+        def complete(self, req):
+            resp = super().complete(req)
+            if resp.logprobs is not None and "end900" in req.prompt:  # unit 900's held-out contexts
+                resp.logprobs["yes"] += 5.0
+            return resp
+
+    units = _calibration(2) + _pairs(3) + [_unit("random", 100 + i, False) for i in range(3)]
+    rows, _ = _run(units, Shifted("s"), tmp_path, AutointerpConfig(n_bootstrap=50))
+    cuts = {r["unit"]: r["threshold"] for r in rows}
+    labels = [1] * 5 + [0] * 5
+    plain, shifted = [1.0] * 5 + [0.2] * 5, [6.0] * 5 + [5.2] * 5
+    assert cuts["calibration-900"] == cuts["calibration-900/given"] == pytest.approx(best_threshold(labels, plain))
+    assert cuts["calibration-901"] == pytest.approx(best_threshold(labels, shifted))
+    assert cuts["ica-0"] == pytest.approx(best_threshold(labels * 2, plain + shifted))
+    assert cuts["calibration-900"] != cuts["ica-0"], "its own shifted scores would have moved it"
+
+
+def test_a_replayed_run_makes_no_calls_and_gives_the_same_numbers(tmp_path):
+    units = _pairs(4) + [_unit("random", 100 + i, False) for i in range(4)] + _calibration(4)
+    cfg = AutointerpConfig(n_bootstrap=100)
+    live = CachedLLM(Oracle("o"), ResponseCache(tmp_path))
+    rows, summary = run(units, live, live, cfg)
+    assert live.stats["calls"] > 0
+
+    oracle = Oracle("o")
+    replay = CachedLLM(ReplayBackend("o", "oracle", oracle.payload), ResponseCache(tmp_path))
+    again, summary_again = run(units, replay, replay, cfg)
+    assert replay.stats["calls"] == 0 and replay.stats["cache_hits"] == live.stats["calls"] + live.stats["cache_hits"]
+    assert again == rows and summary_again == summary
 
 
 def test_the_paired_test_sees_what_the_unpaired_one_misses():
@@ -162,7 +250,11 @@ def test_density_matching_gives_every_component_its_own_nearest_unused_feature()
 
 def test_select_units_spreads_ica_and_brings_each_ones_partner():
     units = _pairs(8) + [_unit("random", 100 + i, False) for i in range(5)]
+    with pytest.raises(UserError, match="no calibration units"):
+        select_units(units, 4, 2)
+    units += _calibration(3)
     chosen = select_units(units, 4, 2)
+    assert [u["kind"] for u in chosen].count("calibration") == 3
     ica = [u for u in chosen if u["kind"] == "ica"]
     assert [u["id"] for u in ica] == [0, 2, 5, 7], "a uniform spread over the ranking"
     assert [u["matched_to_ica"] for u in chosen if u["kind"] == "sae"] == [0, 2, 5, 7]

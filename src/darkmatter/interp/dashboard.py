@@ -76,7 +76,10 @@ def unit_html(unit: dict, novel_below: float) -> str:
         ] + stats
     elif kind == "sae":
         stats = [f"firing frequency {unit['frequency_train']:.3%} (train rows)", f"matched to ICA {unit['matched_to_ica']}"] + stats
-    title = {"ica": "ICA component", "sae": "SAE feature", "random": "random whitened unit"}[kind]
+    elif kind == "calibration":
+        stats = [f"definition: {html.escape(unit['explanation'])}"] + stats
+    title = {"ica": "ICA component", "sae": "SAE feature", "random": "random whitened unit",
+             "calibration": "calibration unit"}[kind]
     quantiles = "".join(context_html(c, scale) for c in unit["quantiles"])
     negatives = "".join(context_html(c, scale) for c in unit["non_activating"][:5])
     return (
@@ -139,7 +142,7 @@ def steering_html(steering: list[dict]) -> str:
 def render(examples: dict, residual: dict, ica: dict, compare: dict, steering: list[dict] | None = None) -> str:
     novel_below = compare["thresholds"]["novel_below"]
     units = examples["units"]
-    groups = {kind: [u for u in units if u["kind"] == kind] for kind in ("ica", "sae", "random")}
+    groups = {kind: [u for u in units if u["kind"] == kind] for kind in ("ica", "sae", "random", "calibration")}
     meta = examples["meta"]
     body = [
         f"<h1>Dark matter of the SAE at {html.escape(meta['hook_name'])} ({html.escape(str(meta['model']))})</h1>",
@@ -147,7 +150,8 @@ def render(examples: dict, residual: dict, ica: dict, compare: dict, steering: l
         f"<h2>ICA components ({len(groups['ica'])}), by source kurtosis</h2>",
         *(unit_html(u, novel_below) for u in groups["ica"]),
     ]
-    for kind, title in (("sae", "Baseline: density-matched SAE features"), ("random", "Baseline: random whitened units")):
+    for kind, title in (("sae", "Baseline: density-matched SAE features"), ("random", "Baseline: random whitened units"),
+                        ("calibration", "Judge calibration: token classes of known meaning")):
         body.append(f"<details><summary><h2 style='display:inline'>{title} ({len(groups[kind])})</h2></summary>"
                     + "".join(unit_html(u, novel_below) for u in groups[kind]) + "</details>")
     if steering is not None:

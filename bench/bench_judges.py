@@ -1,0 +1,123 @@
+"""Autointerp judges: what each local judge can see on the run's calibration units, and its cost.
+
+    python bench/bench_judges.py [--run gemma-3-270m-l9] [--judges smollm2-135m qwen2.5-coder-1.5b]
+
+For each local judge (prepared into ``data/scratch/judges/<name>`` unless the ``judge_model`` stage
+built it; the Qwen judge needs its 22 PyPI parts, see the README), on the calibration units of
+the run's examples (``dvc repro examples@<run>`` first), with no response cache (every request
+is computed and timed):
+
+- **ceiling**: each unit's held-out detection contexts judged against its true explanation; AUC
+  of log P(Yes) − log P(No) per unit, mean with a bootstrap CI over units;
+- **mismatched control**: the same contexts judged against the *next* unit's true explanation.
+  A judge that reads the explanation falls to chance here; one that scores the excerpt alone
+  (a marked digit looks "active" whatever the question) keeps its AUC;
+- **cost**: load time, seconds per detection and per explanation (one per unit, generated),
+  seconds per unit (one explanation and ``detect_positives + detect_negatives`` detections),
+  and the autointerp stage's judge time projected to the params' unit counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_section  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def judge_weights(name: str) -> Path:
+    from darkmatter.data.models import prepare_weights
+
+    built = REPO / "data/models/judges" / name
+    if (built / "model.safetensors").exists():
+        return built
+    out = REPO / "data/scratch/judges" / name
+    if not (out / "model.safetensors").exists():
+        prepare_weights(name, out, REPO / "data/scratch/gguf")
+    return out
+
+
+def measure(name: str, units: list[dict], cfg) -> dict:
+    from darkmatter.config import LOCAL_JUDGES
+    from darkmatter.interp.autointerp import detect_request, detection_set, explain_request, unit_scores
+    from darkmatter.interp.llm import LocalBackend
+    from darkmatter.stats import mean_with_ci
+
+    start = time.perf_counter()
+    judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
+    load = time.perf_counter() - start
+    sets = [detection_set(u, cfg.detect_positives, cfg.detect_negatives) for u in units]
+    out = {"load_s": load}
+    detect_s, n_detect, n_tokens = 0.0, 0, 0
+    for label, shift in (("ceiling", 0), ("mismatched", 1)):
+        requests = [detect_request(f"{u['id']}/{label}", units[(j + shift) % len(units)]["explanation"], ctx, i)
+                    for j, u in enumerate(units) for i, (ctx, _) in enumerate(sets[j])]
+        start = time.perf_counter()
+        answers = judge.complete_batch(requests)
+        detect_s += time.perf_counter() - start
+        n_detect += len(requests)
+        n_tokens += sum(a.usage["input_tokens"] for a in answers)
+        aucs, at = [], 0
+        for s in sets:
+            scores = [a.logprobs["yes"] - a.logprobs["no"] for a in answers[at : at + len(s)]]
+            aucs.append(unit_scores([lab for _, lab in s], [0] * len(s), scores, None)["auc"])
+            at += len(s)
+        out[label] = mean_with_ci(aucs, 2000, np.random.default_rng(0))
+    start = time.perf_counter()
+    judge.complete_batch([explain_request(u, cfg.explain_top) for u in units])
+    out["explain_s"] = (time.perf_counter() - start) / len(units)
+    out["detect_s"] = detect_s / n_detect
+    out["prompt_tok_s"] = n_tokens / detect_s
+    return out
+
+
+def main() -> None:
+    import json
+
+    from darkmatter.config import LOCAL_JUDGES, load_params
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default="gemma-3-270m-l9")
+    parser.add_argument("--judges", nargs="+", default=list(LOCAL_JUDGES), choices=list(LOCAL_JUDGES))
+    args = parser.parse_args()
+    cfg = load_params(REPO / "params.yaml").run(args.run).autointerp
+    examples = json.loads((REPO / f"data/runs/{args.run}/examples/examples.json").read_text())
+    units = [u for u in examples["units"] if u["kind"] == "calibration"]
+    per_unit_detections = cfg.detect_positives + cfg.detect_negatives
+    n_explain = 2 * cfg.n_ica_units + cfg.n_random_units + len(units)
+    n_detect = (n_explain + len(units)) * per_unit_detections
+    rows = []
+    for name in args.judges:
+        m = measure(name, units, cfg)
+        stage = m["load_s"] + n_explain * m["explain_s"] + n_detect * m["detect_s"]
+        rows.append(f"| {LOCAL_JUDGES[name]} | {m['ceiling']['mean']:.2f} [{m['ceiling']['ci'][0]:.2f}, "
+                    f"{m['ceiling']['ci'][1]:.2f}] | {m['mismatched']['mean']:.2f} [{m['mismatched']['ci'][0]:.2f}, "
+                    f"{m['mismatched']['ci'][1]:.2f}] | {m['load_s']:.0f} s | {m['detect_s']:.2f} s "
+                    f"({m['prompt_tok_s']:.0f} prompt tok/s) | {m['explain_s']:.1f} s | "
+                    f"{m['explain_s'] + per_unit_detections * m['detect_s']:.1f} s | {stage / 60:.0f} min |")
+        print(rows[-1], flush=True)
+    body = f"""
+Run {args.run}: its {len(units)} calibration units (token classes of known meaning), {per_unit_detections} held-out
+detection contexts each, every request computed (no cache). AUC of log P(Yes) − log P(No) per unit, mean with a
+95% bootstrap CI over units. *Mismatched*: the same contexts judged against another unit's true explanation; a
+judge that reads the explanation falls to 0.5 there. Projected stage time: load, {n_explain} explanations and
+{n_detect} detections (the params' unit counts, calibration units detected twice).
+
+| judge | AUC, true explanation (ceiling) | AUC, mismatched explanation | load | per detection | per explanation | per unit | projected autointerp stage |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    write_section("Autointerp judges", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
