@@ -4,6 +4,7 @@ the response cache (resume, replay) and secret hygiene."""
 import json
 
 import pytest
+import torch
 from fake_anthropic import FakeAnthropic
 
 from darkmatter.errors import UserError
@@ -136,7 +137,8 @@ def test_the_local_judge_scores_the_answer_tokens_its_template_makes_likely():
 
 @pytest.mark.real_model
 def test_local_judge_batches_agree_with_single_requests(tmp_path):
-    """SmolLM2-135M-Instruct offline: padded batches give the single-request answers and log-probs."""
+    """SmolLM2-135M-Instruct offline: batches (the shared prompt prefix run once) give a plain full
+    forward's log-probs and the single-request answers."""
     from conftest import prepared_weights
 
     from darkmatter.interp.llm import LocalBackend
@@ -146,6 +148,12 @@ def test_local_judge_batches_agree_with_single_requests(tmp_path):
             for i, w in enumerate(["an apple", "a stone", "a banana, the long yellow one", "iron"])]
     reqs.append(Request("e", "Describe briefly.", "Name a colour.", 8))
     batch = judge.complete_batch(reqs)
+    for req, resp in zip(reqs[:4], batch):  # the shared-prefix forward gives a plain full forward's log-probs
+        ids = judge.tokenizer(judge.prompts.text(req), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            full = torch.log_softmax(judge.lm(input_ids=ids).logits[0, -1].float(), -1)
+        assert resp.logprobs["yes"] == pytest.approx(float(full[judge.yes_no[0]]), abs=1e-3)
+        assert resp.logprobs["no"] == pytest.approx(float(full[judge.yes_no[1]]), abs=1e-3)
     for req, resp in zip(reqs, batch):
         single = judge.complete(req)
         assert single.text == resp.text
