@@ -47,7 +47,9 @@ def judge_weights(name: str) -> Path:
 
 def measure(name: str, units: list[dict], cfg) -> dict:
     from darkmatter.config import LOCAL_JUDGES
-    from darkmatter.interp.autointerp import detect_request, detection_set, explain_request, unit_scores
+    from sklearn.metrics import roc_auc_score
+
+    from darkmatter.interp.autointerp import detect_request, detection_set, explain_request
     from darkmatter.interp.llm import LocalBackend
     from darkmatter.stats import mean_with_ci
 
@@ -68,7 +70,7 @@ def measure(name: str, units: list[dict], cfg) -> dict:
         aucs, at = [], 0
         for s in sets:
             scores = [a.logprobs["yes"] - a.logprobs["no"] for a in answers[at : at + len(s)]]
-            aucs.append(unit_scores([lab for _, lab in s], [0] * len(s), scores, None)["auc"])
+            aucs.append(roc_auc_score([lab for _, lab in s], scores))
             at += len(s)
         out[label] = mean_with_ci(aucs, 2000, np.random.default_rng(0))
     start = time.perf_counter()
