@@ -55,24 +55,25 @@ UNITS = (
 )
 
 
-def vocabulary_mask(ids: np.ndarray, test: Callable[[str], bool], decode: Callable[[int], str]) -> np.ndarray:
-    """``test`` of each id's decoded text, decoding each distinct id once."""
+def vocabulary_mask(ids: np.ndarray, test: Callable[[str], bool], text: dict[int, str]) -> np.ndarray:
+    """``test`` of each id's decoded ``text``, evaluated once per distinct id."""
     unique, inverse = np.unique(ids, return_inverse=True)
-    return np.array([bool(test(decode(int(i)))) for i in unique], dtype=bool)[inverse].reshape(ids.shape)
+    return np.array([bool(test(text[int(i)])) for i in unique], dtype=bool)[inverse].reshape(ids.shape)
 
 
 def activations(tokens: np.ndarray, positions: np.ndarray, index: np.ndarray, decode: Callable[[int], str],
                 units: tuple[CalibrationUnit, ...] = UNITS) -> np.ndarray:
     """[N, units] float32: 1 where the unit's class holds, 0 on the other tokens of ``index``, NaN
     elsewhere. ``positions`` is each token's position in its row (the previous token of position 0
-    is none, so a ``previous`` class never holds there)."""
+    is none, so a ``previous`` class never holds there). Each distinct id is decoded once."""
     tokens, positions = np.asarray(tokens), np.asarray(positions)
     out = np.full((len(tokens), len(units)), np.nan, dtype=np.float32)
     has_previous = positions[index] > 0
-    previous_ids = tokens[np.maximum(index - 1, 0)]
+    current_ids, previous_ids = tokens[index], tokens[np.maximum(index - 1, 0)]
+    text = {int(i): decode(int(i)) for i in np.unique(np.concatenate([current_ids, previous_ids]))}
     for col, unit in enumerate(units):
-        fires = vocabulary_mask(tokens[index], unit.current, decode)
+        fires = vocabulary_mask(current_ids, unit.current, text)
         if unit.previous is not None:
-            fires &= has_previous & vocabulary_mask(previous_ids, unit.previous, decode)
+            fires &= has_previous & vocabulary_mask(previous_ids, unit.previous, text)
         out[index, col] = fires
     return out

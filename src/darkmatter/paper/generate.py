@@ -421,12 +421,12 @@ AUTOINTERP_METRICS = (("auc", "AUC"), ("balanced_accuracy_calibrated", "bal.\\ a
                       ("balanced_accuracy", "bal.\\ acc.\\ (as answered)"))
 
 
-def ci_cell(entry: dict | None, digits: int = 2) -> str:
-    """``mean [lo, hi]``; ``--`` when missing."""
-    if entry is None or entry["mean"] is None:
+def ci_cell(entry: dict | None, digits: int = 2, no_ci: str = "(too few)") -> str:
+    """``mean [lo, hi]`` of a ``mean_with_ci`` entry (``no_ci`` in place of the interval when there
+    is none); ``--`` when missing."""
+    if not entry or entry.get("mean") is None:
         return "--"
-    ci = f" [{fmt_fixed(entry['ci'][0], digits)}, {fmt_fixed(entry['ci'][1], digits)}]" if entry["ci"] else " (too few)"
-    return f"{fmt_fixed(entry['mean'], digits)}{ci}"
+    return f"{fmt_fixed(entry['mean'], digits)} {fmt_ci(entry['ci'], digits) if entry['ci'] else no_ci}".strip()
 
 
 def autointerp_table(ai: dict | None) -> str:
@@ -561,9 +561,7 @@ def causal_section(c: dict | None) -> str:
 # ---- dataset-geometry probes ----------------------------------------------------------------
 
 def _mean_ci(entry: dict | None, digits: int = 3) -> str:
-    if not entry or entry.get("mean") is None:
-        return "--"
-    return f"{fmt_fixed(entry['mean'], digits)} {fmt_ci(entry['ci'], digits) if entry['ci'] else ''}".strip()
+    return ci_cell(entry, digits, no_ci="")
 
 
 def _at_least(entry: dict, threshold: str = "0.85") -> str:
