@@ -67,7 +67,7 @@ def test_repo_params_load():
         ("sae.width", 0, "sae.width: Input should be greater than 0"),
         ("sae.heldout_fraction", 1.0, "sae.heldout_fraction: Input should be less than 1"),
         ("sae.optimiser", "sgd", "sae.optimiser: unknown key; allowed: width, sparsity"),
-        ("ica.backend", "foo", "ica.backend: 'foo' is not allowed; allowed: 'picard' or 'fastica'"),
+        ("ica.backend", "foo", "ica.backend: 'foo' is not allowed; allowed: 'picard', 'python-picard' or 'fastica'"),
         ("sae_sweep.l0_coefficients", [], "sae_sweep.l0_coefficients: Tuple should have at least 1 item"),
         ("sae_sweep.l0_coefficients", [0.001, -1], "sae_sweep.l0_coefficients.1: Input should be greater than 0"),
     ],

@@ -158,7 +158,7 @@ def test_a_typo_fails_before_any_output_is_touched(pipeline):
     try:
         proc = dvc(pipeline, "repro", check=False)
         assert proc.returncode != 0
-        assert "ica.backend: 'foo' is not allowed; allowed: 'picard' or 'fastica'" in proc.stdout + proc.stderr
+        assert "ica.backend: 'foo' is not allowed; allowed: 'picard', 'python-picard' or 'fastica'" in proc.stdout + proc.stderr
         assert ica_out.read_text() == before, "the ICA outputs were not deleted"
     finally:
         (pipeline / "params.yaml").write_text(text)

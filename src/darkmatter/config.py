@@ -211,8 +211,9 @@ class ICAConfig:
     n_components: Annotated[int, Field(gt=1)] | Literal["auto"] = "auto"
     auto_variance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     max_components: Annotated[int, Field(gt=1)] = 64
-    #: ``picard``: Picard-O (ortho, extended); ``fastica``: scikit-learn parallel logcosh.
-    backend: Literal["picard", "fastica"] = "picard"
+    #: ``picard``: Picard-O (ortho, extended) in torch, CPU or CUDA; ``python-picard``: the same
+    #: algorithm in numpy (the reference); ``fastica``: scikit-learn parallel logcosh.
+    backend: Literal["picard", "python-picard", "fastica"] = "picard"
     #: Restarts from other random rotations on the same tokens (seed stability).
     seeds: Annotated[int, Field(gt=0)] = 2
     #: Refits on disjoint token samples of the train rows (resampling stability).

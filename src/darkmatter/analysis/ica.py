@@ -36,13 +36,15 @@ seed and no resamples stability is *not measured* (``None``), never "all stable"
 Convergence: iterations and tolerance per run go into the metrics; a run that does not
 converge is flagged there (and printed), never silently used as if it had.
 
-Backends: python-picard (Picard-O, ``ortho=True, extended=True``) by default, scikit-learn
-FastICA (parallel, logcosh) as the reference; ``bench/bench_ica.py`` compares them.
+Backends: Picard-O (``ortho=True, extended=True``) in torch by default (``analysis/picard.py``;
+on CUDA when there is one), python-picard (the same algorithm in numpy, the reference) and
+scikit-learn FastICA (parallel, logcosh); ``bench/bench_ica.py`` compares them. All start from
+the same seeded orthogonal matrix (python-picard's initialisation), so on well-posed data the two
+Picards follow the same trajectory to ~1e-12.
 
-Parallel fits: the restarts and resamples are independent, so they run in parallel worker
-processes (joblib), one BLAS thread each. Picard's time goes to element-wise numpy work
-(tanh, log-cosh in its line search), which is single-threaded: on 2 cores one fit with 2 BLAS
-threads took 134 s and two concurrent one-thread fits took 111 s each (bench/RESULTS.md).
+Parallel fits: the restarts and resamples are independent, so on CPU they run in parallel worker
+processes (joblib), one thread each: two one-thread fits at once beat one fit on two threads,
+whose element-wise work does not scale across cores (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ import numpy as np
 from darkmatter.data.activations import ActivationCache
 from darkmatter.errors import NonFiniteError, UserError, cli
 
-DEFAULT_TOL = {"picard": 1e-7, "fastica": 1e-4}
+DEFAULT_TOL = {"picard": 1e-7, "python-picard": 1e-7, "fastica": 1e-4}
+BACKENDS = tuple(DEFAULT_TOL)
 
 
 @dataclass(frozen=True)
@@ -113,33 +116,52 @@ class Run:
     seconds: float
 
 
+def initial_rotation(k: int, seed: int) -> np.ndarray:
+    """python-picard's seeded start: a Gaussian k × k matrix, symmetrically orthogonalised."""
+    w = np.random.RandomState(seed).normal(size=(k, k))
+    values, vectors = np.linalg.eigh(w @ w.T)
+    return (vectors / np.sqrt(values)) @ vectors.T @ w
+
+
 def run_ica(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | None = None,
             w_init: np.ndarray | None = None) -> Run:
     """Fit ICA on white data ``z`` [n, k] with one backend and seed (from ``w_init`` if given)."""
+    if backend not in DEFAULT_TOL:
+        raise UserError(f"unknown ICA backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     tol = DEFAULT_TOL[backend] if tol is None else tol
+    import torch  # every backend is imported before the clock starts: ``seconds`` is the fit's time
+    from picard import picard
+    from sklearn.decomposition import FastICA
+
+    from darkmatter.analysis.picard import picard_o
+
     start = time.perf_counter()
+    gradient = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if backend == "picard":
-            from picard import picard
-
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            w0 = initial_rotation(z.shape[1], seed) if w_init is None else w_init
+            result = picard_o(torch.as_tensor(np.ascontiguousarray(z.T), dtype=torch.float64, device=device),
+                              torch.as_tensor(w0, dtype=torch.float64, device=device), max_iter=max_iter, tol=tol)
+            w, n_iter = result.unmixing.cpu().numpy(), result.n_iter
+            if not result.converged:
+                gradient = result.gradient_norm
+                warnings.warn(f"Picard did not converge. Final gradient norm : {gradient:.4g}.")
+        elif backend == "python-picard":
             _, w, _, n_iter = picard(z.T, ortho=True, extended=True, whiten=False, max_iter=max_iter, tol=tol,
-                                     w_init=w_init, random_state=seed, return_n_iter=True)
-        elif backend == "fastica":
-            from sklearn.decomposition import FastICA
-
+                                     w_init=initial_rotation(z.shape[1], seed) if w_init is None else w_init,
+                                     return_n_iter=True)
+        else:
             model = FastICA(n_components=z.shape[1], algorithm="parallel", fun="logcosh", whiten=False,
                             max_iter=max_iter, tol=tol, w_init=w_init, random_state=seed)
             model.fit(z)
             w, n_iter = model.components_, int(model.n_iter_)
-        else:
-            raise UserError(f"unknown ICA backend {backend!r}; allowed: picard, fastica")
     seconds = time.perf_counter() - start
     messages = [str(c.message) for c in caught if "converge" in str(c.message).lower()]
-    gradient = None
     for message in messages:
         found = re.search(r"gradient norm\s*:\s*([0-9.eE+-]+)", message)
-        if found:
+        if found and gradient is None:
             gradient = float(found.group(1).rstrip("."))
     if not np.isfinite(w).all():
         raise NonFiniteError(f"{backend} returned NaN/inf unmixing weights (seed {seed}); check the whitened data")
@@ -217,8 +239,10 @@ class ICAResult:
 
 
 def _run_one_thread(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | None) -> Run:
+    import torch
     from threadpoolctl import threadpool_limits
 
+    torch.set_num_threads(1)
     with threadpool_limits(1):
         return run_ica(z, backend, seed, max_iter, tol)
 
@@ -230,7 +254,10 @@ def run_parallel(jobs: list[tuple[np.ndarray, int]], cfg, desc: str) -> list[Run
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    n_jobs = max(1, min(len(jobs), os.cpu_count() or 1))
+    import torch
+
+    on_gpu = cfg.backend == "picard" and torch.cuda.is_available()
+    n_jobs = 1 if on_gpu else max(1, min(len(jobs), os.cpu_count() or 1))
     if n_jobs == 1:
         return [run_ica(z, cfg.backend, seed, cfg.max_iter, cfg.tol) for z, seed in tqdm(jobs, desc=desc, unit="fit")]
     results = Parallel(n_jobs=n_jobs, return_as="generator")(
