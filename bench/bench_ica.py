@@ -137,8 +137,7 @@ def main() -> None:
          f"{numpy_picard.seconds:.1f} s / {numpy_picard.n_iter} / {numpy_picard.converged}"),
         ("**python-picard time / torch Picard time**", f"**{numpy_picard.seconds / picard.seconds:.2f}x**"),
         ("Picard's loss at convergence (per component; lower is better): torch / python-picard / torch restart (seed 1)",
-         f"{contrast(z, picard.unmixing_white):.6f} / {contrast(z, numpy_picard.unmixing_white):.6f} / "
-         f"{contrast(z, restart.unmixing_white):.6f}"),
+         " / ".join(f"{contrast(z, run.unmixing_white):.6f}" for run in (picard, numpy_picard, restart))),
         ("matched \\|cos\\| torch vs python-picard: non-Gaussian half min / median; all components above 0.99",
          f"{numpy_cos[:half].min():.4f} / {np.median(numpy_cos[:half]):.4f}; {(numpy_cos > 0.99).sum()} of {len(numpy_cos)}"),
         ("yardstick, torch seed 0 vs seed 1: non-Gaussian half min / median; all components above 0.99",

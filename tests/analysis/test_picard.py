@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from test_ica import planted  # tests/analysis is on sys.path (pytest's rootdir-relative import)
 
 from darkmatter.analysis.ica import Whitener, initial_rotation, match, run_ica
 from darkmatter.analysis.picard import picard_o
 from darkmatter.analysis.residual import pca
-
-from test_ica import planted
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,28 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, key):
         assert len(server.requests) == 2 and llm.stats["calls"] == 1 and llm.stats["cache_hits"] == 1
 
 
+def test_a_request_answered_by_two_threads_at_once_is_cached_once(tmp_path):
+    """A prompt that occurs twice in a run can be answered twice concurrently; both writes land."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from darkmatter.interp.llm import Response
+
+    cache = ResponseCache(tmp_path / "cache")
+    resp = Response("Yes", None, {"input_tokens": 1})
+    barrier = threading.Barrier(8)
+
+    def write(_):
+        barrier.wait()
+        for _ in range(50):
+            cache.put("ab" + "0" * 62, REQS[1], "anthropic", "m", resp)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+    assert cache.get("ab" + "0" * 62).text == "Yes"
+    assert [p.name for p in (tmp_path / "cache" / "ab").iterdir()] == ["ab" + "0" * 62 + ".json"], "no temporaries left"
+
+
 def test_message_batches_api(tmp_path, key):
     with FakeAnthropic() as server:
         llm = CachedLLM(AnthropicBackend("claude-haiku-4-5", base_url=server.url), ResponseCache(tmp_path / "c"),

@@ -91,7 +91,6 @@ class ResponseCache:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.lock = threading.Lock()
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -108,7 +107,9 @@ class ResponseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"backend": backend, "model": model, "request": asdict(req),
                   "text": resp.text, "logprobs": resp.logprobs, "usage": resp.usage}
-        tmp = path.with_suffix(".tmp")
+        # One temporary file per writer: two threads answering the same request (a prompt that
+        # occurs twice in a run) must not move each other's file away.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, path)
 
