@@ -135,13 +135,13 @@ def run_ica(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | 
 
     from darkmatter.analysis.picard import picard_o
 
+    w0 = initial_rotation(z.shape[1], seed) if w_init is None and backend != "fastica" else w_init
     start = time.perf_counter()
     gradient = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if backend == "picard":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            w0 = initial_rotation(z.shape[1], seed) if w_init is None else w_init
             result = picard_o(torch.as_tensor(np.ascontiguousarray(z.T), dtype=torch.float64, device=device),
                               torch.as_tensor(w0, dtype=torch.float64, device=device), max_iter=max_iter, tol=tol)
             w, n_iter = result.unmixing.cpu().numpy(), result.n_iter
@@ -150,11 +150,10 @@ def run_ica(z: np.ndarray, backend: str, seed: int, max_iter: int, tol: float | 
                 warnings.warn(f"Picard did not converge. Final gradient norm : {gradient:.4g}.")
         elif backend == "python-picard":
             _, w, _, n_iter = picard(z.T, ortho=True, extended=True, whiten=False, max_iter=max_iter, tol=tol,
-                                     w_init=initial_rotation(z.shape[1], seed) if w_init is None else w_init,
-                                     return_n_iter=True)
+                                     w_init=w0, return_n_iter=True)
         else:
             model = FastICA(n_components=z.shape[1], algorithm="parallel", fun="logcosh", whiten=False,
-                            max_iter=max_iter, tol=tol, w_init=w_init, random_state=seed)
+                            max_iter=max_iter, tol=tol, w_init=w0, random_state=seed)
             model.fit(z)
             w, n_iter = model.components_, int(model.n_iter_)
     seconds = time.perf_counter() - start
@@ -251,10 +250,9 @@ def run_parallel(jobs: list[tuple[np.ndarray, int]], cfg, desc: str) -> list[Run
     """``run_ica`` on each (data, seed) job, in up to ``os.cpu_count()`` one-thread worker processes."""
     import os
 
+    import torch
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
-
-    import torch
 
     on_gpu = cfg.backend == "picard" and torch.cuda.is_available()
     n_jobs = 1 if on_gpu else max(1, min(len(jobs), os.cpu_count() or 1))
