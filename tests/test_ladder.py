@@ -111,7 +111,8 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
 
     raw = yaml.safe_load((ws / "params.yaml").read_text())
     with FakeAnthropic() as server:
-        raw["autointerp"] |= {"backend": "anthropic", "model": "claude-haiku-4-5", "base_url": server.url}
+        raw["autointerp"] |= {"backend": "anthropic", "model": "claude-haiku-4-5", "base_url": server.url,
+                              "scorer": "yes_no"}  # the Messages API gives no log-probabilities
         (ws / "params_ai.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-ladder")
         monkeypatch.chdir(ws)

@@ -292,6 +292,12 @@ class AutointerpConfig:
     #: :data:`LOCAL_JUDGES`; both may be the same).
     local_model: str = "smollm2-135m"
     local_explainer: str = "smollm2-135m"
+    #: How detection is scored. ``likelihood``: the judge's mean log-probability of the explanation
+    #: written after the excerpt and its marked token (language modelling, which small local judges
+    #: do far better than following a Yes/No instruction; needs a local judge's log-probabilities).
+    #: ``yes_no``: the judge answers whether the unit fires; log P(Yes) − log P(No) where the
+    #: backend gives log-probabilities (local), the answers alone otherwise (anthropic).
+    scorer: Literal["likelihood", "yes_no"] = "likelihood"
     #: Which backend's cached responses ``replay`` reads.
     replay_of: Literal["local", "anthropic"] = "local"
     #: Anthropic endpoint override (a proxy, or the loopback server in tests).
@@ -307,8 +313,8 @@ class AutointerpConfig:
     #: Top contexts shown to the explainer.
     explain_top: Annotated[int, Field(gt=0)] = 8
     #: Held-out detection contexts per unit: activating (across quantiles) and not.
-    detect_positives: Annotated[int, Field(gt=0)] = 5
-    detect_negatives: Annotated[int, Field(gt=0)] = 5
+    detect_positives: Annotated[int, Field(gt=0)] = 10
+    detect_negatives: Annotated[int, Field(gt=0)] = 10
     n_bootstrap: Annotated[int, Field(gt=0)] = 2000
     seed: int = 0
 
@@ -318,6 +324,13 @@ class AutointerpConfig:
         if name not in LOCAL_JUDGES:
             raise ValueError(f"unknown local judge {name!r}; allowed: {', '.join(LOCAL_JUDGES)}")
         return name
+
+    @model_validator(mode="after")
+    def _scorer_has_log_probabilities(self) -> AutointerpConfig:
+        if self.scorer == "likelihood" and (self.backend == "anthropic" or self.replay_of == "anthropic" and self.backend == "replay"):
+            raise ValueError("scorer 'likelihood' needs a local judge's log-probabilities, which the Messages API does not "
+                             "give; with backend anthropic set autointerp.scorer: yes_no")
+        return self
 
 
 @dataclass(config=STRICT, frozen=True)

@@ -144,7 +144,7 @@ def _run(units, backend, root, cfg):
 
 def test_a_perfect_judge_scores_one_and_a_coin_about_half(tmp_path):
     units = _pairs(20, sae_signal=False) + [_unit("random", 100 + i, False) for i in range(20)] + _calibration(8)
-    cfg = AutointerpConfig(n_bootstrap=500)
+    cfg = AutointerpConfig(n_bootstrap=500, scorer="yes_no")
     rows, summary = _run(units, Oracle("o"), tmp_path / "a", cfg)
     ica = summary["groups"]["ica"]["balanced_accuracy"]
     assert ica["mean"] == 1.0 and ica["ci"] == [1.0, 1.0]
@@ -171,7 +171,7 @@ def test_a_perfect_judge_scores_one_and_a_coin_about_half(tmp_path):
 
 def test_a_judge_that_leans_to_yes_is_read_at_the_cut_off_its_calibration_units_choose(tmp_path):
     units = _pairs(6, sae_signal=False) + [_unit("random", 100 + i, False) for i in range(6)] + _calibration(6)
-    rows, summary = _run(units, YesMan("y"), tmp_path, AutointerpConfig(n_bootstrap=200))
+    rows, summary = _run(units, YesMan("y"), tmp_path, AutointerpConfig(n_bootstrap=200, scorer="yes_no"))
     groups = summary["groups"]
     assert groups["ica"]["balanced_accuracy"]["mean"] == 0.5, "as answered (cut-off 0): Yes to everything"
     assert groups["ica"]["balanced_accuracy_calibrated"]["mean"] == 1.0 and groups["ica"]["auc"]["mean"] == 1.0
@@ -193,7 +193,7 @@ def test_a_calibration_units_cut_off_is_chosen_without_it(tmp_path):
             return resp
 
     units = _calibration(2) + _pairs(3) + [_unit("random", 100 + i, False) for i in range(3)]
-    rows, _ = _run(units, Shifted("s"), tmp_path, AutointerpConfig(n_bootstrap=50))
+    rows, _ = _run(units, Shifted("s"), tmp_path, AutointerpConfig(n_bootstrap=50, scorer="yes_no", detect_positives=5, detect_negatives=5))
     cuts = {r["unit"]: r["threshold"] for r in rows}
     labels = [1] * 5 + [0] * 5
     plain, shifted = [1.0] * 5 + [0.2] * 5, [6.0] * 5 + [5.2] * 5
@@ -205,7 +205,7 @@ def test_a_calibration_units_cut_off_is_chosen_without_it(tmp_path):
 
 def test_a_replayed_run_makes_no_calls_and_gives_the_same_numbers(tmp_path):
     units = _pairs(4) + [_unit("random", 100 + i, False) for i in range(4)] + _calibration(4)
-    cfg = AutointerpConfig(n_bootstrap=100)
+    cfg = AutointerpConfig(n_bootstrap=100, scorer="yes_no")
     live = CachedLLM(Oracle("o"), ResponseCache(tmp_path))
     rows, summary = run(units, live, live, cfg)
     assert live.stats["calls"] > 0
@@ -215,6 +215,81 @@ def test_a_replayed_run_makes_no_calls_and_gives_the_same_numbers(tmp_path):
     again, summary_again = run(units, replay, replay, cfg)
     assert replay.stats["calls"] == 0 and replay.stats["cache_hits"] == live.stats["calls"] + live.stats["cache_hits"]
     assert again == rows and summary_again == summary
+
+
+class Reader(Scripted):
+    """A likelihood judge that reads: it explains a unit by the word marked in its first example,
+    and scores an explanation high exactly where it names the marked word."""
+
+    name = "reader"
+
+    def complete(self, req):
+        if req.continuation is None:
+            return Response(f"the word {req.prompt.split('<<')[1].split('>>')[0]}")
+        word = req.prompt.split("<<")[1].split(">>")[0]
+        return Response("", {"continuation": -1.0 if f"the word {word}" in req.continuation else -4.0})
+
+    def payload(self, req):
+        return {"prompt": req.prompt, "continuation": req.continuation}
+
+
+def _word_units(kind, start, n, signal=True):
+    """Units that each fire on their own word (``w<id>``), so each has its own explanation."""
+    units = [_unit(kind, start + i, signal) for i in range(n)]
+    for u in units:
+        for ctx in u["top"] + u["quantiles"]:
+            ctx["tokens"][1] = f"w{u['id']}" if signal else "thing"
+        if kind == "calibration":
+            u["explanation"] = f"the word w{u['id']}"
+    return units
+
+
+def test_a_likelihood_judge_that_reads_is_told_apart_from_one_given_the_wrong_explanation(tmp_path):
+    units = _pairs(6, sae_signal=False) + _word_units("random", 100, 8, signal=False) + _word_units("calibration", 900, 8)
+    rows, summary = _run(units, Reader("r"), tmp_path, AutointerpConfig(n_bootstrap=500))
+    groups, tests = summary["groups"], summary["tests"]["auc"]
+    assert summary["primary_metric"] == "auc" and groups["calibration_given"]["auc"]["mean"] == 1.0
+    assert groups["calibration_shuffled"]["auc"]["mean"] == 0.5 and groups["calibration_shuffled"]["n_units"] == 8
+    shuffled = {r["unit"]: r["explanation"] for r in rows if r["kind"] == "calibration_shuffled"}
+    assert shuffled["calibration-900/shuffled"] == "the word w901" and shuffled["calibration-907/shuffled"] == "the word w900"
+    reads = tests["given_vs_shuffled"]
+    assert reads["paired"] and reads["n"] == 8 and reads["difference"] == 0.5 and reads["p_permutation"] < 0.01
+    assert groups["random"]["auc"]["mean"] == 0.5 and summary["judge_separates_calibration"]
+    assert groups["ica"]["balanced_accuracy"] is None and groups["ica"]["f1"] is None, "a likelihood judge answers nothing"
+    assert groups["ica"]["balanced_accuracy_calibrated"]["mean"] == 1.0
+    scores = [r for r in rows if r["unit"] == "ica-0"][0]
+    assert -1.5 < scores["threshold"] < 1.5, "between the centred levels, +1.5 and -1.5"
+
+
+def test_likelihood_scores_are_centred_on_each_units_own_contexts(tmp_path):
+    """Two calibration units whose explanations differ in prior log-probability by 10 nats: centred,
+    one cut-off serves both."""
+
+    class Offset(Reader):
+        def complete(self, req):
+            resp = super().complete(req)
+            if req.continuation is not None and "w901" in req.continuation:
+                resp.logprobs["continuation"] -= 10.0
+            return resp
+
+    units = _word_units("calibration", 900, 2) + _pairs(2) + _word_units("random", 100, 3, signal=False)
+    rows, summary = _run(units, Offset("o"), tmp_path, AutointerpConfig(n_bootstrap=50))
+    given = {r["unit"]: r for r in rows if r["kind"] == "calibration_given"}
+    assert all(r["balanced_accuracy_calibrated"] == 1.0 for r in given.values()), "one cut-off serves both"
+    assert given["calibration-900/given"]["threshold"] == pytest.approx(given["calibration-901/given"]["threshold"])
+
+
+def test_the_likelihood_request_scores_the_explanation_after_the_marked_excerpt():
+    req = detect_request("ica-1", "apples\n and  pears", _ctx(5, 1.0, " apple", "heldout"), 0, "likelihood")
+    assert req.prompt.startswith("Excerpt: the<< apple>> end5") and 'The marked token is " apple".' in req.prompt
+    assert req.continuation == " apples and pears" and not req.want_logprobs
+    assert detect_request("u", "", _ctx(5, 1.0, "x", "heldout"), 0, "likelihood").continuation == " nothing"
+
+
+def test_the_messages_api_cannot_be_a_likelihood_judge():
+    with pytest.raises(ValueError, match="set autointerp.scorer: yes_no"):
+        AutointerpConfig(backend="anthropic")
+    AutointerpConfig(backend="anthropic", scorer="yes_no")
 
 
 def test_the_paired_test_sees_what_the_unpaired_one_misses():

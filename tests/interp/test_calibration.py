@@ -6,7 +6,7 @@ from darkmatter.interp import calibration
 from darkmatter.interp.examples import calibration_columns
 
 VOCAB = ["<bos>", " The", " 1997", "7", ")", ").", " don", "'", "t", "s", " is", " Were", " he", " Their",
-         " running", " ring", ",", " of", " the", "\n"]
+         " running", " ring", ",", " of", " the", "\n", "."]
 
 
 def decode(i: int) -> str:
@@ -22,7 +22,7 @@ def _rows(*texts):
 
 def test_each_unit_is_one_exactly_on_its_class_and_zero_elsewhere():
     row1 = ["<bos>", " The", " 1997", "7", ")", ").", " don", "'", "t", " is", " Were", " he", " Their"]
-    row2 = ["s", " running", " ring", ",", " of", " the", " of", "\n", "'", "s"]  # 's' opens the row: no apostrophe before it
+    row2 = ["s", " running", " ring", ",", " of", " the", " of", "\n", "'", "s", "."]  # 's' opens the row: no apostrophe before it
     tokens, positions = _rows(row1, row2)
     index = np.flatnonzero(tokens != 0)  # the analysed tokens: everything but <bos>
     acts = calibration.activations(tokens, positions, index, decode)
@@ -36,6 +36,9 @@ def test_each_unit_is_one_exactly_on_its_class_and_zero_elsewhere():
     assert fires["ing"] == {(" running", 14)}, "' ring' is too short to be an -ing word"
     assert fires["comma"] == {(",", 16)}
     assert fires["after_of"] == {(" the", 18), ("\n", 20)}
+    assert fires["the"] == {(" The", 1), (" the", 18)} and fires["period"] == {(".", 23)}
+    assert fires["after_the"] == {(" 1997", 2), (" of", 19)}, "the token after 'the', whatever it is"
+    assert fires["capitalised"] == {(" The", 1), (" Were", 10), (" Their", 12)}
     assert np.isnan(acts[0]).all(), "not analysed: NaN, neither 0 nor 1"
     analysed = acts[index]
     assert set(np.unique(analysed)) == {0.0, 1.0} and acts.dtype == np.float32
@@ -51,7 +54,8 @@ def test_a_class_the_corpus_lacks_is_dropped_and_named():
 
     train, detect = np.arange(0, 5), np.arange(5, 9)
     acts, units, dropped = calibration_columns(Cache(), train, detect, np.arange(9), decode)
-    assert [u["id"] for u in units] == ["digits", "comma", "after_of"]
-    assert dropped == ["closing_bracket", "contraction", "be", "pronoun", "ing"]
-    assert acts.shape == (9, 3) and acts[:, 0].tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 0]
+    assert [u["id"] for u in units] == ["digits", "the", "after_of", "comma", "after_the"]
+    assert dropped == ["closing_bracket", "contraction", "period", "be", "pronoun", "ing", "capitalised"], \
+        "' The' occurs in the train rows only"
+    assert acts.shape == (9, 5) and acts[:, 0].tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 0]
     assert units[0]["explanation"] == calibration.UNITS[0].explanation

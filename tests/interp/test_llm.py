@@ -187,3 +187,35 @@ def test_local_judge_batches_agree_with_single_requests(tmp_path):
     cached.run(reqs)
     assert cached.stats["calls"] == len(reqs) and cached.stats["input_tokens"] > 0
     assert CachedLLM(judge, ResponseCache(tmp_path / "c")).run(reqs)[0].cached
+
+
+@pytest.mark.real_model
+def test_the_local_judge_scores_a_continuation_as_a_plain_forward_does(tmp_path):
+    """SmolLM2 as a likelihood judge: a padded batch of prompts of different lengths gives each
+    continuation's mean log-probability of one unpadded forward, with no chat template."""
+    from conftest import prepared_weights
+
+    from darkmatter.interp.llm import LocalBackend
+
+    judge = LocalBackend("SmolLM2-135M-Instruct", prepared_weights("smollm2-135m"), batch_size=4)
+    reqs = [Request(f"s{i}", "", prompt, 0, continuation=cont) for i, (prompt, cont) in enumerate([
+        ('Excerpt: I ate an <<apple>>.\nThe marked token is " apple". It belongs to this category:', " fruits"),
+        ("A much longer prompt, with many more words in it than the others have:", " tokens made of digits"),
+        ("A:", " b"), ("Numbers: 1, 2, 3,", " 4")])]
+    batch = judge.complete_batch(reqs)
+    for req, resp in zip(reqs, batch):
+        a = judge.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
+        b = judge.tokenizer(req.continuation, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(judge.lm(input_ids=torch.tensor([a + b])).logits[0].float(), -1)
+        plain = float(torch.stack([logp[len(a) + i - 1, t] for i, t in enumerate(b)]).mean())
+        assert resp.logprobs["continuation"] == pytest.approx(plain, abs=1e-3) and resp.text == ""
+    assert batch[3].logprobs["continuation"] > batch[2].logprobs["continuation"], "' 4' after '1, 2, 3,' is likely"
+    payload = judge.payload(reqs[0])
+    assert payload["text"] == reqs[0].prompt and payload["continuation"] == " fruits", "no chat template"
+    assert request_key(judge, reqs[0]) != request_key(judge, Request("s0", "", reqs[0].prompt, 0, continuation=" stones"))
+
+
+def test_the_messages_api_refuses_a_continuation_with_one_line():
+    with pytest.raises(UserError, match="set autointerp.scorer: yes_no"):
+        anthropic_params("claude-haiku-4-5", Request("u", "s", "p", continuation=" x"))

@@ -138,27 +138,30 @@ def test_the_pdf_is_byte_reproducible(workspace):
     assert hashlib.sha256((workspace / "paper/main.pdf").read_bytes()).hexdigest() == first
 
 
-def _autointerp_report(separates: bool) -> dict:
+def _autointerp_report(separates: bool, ceiling_above_chance: bool = True) -> dict:
     entry = {"mean": 0.71, "ci": [0.66, 0.76], "n": 64}
     chance = {"mean": 0.5, "ci": [0.45, 0.55], "n": 16}
-    ceiling = {"mean": 0.93, "ci": [0.88, 0.97], "n": 8}
+    ceiling = {"mean": 0.93, "ci": [0.88, 0.97], "n": 8} if ceiling_above_chance else {"mean": 0.52, "ci": [0.41, 0.63], "n": 8}
     metrics = ("balanced_accuracy", "balanced_accuracy_calibrated", "f1", "auc")
     group = lambda n, e, **extra: {"n_units": n, **dict.fromkeys(metrics, e), **extra}  # noqa: E731
     tests = {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005, "n": [64, 16]},
              "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97, "n": 64, "paired": True},
              "calibration_vs_random": ({"difference": 0.3, "ci": [0.2, 0.4], "p_permutation": 0.0005, "n": [8, 16]} if separates
-                                       else {"difference": 0.01, "ci": [-0.1, 0.12], "p_permutation": 0.8, "n": [8, 16]})}
+                                       else {"difference": 0.01, "ci": [-0.1, 0.12], "p_permutation": 0.8, "n": [8, 16]}),
+             "given_vs_shuffled": {"difference": 0.43, "ci": [0.35, 0.5], "p_permutation": 0.008, "n": 8, "paired": True}}
     return {"backend": "local", "model": "Qwen2.5-Coder-1.5B-Instruct", "explainer": "SmolLM2-135M-Instruct",
+            "scorer": "likelihood",
             "groups": {"ica": group(64, entry), "ica_stable": group(2, entry, auc=None), "sae": group(16, entry),
-                       "random": group(16, chance), "calibration": group(8, entry), "calibration_given": group(8, ceiling)},
+                       "random": group(16, chance), "calibration": group(8, entry), "calibration_given": group(8, ceiling),
+                       "calibration_shuffled": group(8, chance, balanced_accuracy=None, f1=None)},
             "tests": {"auc": tests, "balanced_accuracy_calibrated": tests}, "primary_metric": "auc",
             "judge_separates_calibration": separates}
 
 
 @pytest.mark.parametrize("separates", [True, False])
 def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, separates):
-    """The judge's ceiling is printed; the groups are ranked only when the judge separates its own
-    calibration units from random ones."""
+    """The judge's ceiling and its wrong-explanation control are printed; the groups are ranked only
+    when the judge separates its own calibration units from random ones."""
     metrics = tmp_path / "metrics"
     shutil.copytree(workspace / "metrics", metrics)
     (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(_autointerp_report(separates)))
@@ -170,6 +173,10 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, 
     prose = (out / "sec_autointerp.tex").read_text()
     assert "Explanations are written by SmolLM2-135M-Instruct and detection is judged by Qwen2.5-Coder-1.5B-Instruct" in prose
     assert "the judge reaches AUC 0.93 [0.88, 0.97]" in prose and "the ceiling of what this judge can see" in prose
+    assert "another unit's explanation & 8 & 0.50 [0.45, 0.55]" in table
+    assert ("another calibration unit's explanation on the same contexts it scores AUC 0.50 [0.45, 0.55] (mean paired "
+            "difference 0.430" in prose) and "it reads the explanation" in prose
+    assert "log-probability per token of the explanation" in prose and "digits, closing brackets" in prose
     if separates:
         assert "ICA components are detected better than random units of the same whitened space" in prose
         assert "not detected significantly differently from their density-matched SAE features" in prose
@@ -177,6 +184,20 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, 
     else:
         assert "It does not separate the calibration units it explained from random units" in prose
         assert "we do not rank the groups" in prose and "detected better than" not in prose
+        assert "the explanations written for it do not carry that structure" in prose, "the ceiling is above chance"
+
+
+def test_a_judge_blind_even_to_true_explanations_is_called_so(workspace, tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    report = _autointerp_report(False, ceiling_above_chance=False)
+    report["tests"]["auc"]["given_vs_shuffled"] = {"difference": 0.02, "ci": [-0.1, 0.13], "p_permutation": 0.7, "n": 8}
+    (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    prose = (out / "sec_autointerp.tex").read_text()
+    assert "it does not demonstrably read the explanation" in prose
+    assert "it cannot find structure that is known to be there" in prose and "do not carry" not in prose
 
 
 def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(workspace, tmp_path):

@@ -11,20 +11,34 @@ meaning, :mod:`darkmatter.interp.calibration`).
 - **Detect** on the held-out rows only: ``detect_positives`` activating contexts spread over the
   quantiles of the held-out rows' own activations, and ``detect_negatives`` non-activating ones;
   no detection context shares a row, a document or a token window with a shown one (the
-  examples stage guarantees and checks it; a context from a train row here is refused). The
-  judge answers Yes/No per context; the prompt names the marked token (``prompts/detect_*.txt``).
-  Calibration units are detected twice: with the judge's explanation (the whole chain, like
-  every other unit) and with their true one (detection alone: the judge's ceiling).
-- **Metrics per unit:** AUC of log P(Yes) − log P(No) where the backend gives log-probabilities;
-  balanced accuracy (chance 0.5) of the answers as given, and at a cut-off on that score chosen
-  on the calibration units with their true explanations (a judge that leans to "Yes" is not
-  judged at a cut-off of 0; a calibration unit's own cut-off leaves it out); F1.
+  examples stage guarantees and checks it; a context from a train row here is refused). Each
+  context is scored one of two ways (``autointerp.scorer``), both naming the marked token:
+
+  - ``likelihood`` (the default): the judge's mean log-probability per token of the explanation
+    written after the excerpt (``prompts/score.txt``), centred on the unit's own contexts. A
+    likelihood reading of the judge as a language model, the idea of delphi's surprisal scorer
+    (Paulo et al. 2024) from the other side: PMI(explanation; context) is the same either way.
+    Measured on this run's calibration units, SmolLM2-135M given the true explanations reaches
+    AUC ~0.7 this way and 0.45 (chance) answering Yes/No: a 135M model models language far
+    better than it follows an instruction (``bench/bench_judges.py``);
+  - ``yes_no``: the judge answers whether the unit fires (``prompts/detect_*.txt``); the score
+    is log P(Yes) − log P(No) where the backend gives log-probabilities (local), and the Messages
+    API's answers alone otherwise.
+
+  Calibration units are detected three times: with the judge's explanation (the whole chain,
+  like every other unit), with their true one (detection alone: the judge's ceiling), and with
+  another calibration unit's true one (the same contexts: does the judge read the explanation?).
+- **Metrics per unit:** AUC of the score where there is one; balanced accuracy (chance 0.5) at a
+  cut-off on that score chosen on the calibration units with their true explanations (a judge
+  that leans to "Yes" is not judged at a cut-off of 0; a calibration unit's own cut-off leaves it
+  out); balanced accuracy and F1 of the answers as given (Yes/No judges only).
 - **Per group:** mean with a bootstrap CI over units (none below ``stats.MIN_N_FOR_CI`` units).
   ICA vs SAE is a *paired* comparison (each component against its own density-matched feature:
   mean paired difference, bootstrap CI over pairs, sign-flip permutation and Wilcoxon p-values);
   every group against the random units is unpaired (difference of means, bootstrap CI,
-  permutation p-value), on AUC and on the calibrated balanced accuracy. Permutation p-values are
-  (1 + #{≥ observed}) / (1 + B).
+  permutation p-value), on AUC and on the calibrated balanced accuracy; the calibration units'
+  true explanations against the wrong ones is paired (the same contexts). Permutation p-values
+  are (1 + #{≥ observed}) / (1 + B).
 - **The gate:** ``judge_separates_calibration`` is true when calibration units explained by the
   judge beat random units (CI above 0 and p < 0.05 on the first tested metric). When it is false
   the judge cannot see known structure, and the paper declines to rank the groups.
@@ -47,7 +61,7 @@ from darkmatter.interp.llm import TOKEN_KINDS, CachedLLM, Request
 from darkmatter.stats import mean_with_ci, paired_difference, unpaired_difference
 
 PROMPTS = Path(__file__).with_name("prompts")
-GROUPS = ("ica", "sae", "random", "calibration", "calibration_given")
+GROUPS = ("ica", "sae", "random", "calibration", "calibration_given", "calibration_shuffled")
 
 
 def template(name: str) -> str:
@@ -94,8 +108,13 @@ def detection_set(unit: dict, n_pos: int, n_neg: int) -> list[tuple[dict, int]]:
     return chosen
 
 
-def detect_request(name: str, explanation: str, ctx: dict, i: int) -> Request:
+def detect_request(name: str, explanation: str, ctx: dict, i: int, scorer: str = "yes_no") -> Request:
+    """``yes_no``: the judge is asked whether the unit fires on the marked token. ``likelihood``:
+    the explanation is scored as the continuation of the excerpt and its marked token."""
     token = json.dumps(ctx["tokens"][ctx["focus"]], ensure_ascii=False)
+    if scorer == "likelihood":
+        return Request(f"{name}/detect{i}", "", template("score").format(excerpt=marked(ctx), token=token),
+                       max_tokens=0, continuation=" " + (" ".join(explanation.split()) or "nothing"))
     return Request(f"{name}/detect{i}", template("detect_system").format(explanation=explanation),
                    template("detect_user").format(excerpt=marked(ctx), token=token), max_tokens=3, want_logprobs=True)
 
@@ -121,15 +140,18 @@ def best_threshold(labels, scores) -> float:
     return float(cuts[best[len(best) // 2]])
 
 
-def unit_scores(labels: list[int], predictions: list[int], scores: list[float] | None,
+def unit_scores(labels: list[int], predictions: list[int] | None, scores: list[float] | None,
                 threshold: float | None) -> dict:
-    """Balanced accuracy of the answers as given and, with scores, at ``threshold``; F1; AUC."""
+    """Balanced accuracy and F1 of the answers as given (none from a likelihood judge, which
+    answers nothing) and, with scores, balanced accuracy at ``threshold`` and AUC."""
     from sklearn.metrics import f1_score, roc_auc_score
 
-    y, p = np.asarray(labels), np.asarray(predictions)
-    out = {"n": int(len(y)), "balanced_accuracy": float(balanced_accuracy(y, p)),
-           "balanced_accuracy_calibrated": None, "threshold": threshold,
-           "f1": float(f1_score(y, p, zero_division=0)), "auc": None}
+    y = np.asarray(labels)
+    out = {"n": int(len(y)), "balanced_accuracy": None, "balanced_accuracy_calibrated": None, "threshold": threshold,
+           "f1": None, "auc": None}
+    if predictions is not None:
+        p = np.asarray(predictions)
+        out |= {"balanced_accuracy": float(balanced_accuracy(y, p)), "f1": float(f1_score(y, p, zero_division=0))}
     if scores is not None:
         out["auc"] = float(roc_auc_score(y, scores))
         if threshold is not None:
@@ -155,9 +177,16 @@ def select_units(units: list[dict], n_ica: int, n_random: int) -> list[dict]:
 
 def scorings(units: list[dict], explanations: list[str]) -> list[tuple[str, str, dict, str]]:
     """(row name, group, unit, explanation) for each detection run: every unit with the judge's
-    explanation, and each calibration unit again with its true one (group ``calibration_given``)."""
+    explanation; each calibration unit again with its true one (``calibration_given``: the
+    ceiling) and with the next calibration unit's true one (``calibration_shuffled``: the same
+    contexts, a wrong explanation; a judge that reads the explanation falls to chance there, one
+    that reacts to the excerpt alone does not)."""
     out = [(unit_name(u), u["kind"], u, e) for u, e in zip(units, explanations)]
-    out += [(f"{unit_name(u)}/given", "calibration_given", u, u["explanation"]) for u in units if u["kind"] == "calibration"]
+    calibration = [u for u in units if u["kind"] == "calibration"]
+    out += [(f"{unit_name(u)}/given", "calibration_given", u, u["explanation"]) for u in calibration]
+    if len(calibration) > 1:
+        out += [(f"{unit_name(u)}/shuffled", "calibration_shuffled", u, calibration[(i + 1) % len(calibration)]["explanation"])
+                for i, u in enumerate(calibration)]
     return out
 
 
@@ -184,20 +213,30 @@ def run(units: list[dict], explainer: CachedLLM, detector: CachedLLM, cfg) -> tu
     requests, owners = [], []
     for name, _, u, explanation in rows:
         for i, (ctx, label) in enumerate(detection_set(u, cfg.detect_positives, cfg.detect_negatives)):
-            requests.append(detect_request(name, explanation, ctx, i))
+            requests.append(detect_request(name, explanation, ctx, i, cfg.scorer))
             owners.append((name, label))
     answers = detector.run(requests, desc="detect")
     records: dict[str, dict] = {name: {"labels": [], "pred": [], "score": []} for name, *_ in rows}
     for (name, label), resp in zip(owners, answers):
         rec = records[name]
         rec["labels"].append(label)
-        rec["pred"].append(answer(resp.text))
-        rec["score"].append(None if resp.logprobs is None else resp.logprobs["yes"] - resp.logprobs["no"])
+        if cfg.scorer == "likelihood":
+            rec["pred"] = None
+            rec["score"].append(resp.logprobs["continuation"])
+        else:
+            rec["pred"].append(answer(resp.text))
+            rec["score"].append(None if resp.logprobs is None else resp.logprobs["yes"] - resp.logprobs["no"])
+    if cfg.scorer == "likelihood":
+        # Centred on the unit's own detection contexts (labels unseen): an explanation's prior
+        # log-probability (its length, its words) is the same on every context, and would move a
+        # cut-off shared across units; the AUC within a unit does not change.
+        for rec in records.values():
+            rec["score"] = list(np.asarray(rec["score"]) - np.mean(rec["score"]))
     cut = thresholds(records, rows)
     out = []
     for name, group, u, explanation in rows:
         rec = records[name]
-        scores = rec["score"] if all(s is not None for s in rec["score"]) else None
+        scores = [float(x) for x in rec["score"]] if all(x is not None for x in rec["score"]) else None
         out.append({"unit": name, "kind": group, "stable": u.get("stable"), "explanation": explanation,
                     **unit_scores(rec["labels"], rec["pred"], scores, cut[name])})
     return out, summarise(out, units, cfg)
@@ -232,13 +271,18 @@ def summarise(rows: list[dict], units: list[dict], cfg) -> dict:
                                             np.array([by_unit[f"sae-{f}"][metric] for _, f in pairs]), cfg.n_bootstrap, rng),
             **{f"{g}_vs_random": unpaired_difference(values[g], values["random"], cfg.n_bootstrap, rng)
                for g in ("ica", "sae", "calibration", "calibration_given")}}
+        if groups["calibration_shuffled"]:
+            tests[metric]["given_vs_shuffled"] = paired_difference(
+                np.array([by_unit[f"{r['unit'].rsplit('/', 1)[0]}/given"][metric] for r in groups["calibration_shuffled"]]),
+                np.array([r[metric] for r in groups["calibration_shuffled"]]), cfg.n_bootstrap, rng)
     gate = tests[scored[0]]["calibration_vs_random"]
     sees = gate["ci"] is not None and gate["ci"][0] > 0 and gate["p_permutation"] < 0.05
     return {"groups": summary, "tests": tests, "primary_metric": scored[0], "judge_separates_calibration": bool(sees)}
 
 
 GROUP_LABELS = {"ica": "ICA", "sae": "SAE\n(matched)", "random": "random", "calibration": "calibration\n(judge expl.)",
-                "calibration_given": "calibration\n(true expl.)"}
+                "calibration_given": "calibration\n(true expl.)",
+                "calibration_shuffled": "calibration\n(wrong expl.)"}
 METRIC_LABELS = {"auc": "detection AUC", "balanced_accuracy_calibrated": "balanced accuracy (calibrated cut-off)",
                  "balanced_accuracy": "detection balanced accuracy"}
 
@@ -313,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     llms = {"explainer": explainer, "detector": detector}
     recorded = {k: sum(llm.recorded[k] for llm in set(llms.values())) for k in TOKEN_KINDS}
     report = {"backend": cfg.backend if cfg.backend != "replay" else f"replay of {cfg.replay_of}",
-              "model": detector.backend.model, "explainer": explainer.backend.model, **summary,
+              "model": detector.backend.model, "explainer": explainer.backend.model, "scorer": cfg.scorer, **summary,
               "usage": {role: llm.stats for role, llm in llms.items()},
               "cost_usd": sum_costs(llm.cost_usd() for llm in set(llms.values())),
               # What the responses cost when first made (equal to usage on a run with no cache hits).
@@ -326,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, summary["primary_metric"], args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("backend", "model", "explainer", "usage", "cost_usd", "seconds",
+    print(json.dumps({k: report[k] for k in ("backend", "model", "explainer", "scorer", "usage", "cost_usd", "seconds",
                                              "judge_separates_calibration")}
                      | {"groups": {k: v[summary["primary_metric"]] for k, v in report["groups"].items()}}, indent=2))
 

@@ -2,11 +2,13 @@
 
 A judge at chance on every group says nothing about the groups; a judge that cannot find a unit
 that fires on digits cannot be trusted to find anything in the dark matter. Each calibration unit
-is a token class of the corpus, read off the cached token ids alone: its activation is exactly 1
-on the tokens of the class and 0 on every other analysed token. It goes through the same examples
-(top contexts from train rows, detection contexts from held-out rows) and the same judge as the
-ICA components, twice: explained by the judge (the whole chain) and given its true explanation
-(detection alone). The second is the ceiling of what this judge can see.
+is a token class of the corpus (a word, a word family, punctuation, or a word in a given
+context), read off the cached token ids alone: its activation is exactly 1 on the tokens of the
+class and 0 on every other analysed token. It goes through the same examples (top contexts from
+train rows, detection contexts from held-out rows) and the same judge as the ICA components,
+three times: explained by the judge (the whole chain), given its true explanation (detection
+alone: the ceiling of what this judge can see), and given the next unit's true explanation (does
+the judge read the explanation at all?).
 
 The classes are decided on the decoded token text, so they hold for any tokenizer. A class with
 no token in the train rows or in the detection pool is left out of the examples (and named in
@@ -32,26 +34,37 @@ class CalibrationUnit:
     it in the same row; the unit fires where both hold."""
 
     name: str
+    #: What the paper calls the class (LaTeX).
+    label: str
     explanation: str
     current: Callable[[str], bool]
     previous: Callable[[str], bool] | None = None
 
 
+#: In this order, each unit's "wrong explanation" control (the next unit's true one, cyclically)
+#: describes an unrelated class.
 UNITS = (
-    CalibrationUnit("digits", "tokens made of digits (parts of numbers)", lambda t: t.strip().isdigit()),
-    CalibrationUnit("closing_bracket", "closing brackets: ), ] or }",
+    CalibrationUnit("digits", "digits", "tokens made of digits (parts of numbers)", lambda t: t.strip().isdigit()),
+    CalibrationUnit("closing_bracket", "closing brackets", "closing brackets: ), ] or }",
                     lambda t: t.strip()[:1] in {")", "]", "}"}),
-    CalibrationUnit("contraction", "the ending of a contraction after an apostrophe, like t in don't or s in it's",
+    CalibrationUnit("the", "the word \\emph{the}", "the word the", lambda t: t.strip().lower() == "the"),
+    CalibrationUnit("contraction", "contraction endings",
+                    "the ending of a contraction after an apostrophe, like t in don't or s in it's",
                     lambda t: t.strip().lower() in CONTRACTION_ENDINGS, lambda p: p.strip() in APOSTROPHES),
-    CalibrationUnit("be", "forms of the verb to be: is, are, was, were, be, been",
+    CalibrationUnit("period", "full stops", "full stops (periods)", lambda t: t.strip() == "."),
+    CalibrationUnit("be", "forms of \\emph{to be}", "forms of the verb to be: is, are, was, were, be, been",
                     lambda t: t.strip().lower() in BE),
-    CalibrationUnit("pronoun", "third-person pronouns: he, she, they, him, her, them, his, their",
-                    lambda t: t.strip().lower() in PRONOUNS),
-    CalibrationUnit("ing", "words ending in -ing, like using or running",
-                    lambda t: len(t.strip()) > 4 and t.strip().isalpha() and t.strip().lower().endswith("ing")),
-    CalibrationUnit("comma", "commas", lambda t: t.strip() == ","),
-    CalibrationUnit("after_of", "the word right after the word of",
+    CalibrationUnit("after_of", "the word after \\emph{of}", "the word right after the word of",
                     lambda t: True, lambda p: p.strip().lower() == "of"),
+    CalibrationUnit("pronoun", "third-person pronouns", "third-person pronouns: he, she, they, him, her, them, his, their",
+                    lambda t: t.strip().lower() in PRONOUNS),
+    CalibrationUnit("comma", "commas", "commas", lambda t: t.strip() == ","),
+    CalibrationUnit("ing", "\\emph{-ing} words", "words ending in -ing, like using or running",
+                    lambda t: len(t.strip()) > 4 and t.strip().isalpha() and t.strip().lower().endswith("ing")),
+    CalibrationUnit("after_the", "the word after \\emph{the}", "the word right after the word the",
+                    lambda t: True, lambda p: p.strip().lower() == "the"),
+    CalibrationUnit("capitalised", "capitalised words", "words that start with a capital letter",
+                    lambda t: len(t.strip()) > 1 and t.strip().isalpha() and t.strip()[0].isupper()),
 )
 
 

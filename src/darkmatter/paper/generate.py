@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 
 from darkmatter.errors import UserError, cli
+from darkmatter.interp.calibration import UNITS as CALIBRATION_UNITS
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
                                          resolve_figure, track)
 from darkmatter.stats import CI_LEVEL
@@ -378,10 +379,11 @@ def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, str, dict |
         if r is None or r == "planned":  # one marker, the numeric cells left empty
             return [NOT_RUN if r is None else PLANNED] + [""] * 4
         ai = r["autointerp"]
-        detect = (f"{fmt_fixed(ai['groups']['ica']['balanced_accuracy']['mean'], 2)} / "
-                  f"{fmt_fixed(ai['groups']['random']['balanced_accuracy']['mean'], 2)}"
-                  if ai and ai["groups"]["ica"]["balanced_accuracy"] and ai["groups"]["random"]["balanced_accuracy"]
-                  else NOT_RUN)
+        # Balanced accuracy at the calibrated cut-off where the judge gives scores, as answered otherwise.
+        m = next((m for m in ("balanced_accuracy_calibrated", "balanced_accuracy")
+                  if ai and ai["groups"]["ica"].get(m) and ai["groups"]["random"].get(m)), None)
+        detect = (f"{fmt_fixed(ai['groups']['ica'][m]['mean'], 2)} / {fmt_fixed(ai['groups']['random'][m]['mean'], 2)}"
+                  if m else NOT_RUN)
         return [fmt_fixed(r["residual"]["dark_matter_fraction"]), fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
                 f"{fmt_count_or(r['ica']['n_stable'], '--')}/{fmt_count(r['ica']['n_components'])}",
                 f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}", detect]
@@ -416,7 +418,8 @@ def sae_table(ev: dict, sweep: list[dict]) -> str:
 AUTOINTERP_GROUPS = (("ica", "ICA components"), ("ica_stable", "\\quad stable only"),
                      ("sae", "SAE features (density-matched)"), ("random", "random whitened units"),
                      ("calibration", "calibration units, judge's explanations"),
-                     ("calibration_given", "calibration units, true explanations (ceiling)"))
+                     ("calibration_given", "calibration units, true explanations (ceiling)"),
+                     ("calibration_shuffled", "calibration units, another unit's explanation"))
 AUTOINTERP_METRICS = (("auc", "AUC"), ("balanced_accuracy_calibrated", "bal.\\ acc.\\ (calibrated)"),
                       ("balanced_accuracy", "bal.\\ acc.\\ (as answered)"))
 
@@ -430,12 +433,25 @@ def ci_cell(entry: dict | None, digits: int = 2, no_ci: str = "(too few)") -> st
 
 
 def autointerp_table(ai: dict | None) -> str:
-    header = ["units", "$n$", *(label for _, label in AUTOINTERP_METRICS)]
+    """One row per group; a metric column only where some group has it (a likelihood judge gives
+    no answers, so no balanced accuracy "as answered")."""
     if ai is None:
+        header = ["units", "$n$", *(label for _, label in AUTOINTERP_METRICS)]
         return table("lrrrr", header, [[label, NOT_RUN, "", "", ""] for _, label in AUTOINTERP_GROUPS])
-    rows = [[label, fmt_count(ai["groups"][k]["n_units"]), *(ci_cell(ai["groups"][k].get(m)) for m, _ in AUTOINTERP_METRICS)]
-            for k, label in AUTOINTERP_GROUPS if k in ai["groups"]]
-    return table("lrrrr", header, rows)
+    groups = [(k, label) for k, label in AUTOINTERP_GROUPS if k in ai["groups"]]
+    metrics = [(m, label) for m, label in AUTOINTERP_METRICS if any(ai["groups"][k].get(m) for k, _ in groups)]
+    rows = [[label, fmt_count(ai["groups"][k]["n_units"]), *(ci_cell(ai["groups"][k].get(m)) for m, _ in metrics)]
+            for k, label in groups]
+    return table("lr" + "r" * len(metrics), ["units", "$n$", *(label for _, label in metrics)], rows)
+
+
+SCORERS = {
+    "likelihood": ("The score of a context is the judge's mean log-probability per token of the explanation written after "
+                   "the excerpt and the name of its marked token (a likelihood judge, read as a language model rather than "
+                   "asked a question; centred on each unit's own contexts, labels unseen)."),
+    "yes_no": ("The judge is asked whether the unit fires on the marked token, which the prompt names; the score is "
+               "$\\log P(\\text{Yes}) - \\log P(\\text{No})$ of the answer token."),
+}
 
 
 def autointerp_section(ai: dict | None) -> str:
@@ -465,13 +481,19 @@ def autointerp_section(ai: dict | None) -> str:
     judge = (f"Explanations are written by {explainer} and detection is judged by {detector}"
              if explainer != detector else f"The judge is {detector}")
     judge = judge.replace("_", "-") + (", run locally on CPU. " if ai["backend"] in ("local", "replay of local") else ". ")
-    ceiling = (f"On calibration units, token classes of known meaning built from the corpus (digits, closing brackets, "
-               f"contraction endings, forms of \\emph{{to be}}, third-person pronouns, \\emph{{-ing}} words, commas, the word "
-               f"after \\emph{{of}}; {fmt_count(g['calibration_given']['n_units'])} units), given their true explanations, the "
+    reads = tests.get("given_vs_shuffled")
+    shuffled = ((f"Given another calibration unit's explanation on the same contexts it scores AUC "
+                 f"{ci_cell(g['calibration_shuffled']['auc'])} ({diff(reads, 'mean paired difference')}): "
+                 + ("it reads the explanation. " if reads["ci"] and reads["ci"][0] > 0 and reads["p_permutation"] < 0.05
+                    else "it does not demonstrably read the explanation. "))
+                if reads and reads["difference"] is not None and metric == "auc" else "")
+    ceiling = (f"On calibration units, token classes of known meaning built from the corpus "
+               f"({', '.join(u.label for u in CALIBRATION_UNITS)}; {fmt_count(g['calibration_given']['n_units'])} units "
+               f"found in this run's text), given their true explanations, the "
                f"judge reaches AUC {ci_cell(g['calibration_given']['auc'])} and balanced accuracy "
                f"{ci_cell(g['calibration_given']['balanced_accuracy_calibrated'])} at a cut-off chosen on the other "
-               "calibration units: the ceiling of what this judge can see. With its own explanations of the same units: "
-               f"AUC {ci_cell(g['calibration']['auc'])}. ") if g["calibration_given"]["auc"] else ""
+               f"calibration units: the ceiling of what this judge can see. {shuffled}With its own explanations of the same "
+               f"units: AUC {ci_cell(g['calibration']['auc'])}. ") if g["calibration_given"]["auc"] else ""
     gate = tests["calibration_vs_random"]
     if ai["judge_separates_calibration"]:
         verdict = (f"It separates the calibration units it explained from random units ({diff(gate, 'difference of mean ' + name)}), "
@@ -479,16 +501,20 @@ def autointerp_section(ai: dict | None) -> str:
                    f"{contrast(tests['ica_vs_random'], 'random units of the same whitened space', 'difference of mean ' + name)}; "
                    f"{contrast(tests['ica_vs_sae'], 'their density-matched SAE features', 'mean paired difference over ' + fmt_count(tests['ica_vs_sae']['n']) + ' pairs')}. ")
     else:
+        ceiling_ci = (g["calibration_given"].get("auc") or {}).get("ci")
+        why = ("the detection judge sees known structure when it is told what it is, but the explanations written for "
+               "it do not carry that structure"
+               if ceiling_ci and ceiling_ci[0] > 0.5 else "it cannot find structure that is known to be there")
         verdict = ("It does not separate the calibration units it explained from random units "
-                   f"({diff(gate, 'difference of mean ' + name)}): it cannot find structure that is known to be there, so we "
+                   f"({diff(gate, 'difference of mean ' + name)}): {why}, so we "
                    "do not rank the groups by its scores. The group means in Table~\\ref{tab:autointerp} are reported, not "
                    f"interpreted (ICA $-$ random: {fmt_fixed(tests['ica_vs_random']['difference'], 3)}; ICA $-$ SAE, paired: "
                    f"{fmt_fixed(tests['ica_vs_sae']['difference'], 3)}). ")
     return ("% Generated by darkmatter.paper from the autointerp metrics.\n"
             f"{judge}Each unit is explained from its top contexts in the train rows and scored by detection on held-out rows "
             "(activating contexts across the quantiles of the held-out activations, and non-activating ones; no detection "
-            "context shares a row, a document or a window with a shown one); the prompt names the marked token, and the score "
-            "is $\\log P(\\text{Yes}) - \\log P(\\text{No})$ of the answer token. Chance is 0.5 for every column of "
+            f"context shares a row, a document or a window with a shown one). {SCORERS[ai.get('scorer', 'yes_no')]} "
+            "Chance is 0.5 for every column of "
             f"Table~\\ref{{tab:autointerp}}. {ceiling}{verdict}"
             f"Figure~\\ref{{fig:autointerp}} shows each unit's {name}.\n")
 
