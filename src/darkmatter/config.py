@@ -313,8 +313,8 @@ class AutointerpConfig:
     #: Top contexts shown to the explainer.
     explain_top: Annotated[int, Field(gt=0)] = 8
     #: Held-out detection contexts per unit: activating (across quantiles) and not.
-    detect_positives: Annotated[int, Field(gt=0)] = 10
-    detect_negatives: Annotated[int, Field(gt=0)] = 10
+    detect_positives: Annotated[int, Field(gt=0)] = 8
+    detect_negatives: Annotated[int, Field(gt=0)] = 8
     n_bootstrap: Annotated[int, Field(gt=0)] = 2000
     seed: int = 0
 
