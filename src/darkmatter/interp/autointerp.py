@@ -18,9 +18,9 @@ meaning, :mod:`darkmatter.interp.calibration`).
     written after the excerpt (``prompts/score.txt``), centred on the unit's own contexts. A
     likelihood reading of the judge as a language model, the idea of delphi's surprisal scorer
     (Paulo et al. 2024) from the other side: PMI(explanation; context) is the same either way.
-    Measured on this run's calibration units, SmolLM2-135M given the true explanations reaches
-    AUC ~0.7 this way and 0.45 (chance) answering Yes/No: a 135M model models language far
-    better than it follows an instruction (``bench/bench_judges.py``);
+    On the default run's calibration units (``bench/bench_judges.py``), SmolLM2-135M given the
+    true explanations is weakly above chance this way and at chance answering Yes/No: a 135M
+    model models language better than it follows an instruction;
   - ``yes_no``: the judge answers whether the unit fires (``prompts/detect_*.txt``); the score
     is log P(Yes) − log P(No) where the backend gives log-probabilities (local), and the Messages
     API's answers alone otherwise.
@@ -41,7 +41,8 @@ meaning, :mod:`darkmatter.interp.calibration`).
   are (1 + #{≥ observed}) / (1 + B).
 - **The gate:** ``judge_separates_calibration`` is true when calibration units explained by the
   judge beat random units (CI above 0 and p < 0.05 on the first tested metric). When it is false
-  the judge cannot see known structure, and the paper declines to rank the groups.
+  the chain (explainer and detector) cannot find known structure, and the paper declines to rank
+  the groups; the ceiling and the wrong-explanation control say which of the two fails.
 
 Prompt templates live in ``src/darkmatter/interp/prompts/`` under version control; every
 response is cached (``darkmatter.interp.llm``), so reruns and reviewers pay nothing.
