@@ -220,17 +220,17 @@ def run(units: list[dict], explainer: CachedLLM, detector: CachedLLM, cfg) -> tu
             requests.append(detect_request(name, explanation, ctx, i, cfg.scorer))
             owners.append((name, label))
     answers = detector.run(requests, desc="detect")
-    records: dict[str, dict] = {name: {"labels": [], "pred": [], "score": []} for name, *_ in rows}
+    likelihood = cfg.scorer == "likelihood"  # a likelihood judge scores, it does not answer
+    records = {name: {"labels": [], "pred": None if likelihood else [], "score": []} for name, *_ in rows}
     for (name, label), resp in zip(owners, answers):
         rec = records[name]
         rec["labels"].append(label)
-        if cfg.scorer == "likelihood":
-            rec["pred"] = None
+        if likelihood:
             rec["score"].append(resp.logprobs["continuation"])
         else:
             rec["pred"].append(answer(resp.text))
             rec["score"].append(None if resp.logprobs is None else resp.logprobs["yes"] - resp.logprobs["no"])
-    if cfg.scorer == "likelihood":
+    if likelihood:
         # Centred on the unit's own detection contexts (labels unseen): an explanation's prior
         # log-probability (its length, its words) is the same on every context, and would move a
         # cut-off shared across units; the AUC within a unit does not change.
