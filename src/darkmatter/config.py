@@ -327,7 +327,8 @@ class AutointerpConfig:
 
     @model_validator(mode="after")
     def _scorer_has_log_probabilities(self) -> AutointerpConfig:
-        if self.scorer == "likelihood" and (self.backend == "anthropic" or self.replay_of == "anthropic" and self.backend == "replay"):
+        messages_api = self.backend == "anthropic" or (self.backend == "replay" and self.replay_of == "anthropic")
+        if self.scorer == "likelihood" and messages_api:
             raise ValueError("scorer 'likelihood' needs a local judge's log-probabilities, which the Messages API does not "
                              "give; with backend anthropic set autointerp.scorer: yes_no")
         return self

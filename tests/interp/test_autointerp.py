@@ -287,9 +287,11 @@ def test_the_likelihood_request_scores_the_explanation_after_the_marked_excerpt(
 
 
 def test_the_messages_api_cannot_be_a_likelihood_judge():
-    with pytest.raises(ValueError, match="set autointerp.scorer: yes_no"):
-        AutointerpConfig(backend="anthropic")
-    AutointerpConfig(backend="anthropic", scorer="yes_no")
+    for messages_api in ({"backend": "anthropic"}, {"backend": "replay", "replay_of": "anthropic"}):
+        with pytest.raises(ValueError, match="set autointerp.scorer: yes_no"):
+            AutointerpConfig(**messages_api)
+        AutointerpConfig(**messages_api, scorer="yes_no")
+    AutointerpConfig(backend="replay")  # a replay of the local judge has its log-probabilities
 
 
 def test_the_paired_test_sees_what_the_unpaired_one_misses():

@@ -280,3 +280,15 @@ def test_probes_wording_follows_the_intervals(workspace, tmp_path):
     assert "Those are the seed's numbers, not measurements of this paper" in prose
     table = (out / "tab_probes.tex").read_text()
     assert "0.8554" in table and "47/83" in table and "(no test)" in table
+
+
+def test_a_judge_without_log_probabilities_is_described_by_its_answers(workspace, tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    report = _autointerp_report(False) | {"scorer": "yes_no", "backend": "anthropic", "primary_metric": "balanced_accuracy"}
+    report["tests"] = {"balanced_accuracy": report["tests"]["auc"]}
+    (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    prose = (out / "sec_autointerp.tex").read_text()
+    assert "its answers are scored as given" in prose and "log P" not in prose and "run locally" not in prose

@@ -292,26 +292,23 @@ class LocalBackend(Backend):
 
     def complete_batch(self, reqs: list[Request]) -> list[Response]:
         out: list[Response | None] = [None] * len(reqs)
-        scored = sorted((i for i, r in enumerate(reqs) if r.continuation is not None),
-                        key=lambda i: len(reqs[i].prompt) + len(reqs[i].continuation))
-        for lo in range(0, len(scored), self.batch_size):
-            group = scored[lo : lo + self.batch_size]
-            for i, resp in zip(group, self._score([reqs[i] for i in group])):
-                out[i] = resp
+
+        def run(idx: list[int], method) -> None:
+            for lo in range(0, len(idx), self.batch_size):
+                group = idx[lo : lo + self.batch_size]
+                for i, resp in zip(group, method([reqs[i] for i in group])):
+                    out[i] = resp
+
+        scored = [i for i, r in enumerate(reqs) if r.continuation is not None]
+        run(sorted(scored, key=lambda i: len(reqs[i].prompt) + len(reqs[i].continuation)), self._score)
         by_system: dict[str, list[int]] = {}
         for i, r in enumerate(reqs):
             if r.want_logprobs and r.continuation is None:
                 by_system.setdefault(r.system, []).append(i)
         for idx in by_system.values():
-            for lo in range(0, len(idx), self.batch_size):
-                group = idx[lo : lo + self.batch_size]
-                for i, resp in zip(group, self._detect([reqs[i] for i in group])):
-                    out[i] = resp
-        idx = sorted((i for i, r in enumerate(reqs) if not r.want_logprobs and r.continuation is None), key=lambda i: len(self.prompts.text(reqs[i])))
-        for lo in range(0, len(idx), self.batch_size):
-            group = idx[lo : lo + self.batch_size]
-            for i, resp in zip(group, self._generate([reqs[i] for i in group])):
-                out[i] = resp
+            run(idx, self._detect)
+        generated = [i for i, r in enumerate(reqs) if not r.want_logprobs and r.continuation is None]
+        run(sorted(generated, key=lambda i: len(self.prompts.text(reqs[i]))), self._generate)
         return out
 
     def _detect(self, reqs: list[Request]) -> list[Response]:
@@ -350,7 +347,7 @@ class LocalBackend(Backend):
         target = torch.tensor([t for _, b in parts for t in b])
         with torch.inference_mode():
             hidden = self.lm.get_decoder()(input_ids=ids).last_hidden_state[rows, at]
-            # Only the continuation's positions go through the unembedding (a third of the FLOPs).
+            # Only the continuation's positions go through the unembedding.
             logp = torch.log_softmax(self.lm.get_output_embeddings()(hidden).float(), -1)[torch.arange(len(target)), target]
         means = torch.zeros(len(parts)).index_add_(0, rows, logp) / torch.tensor([len(b) for _, b in parts])
         return [Response("", {"continuation": float(m)}, {"input_tokens": len(a) + len(b), "output_tokens": 0})
