@@ -257,8 +257,8 @@ def test_a_likelihood_judge_that_reads_is_told_apart_from_one_given_the_wrong_ex
     assert groups["random"]["auc"]["mean"] == 0.5 and summary["judge_separates_calibration"]
     assert groups["ica"]["balanced_accuracy"] is None and groups["ica"]["f1"] is None, "a likelihood judge answers nothing"
     assert groups["ica"]["balanced_accuracy_calibrated"]["mean"] == 1.0
-    scores = [r for r in rows if r["unit"] == "ica-0"][0]
-    assert -1.5 < scores["threshold"] < 1.5, "between the centred levels, +1.5 and -1.5"
+    ica0 = next(r for r in rows if r["unit"] == "ica-0")
+    assert -1.5 < ica0["threshold"] < 1.5, "between the centred levels, +1.5 and -1.5"
 
 
 def test_likelihood_scores_are_centred_on_each_units_own_contexts(tmp_path):
@@ -273,7 +273,7 @@ def test_likelihood_scores_are_centred_on_each_units_own_contexts(tmp_path):
             return resp
 
     units = _word_units("calibration", 900, 2) + _pairs(2) + _word_units("random", 100, 3, signal=False)
-    rows, summary = _run(units, Offset("o"), tmp_path, AutointerpConfig(n_bootstrap=50))
+    rows, _ = _run(units, Offset("o"), tmp_path, AutointerpConfig(n_bootstrap=50))
     given = {r["unit"]: r for r in rows if r["kind"] == "calibration_given"}
     assert all(r["balanced_accuracy_calibrated"] == 1.0 for r in given.values()), "one cut-off serves both"
     assert given["calibration-900/given"]["threshold"] == pytest.approx(given["calibration-901/given"]["threshold"])
