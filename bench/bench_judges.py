@@ -24,7 +24,6 @@ is computed and timed):
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -50,19 +49,29 @@ def judge_weights(name: str) -> Path:
     return out
 
 
-def measure(name: str, scorer: str, units: list[dict], cfg) -> dict:
+def load(name: str, units: list[dict], cfg):
+    """The judge, its load time, and its seconds per explanation (one per unit, generated)."""
     from darkmatter.config import LOCAL_JUDGES
-    from sklearn.metrics import roc_auc_score
 
-    from darkmatter.interp.autointerp import detect_request, detection_set, explain_request
+    from darkmatter.interp.autointerp import explain_request
     from darkmatter.interp.llm import LocalBackend
-    from darkmatter.stats import mean_with_ci, paired_difference
 
     start = time.perf_counter()
     judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
-    load = time.perf_counter() - start
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    judge.complete_batch([explain_request(u, cfg.explain_top) for u in units])
+    return judge, load_s, (time.perf_counter() - start) / len(units)
+
+
+def measure(judge, scorer: str, units: list[dict], cfg) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    from darkmatter.interp.autointerp import detect_request, detection_set
+    from darkmatter.stats import mean_with_ci, paired_difference
+
     sets = [detection_set(u, cfg.detect_positives, cfg.detect_negatives) for u in units]
-    out = {"load_s": load}
+    out = {}
     detect_s, n_detect, n_tokens = 0.0, 0, 0
     aucs_by = {}
     for label, shift in (("ceiling", 0), ("mismatched", 1)):
@@ -82,12 +91,20 @@ def measure(name: str, scorer: str, units: list[dict], cfg) -> dict:
         out[label] = mean_with_ci(aucs, 2000, np.random.default_rng(0))
         aucs_by[label] = np.array(aucs)
     out["reads"] = paired_difference(aucs_by["ceiling"], aucs_by["mismatched"], 2000, np.random.default_rng(0))
-    start = time.perf_counter()
-    judge.complete_batch([explain_request(u, cfg.explain_top) for u in units])
-    out["explain_s"] = (time.perf_counter() - start) / len(units)
     out["detect_s"] = detect_s / n_detect
     out["prompt_tok_s"] = n_tokens / detect_s
     return out
+
+
+def row(judge: str, scorer: str, m: dict, per_unit_detections: int, n_explain: int, n_detect: int) -> str:
+    """A table row, with the autointerp stage projected to the params' unit counts."""
+    stage = m["load_s"] + n_explain * m["explain_s"] + n_detect * m["detect_s"]
+    reads = m["reads"]
+    return (f"| {judge} | {scorer} | {m['ceiling']['mean']:.2f} [{m['ceiling']['ci'][0]:.2f}, "
+            f"{m['ceiling']['ci'][1]:.2f}] | {m['mismatched']['mean']:.2f} [{m['mismatched']['ci'][0]:.2f}, "
+            f"{m['mismatched']['ci'][1]:.2f}] | {reads['difference']:+.2f}, p = {reads['p_permutation']:.3f} | "
+            f"{m['load_s']:.0f} s | {m['detect_s']:.2f} s ({m['prompt_tok_s']:.0f} prompt tok/s) | {m['explain_s']:.1f} s | "
+            f"{m['explain_s'] + per_unit_detections * m['detect_s']:.1f} s | {stage / 60:.0f} min |")
 
 
 def main() -> None:
@@ -107,17 +124,13 @@ def main() -> None:
     n_explain = 2 * cfg.n_ica_units + cfg.n_random_units + len(units)
     n_detect = (n_explain + 2 * len(units)) * per_unit_detections
     rows = []
-    for name, scorer in itertools.product(args.judges, args.scorers):
-        m = measure(name, scorer, units, cfg)
-        stage = m["load_s"] + n_explain * m["explain_s"] + n_detect * m["detect_s"]
-        reads = m["reads"]
-        rows.append(f"| {LOCAL_JUDGES[name]} | {scorer} | {m['ceiling']['mean']:.2f} [{m['ceiling']['ci'][0]:.2f}, "
-                    f"{m['ceiling']['ci'][1]:.2f}] | {m['mismatched']['mean']:.2f} [{m['mismatched']['ci'][0]:.2f}, "
-                    f"{m['mismatched']['ci'][1]:.2f}] | {reads['difference']:+.2f}, p = {reads['p_permutation']:.3f} | "
-                    f"{m['load_s']:.0f} s | {m['detect_s']:.2f} s "
-                    f"({m['prompt_tok_s']:.0f} prompt tok/s) | {m['explain_s']:.1f} s | "
-                    f"{m['explain_s'] + per_unit_detections * m['detect_s']:.1f} s | {stage / 60:.0f} min |")
-        print(rows[-1], flush=True)
+    for name in args.judges:
+        judge, load_s, explain_s = load(name, units, cfg)
+        for scorer in args.scorers:
+            m = measure(judge, scorer, units, cfg) | {"load_s": load_s, "explain_s": explain_s}
+            rows.append(row(LOCAL_JUDGES[name], scorer, m, per_unit_detections, n_explain, n_detect))
+            print(rows[-1], flush=True)
+        del judge  # one judge in memory at a time (the 1.5B one needs ~9 GB)
     body = f"""
 Run {args.run}: its {len(units)} calibration units (token classes of known meaning), {per_unit_detections} held-out
 detection contexts each, every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability

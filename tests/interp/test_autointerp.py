@@ -133,7 +133,7 @@ def test_the_cut_off_is_the_middle_of_the_best_plateau():
 
 
 def test_the_prompt_names_the_marked_token():
-    req = detect_request("ica-1", "apples", _ctx(5, 1.0, " apple", "heldout"), 0)
+    req = detect_request("ica-1", "apples", _ctx(5, 1.0, " apple", "heldout"), 0, "yes_no")
     assert 'The marked token is " apple".' in req.prompt and "the<< apple>> end5" in req.prompt
 
 

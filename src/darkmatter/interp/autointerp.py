@@ -112,7 +112,7 @@ def detection_set(unit: dict, n_pos: int, n_neg: int) -> list[tuple[dict, int]]:
     return chosen
 
 
-def detect_request(name: str, explanation: str, ctx: dict, i: int, scorer: str = "yes_no") -> Request:
+def detect_request(name: str, explanation: str, ctx: dict, i: int, scorer: str) -> Request:
     """``yes_no``: the judge is asked whether the unit fires on the marked token. ``likelihood``:
     the explanation is scored as the continuation of the excerpt and its marked token."""
     token = json.dumps(ctx["tokens"][ctx["focus"]], ensure_ascii=False)
