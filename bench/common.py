@@ -35,6 +35,23 @@ def best_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def interleaved_best(fns: dict, rounds: int = 4) -> dict:
+    """Best wall time of each function over ``rounds``, the functions taken in turn every round.
+
+    On a shared 2-core VM the speed drifts by ~15% over a minute; interleaving gives every
+    quantity of a ratio the same chance of a quiet moment.
+    """
+    for fn in fns.values():  # warm-up
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def gemm_seconds(m: int, k: int, n: int, batch: int = 1, repeats: int = 5) -> float:
     """Best-of-``repeats`` wall time of one fp32 ``[batch, m, k] @ [batch, k, n]`` product."""
     import torch

@@ -1,9 +1,11 @@
 """The dark matter: r = x − SAE(x), streamed once over the whole activation cache.
 
 Works for any SAELens ``SAE`` whose ``d_in`` and hook match the cache (checked before any
-compute). One pass accumulates float64 sufficient statistics per token *group* (train or
-held-out row × special, high-norm outlier or ordinary token; :mod:`darkmatter.analysis.tokens`),
-so every number below is exact for any union of groups, and nothing N × d_sae or N × d is held.
+compute). One pass accumulates sufficient statistics per token *group* (train or held-out row ×
+special, high-norm outlier or ordinary token; :mod:`darkmatter.analysis.tokens`), so every number
+below is exact for any union of groups, and nothing N × d_sae or N × d is held. Each chunk's sums
+are float32 GEMMs around a shift (half the cost of float64), added up in float64 across chunks:
+~1e-7 relative, which the tests bound against float64 references, planted offsets included.
 
 Which rows each number uses (the metrics and the paper say so next to each):
 
@@ -48,6 +50,8 @@ from darkmatter.stats import random_unit_directions, summary, unpaired_differenc
 #: Token groups: 3 × held-out + class (special 0, outlier 1, ordinary 2).
 N_GROUPS = 6
 TRAIN, HELDOUT = 0, 1
+#: Ordinary tokens whose means shift the power sums and moments (only their rough centre matters).
+SHIFT_TOKENS = 2048
 
 
 def groups(split: int | tuple[int, ...], classes) -> list[int]:
@@ -56,30 +60,71 @@ def groups(split: int | tuple[int, ...], classes) -> list[int]:
     return [3 * s + c for s in splits for c in classes]
 
 
+#: Rows per power-sum block: bounds the [rows, 4, d] powers buffer to 64 MiB at any width.
+POWER_BLOCK_BYTES = 64 << 20
+#: Above this |v − shift| a chunk's powers are taken in float64 (a float32 sum of v⁴ could overflow).
+FLOAT32_POWERS_BELOW = 1e7
+
+
+def group_onehot(group, device) -> "torch.Tensor":  # noqa: F821
+    """[n, N_GROUPS] float32 indicator, so per-group sums are one GEMM (index_add_ is serial on CPU)."""
+    import torch
+
+    return torch.nn.functional.one_hot(group.to(device), N_GROUPS).float()
+
+
 @dataclass
 class GroupedPowerSums:
-    """Per-group, per-column sums of powers 1..4 around one shared shift (so groups add up)."""
+    """Per-group, per-column sums of powers 1..``powers`` around one shared shift (so groups add up).
+
+    Each chunk's powers and group sums are float32 (one GEMM with the group indicator; float64
+    costs ~3x here and ~30% of the whole pass), summed across chunks in float64; the shift keeps
+    the terms centred, so a chunk's sums are good to ~1e-6 relative (tests/analysis/test_residual.py).
+    """
 
     shift: np.ndarray
-    sums: object = None  # torch float64 [N_GROUPS, 4, d] on the SAE's device
+    powers: int = 4  # 2 where only sums of squares are needed (FVU), 4 for kurtosis
+    sums: object = None  # torch float64 [N_GROUPS, powers, d] on the SAE's device
     n: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS, dtype=np.int64))
 
-    def add(self, values, group) -> None:
+    def add(self, values, onehot) -> None:
         import torch
 
+        d, k = len(self.shift), self.powers
         if self.sums is None:
-            self.sums = torch.zeros((N_GROUPS, 4, len(self.shift)), dtype=torch.float64, device=values.device)
-        y = values.double() - torch.as_tensor(self.shift, device=values.device)
-        power = y.clone()
-        for p in range(4):
-            self.sums[:, p].index_add_(0, group, power)
-            if p < 3:
-                power *= y
-        self.n += np.bincount(group.cpu().numpy(), minlength=N_GROUPS)
+            self.sums = torch.zeros((N_GROUPS, k, d), dtype=torch.float64, device=values.device)
+        y = values - torch.as_tensor(self.shift, dtype=values.dtype, device=values.device)
+        if y.numel() and y.abs().max() >= FLOAT32_POWERS_BELOW:
+            y, onehot = y.double(), onehot.double()
+        block = max(1, POWER_BLOCK_BYTES // (k * d * y.element_size()))
+        for lo in range(0, len(y), block):
+            part = y[lo : lo + block]
+            powers = torch.empty((len(part), k, d), dtype=y.dtype, device=y.device)
+            powers[:, 0] = part
+            torch.mul(part, part, out=powers[:, 1])
+            if k == 4:
+                torch.mul(powers[:, 1], part, out=powers[:, 2])
+                torch.mul(powers[:, 1], powers[:, 1], out=powers[:, 3])
+            self.sums += (onehot[lo : lo + block].T @ powers.view(len(part), k * d)).view(N_GROUPS, k, d).double()
+        self.n += onehot.sum(0).round().long().cpu().numpy()
+
+    def _sums(self, gs: list[int]) -> tuple[np.ndarray, np.ndarray, int]:
+        s1, s2 = self.sums[gs].sum(dim=0)[:2].cpu().numpy()
+        return s1, s2, int(self.n[gs].sum())
 
     def excess_kurtosis(self, gs: list[int]) -> np.ndarray:
         sums = self.sums[gs].sum(dim=0).cpu().numpy()
         return excess_kurtosis_from_sums(sums, int(self.n[gs].sum()))
+
+    def square_sum(self, gs: list[int]) -> float:
+        """Σ‖v‖² over the groups' tokens."""
+        s1, s2, n = self._sums(gs)
+        return float((s2 + 2 * self.shift * s1 + n * self.shift**2).sum())
+
+    def centred_square_sum(self, gs: list[int]) -> float:
+        """Σ‖v − v̄‖² over the groups' tokens (v̄ their mean)."""
+        s1, s2, n = self._sums(gs)
+        return float((s2 - s1**2 / n).sum()) if n else 0.0
 
 
 def excess_kurtosis_from_sums(sums: np.ndarray, n: int) -> np.ndarray:
@@ -109,14 +154,20 @@ class JointMoments:
         self.srr = np.zeros((d_r, d_r)) if self.srr is None else self.srr
 
     def add(self, x, r) -> None:
+        """One chunk's moments: float32 GEMMs on shifted data, summed across chunks in float64.
+
+        float64 GEMMs cost 2x on CPU and ~40% of the whole pass; the shift keeps the float32 terms
+        centred, so each chunk's sums are good to ~1e-6 relative (tests/analysis/test_residual.py
+        plants a large offset and compares with float64).
+        """
         import torch
 
-        xt = torch.cat([x.double() - torch.as_tensor(self.shift_x, device=x.device),
-                        torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], dim=1)
-        rt = r.double() - torch.as_tensor(self.shift_r, device=r.device)
-        self.sxx += (xt.T @ xt).cpu().numpy()
-        self.sxr += (xt.T @ rt).cpu().numpy()
-        self.srr += (rt.T @ rt).cpu().numpy()
+        xt = torch.cat([x - torch.as_tensor(self.shift_x, dtype=x.dtype, device=x.device),
+                        torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+        rt = r - torch.as_tensor(self.shift_r, dtype=r.dtype, device=r.device)
+        self.sxx += (xt.T @ xt).double().cpu().numpy()
+        self.sxr += (xt.T @ rt).double().cpu().numpy()
+        self.srr += (rt.T @ rt).double().cpu().numpy()
         self.n += len(x)
 
     def __add__(self, other: JointMoments) -> JointMoments:
@@ -183,35 +234,6 @@ def components_for(eigenvalues: np.ndarray, fraction: float) -> int:
 
 
 @dataclass
-class GroupedFVU:
-    """Σ‖r‖², Σ‖x‖² and Σx per group, so the FVU of any union of groups is exact."""
-
-    d: int
-    n: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS, dtype=np.int64))
-    err: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS))
-    sq: np.ndarray = field(default_factory=lambda: np.zeros(N_GROUPS))
-    total: object = None  # torch float64 [N_GROUPS, d]
-
-    def add(self, x, r, group) -> None:
-        import torch
-
-        if self.total is None:
-            self.total = torch.zeros((N_GROUPS, self.d), dtype=torch.float64, device=x.device)
-        g = group.cpu().numpy()
-        self.n += np.bincount(g, minlength=N_GROUPS)
-        self.err += np.bincount(g, weights=(r.double() ** 2).sum(1).cpu().numpy(), minlength=N_GROUPS)
-        self.sq += np.bincount(g, weights=(x.double() ** 2).sum(1).cpu().numpy(), minlength=N_GROUPS)
-        self.total.index_add_(0, group, x.double())
-
-    def variance(self, gs: list[int]) -> float:
-        total = self.total[gs].sum(dim=0).cpu().numpy()
-        return float(self.sq[gs].sum() - total @ total / self.n[gs].sum())
-
-    def fvu(self, gs: list[int]) -> float | None:
-        return float(self.err[gs].sum() / self.variance(gs)) if self.n[gs].sum() > 1 else None
-
-
-@dataclass
 class ResidualStats:
     """Everything the pass accumulates (see the module docstring); :func:`analyse` reads it."""
 
@@ -219,8 +241,9 @@ class ResidualStats:
     class_rule: dict
     heldout: np.ndarray  # bool [N]
     analysed: tuple[int, ...]  # the analysed token classes
-    fvu: GroupedFVU
-    x_pow: GroupedPowerSums
+    x_sq: GroupedPowerSums  # powers 1-2, every token: FVU of any union of groups
+    r_sq: GroupedPowerSums
+    x_pow: GroupedPowerSums  # powers 1-4, held-out tokens: kurtosis (held-out only, so train groups stay empty)
     r_pow: GroupedPowerSums
     x_rand: GroupedPowerSums
     r_rand: GroupedPowerSums
@@ -232,9 +255,16 @@ class ResidualStats:
     r_norm: np.ndarray
     seconds: float = 0.0
 
+    def n_tokens(self, gs: list[int]) -> int:
+        return int(self.x_sq.n[gs].sum())
+
     @property
     def n_heldout_analysed(self) -> int:
-        return int(self.fvu.n[groups(HELDOUT, self.analysed)].sum())
+        return self.n_tokens(groups(HELDOUT, self.analysed))
+
+    def fvu(self, gs: list[int]) -> float | None:
+        """SAELens's FVU, Σ‖r‖² / Σ‖x − x̄‖², over the groups' tokens."""
+        return self.r_sq.square_sum(gs) / self.x_sq.centred_square_sum(gs) if self.n_tokens(gs) > 1 else None
 
 
 def token_norms(acts: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -259,14 +289,15 @@ def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_
     chunk_tokens = chunk_tokens or latent_chunk_tokens(sae.cfg.d_sae, cfg.latent_budget_mb << 20)
     directions = torch.from_numpy(random_unit_directions(cfg.n_random_directions, d, cfg.seed).T.copy()).float().to(device)
 
-    # Shifts for numerically stable power sums: means over the first chunk's ordinary tokens.
-    first = np.flatnonzero(classes[:chunk_tokens] == ORDINARY)
+    # Shifts for numerically stable power sums and moments: means over the first ordinary tokens.
+    first = np.flatnonzero(classes[:chunk_tokens] == ORDINARY)[:SHIFT_TOKENS]
     if not len(first):
         raise UserError(f"the first {chunk_tokens} cached tokens hold no ordinary token; the cache is not usable")
-    chunk0 = next(stream(sae, acts, first, chunk_tokens, desc="shifts", preacts=True))
+    chunk0 = next(stream(sae, acts, first, SHIFT_TOKENS, desc="shifts", preacts=True))
     shift_x, shift_r, shift_pre = (t.double().mean(0).cpu().numpy() for t in (chunk0.x, chunk0.r, chunk0.preacts))
     stats = ResidualStats(
-        classes=classes, class_rule=rule, heldout=heldout, analysed=analysed, fvu=GroupedFVU(d),
+        classes=classes, class_rule=rule, heldout=heldout, analysed=analysed,
+        x_sq=GroupedPowerSums(shift_x, powers=2), r_sq=GroupedPowerSums(shift_r, powers=2),
         x_pow=GroupedPowerSums(shift_x), r_pow=GroupedPowerSums(shift_r),
         x_rand=GroupedPowerSums(np.zeros(cfg.n_random_directions)), r_rand=GroupedPowerSums(np.zeros(cfg.n_random_directions)),
         joint={"train": JointMoments(shift_x, shift_r), "heldout": JointMoments(shift_x, shift_r)},
@@ -275,28 +306,34 @@ def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_
     )
     train_g, held_g = groups(TRAIN, analysed), groups(HELDOUT, analysed)
     start = time.perf_counter()
-    for chunk in stream(sae, acts, np.arange(n), chunk_tokens, preacts=True):
+    preact_tokens = heldout & np.isin(classes, analysed)
+    for chunk in stream(sae, acts, np.arange(n), chunk_tokens, preacts=preact_tokens):
         g = token_group[chunk.ids].to(device)
+        onehot = group_onehot(g, device)
         x, r = chunk.x, chunk.r
         stats.r_norm[chunk.ids] = r.norm(dim=1).cpu().numpy()
-        stats.fvu.add(x, r, g)
-        stats.x_pow.add(x, g)
-        stats.r_pow.add(r, g)
-        stats.x_rand.add(x @ directions, g)
-        stats.r_rand.add(r @ directions, g)
+        stats.x_sq.add(x, onehot)
+        stats.r_sq.add(r, onehot)
+        on_held = g >= 3 * HELDOUT  # every class: the kurtoses are reported both ways
+        if on_held.any():
+            x_held, r_held, onehot_held = x[on_held], r[on_held], onehot[on_held]
+            stats.x_pow.add(x_held, onehot_held)
+            stats.r_pow.add(r_held, onehot_held)
+            stats.x_rand.add(x_held @ directions, onehot_held)
+            stats.r_rand.add(r_held @ directions, onehot_held)
         for name, gs in (("train", train_g), ("heldout", held_g)):
             rows = torch.isin(g, torch.tensor(gs, device=device))
             stats.joint[name].add(x[rows], r[rows])
         held = torch.isin(g, torch.tensor(held_g, device=device))
-        stats.preact_pow.add(chunk.preacts[held], g[held])
-        _add_latents(stats, chunk.latents, g, held)
+        stats.preact_pow.add(chunk.preacts, onehot[held])  # the chunk carries the held-out analysed tokens' only
+        _add_latents(stats, chunk.latents, chunk.active, g, held)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def _add_latents(stats: ResidualStats, latents, group, held) -> None:
-    """Firing counts per group, and the held-out latents' power sums, from the non-zero entries only."""
-    rows, cols = latents.nonzero(as_tuple=True)
+def _add_latents(stats: ResidualStats, latents, active, group, held) -> None:
+    """Firing counts per group, and the held-out latents' power sums, from the ``active`` (non-zero) entries only."""
+    rows, cols = active
     d_sae = latents.shape[1]
     g = group[rows].cpu().numpy()
     cols_np = cols.cpu().numpy()
@@ -312,14 +349,14 @@ def _add_latents(stats: ResidualStats, latents, group, held) -> None:
 
 def analyse(stats: ResidualStats, ridge_alpha: float, seed: int = 0, n_boot: int = 1000) -> tuple[dict, dict]:
     """Metrics (JSON) and arrays (npz) from the accumulated statistics."""
-    fvu, analysed = stats.fvu, stats.analysed
+    analysed = stats.analysed
     train, held = stats.joint["train"], stats.joint["heldout"]
     if train.n <= train.sxx.shape[0] or held.n < 2:
         raise UserError(f"too few analysed tokens for the ridge fit ({train.n} train, {held.n} held-out); cache more tokens")
     coef = ridge_fit(train, ridge_alpha)
     sst_held, sse_held = centred_sst(held), sse(held, coef)
     held_g = groups(HELDOUT, analysed)
-    var_x_held = fvu.variance(held_g)
+    var_x_held = stats.x_sq.centred_square_sum(held_g)
     mean_r_held = held.sxr[-1] / held.n + held.shift_r
     mean_r, cov_r = residual_covariance(train)
     mean_nl, cov_nl = residual_covariance(train, coef)
@@ -361,12 +398,12 @@ def analyse(stats: ResidualStats, ridge_alpha: float, seed: int = 0, n_boot: int
         "tokens": {"n": int(len(stats.classes)), "n_heldout": int(stats.heldout.sum()),
                    "n_heldout_analysed": n_held, "outliers_excluded": not (OUTLIER in analysed),
                    "classes": stats.class_rule},
-        "dark_matter_fraction": fvu.fvu(held_g),
-        **{f"dark_matter_fraction_{way}": fvu.fvu(groups(HELDOUT, classes)) for way, classes in both_ways.items()},
-        "dark_matter_fraction_all_rows": fvu.fvu(groups((TRAIN, HELDOUT), analysed)),
-        "dark_matter_fraction_all_rows_with_special": fvu.fvu(groups((TRAIN, HELDOUT), everything)),
+        "dark_matter_fraction": stats.fvu(held_g),
+        **{f"dark_matter_fraction_{way}": stats.fvu(groups(HELDOUT, classes)) for way, classes in both_ways.items()},
+        "dark_matter_fraction_all_rows": stats.fvu(groups((TRAIN, HELDOUT), analysed)),
+        "dark_matter_fraction_all_rows_with_special": stats.fvu(groups((TRAIN, HELDOUT), everything)),
         "error_norm_fraction": {
-            "ratio_of_sums": float(np.sqrt(fvu.err[held_g].sum() / fvu.sq[held_g].sum())),
+            "ratio_of_sums": float(np.sqrt(stats.r_sq.square_sum(held_g) / stats.x_sq.square_sum(held_g))),
             "per_token": summary(ratio),
         },
         "error_norm": summary(stats.r_norm[keep]),
@@ -400,7 +437,7 @@ def analyse(stats: ResidualStats, ridge_alpha: float, seed: int = 0, n_boot: int
         "x_norm": stats.x_norm, "r_norm": stats.r_norm,
         "token_class": stats.classes, "outliers_excluded": np.array(OUTLIER not in analysed),
         "latent_fires_train": fires_train, "latent_fires_heldout": fires_held,
-        "n_train_analysed": np.array(int(fvu.n[groups(TRAIN, analysed)].sum())), "n_heldout_analysed": np.array(n_held),
+        "n_train_analysed": np.array(stats.n_tokens(groups(TRAIN, analysed))), "n_heldout_analysed": np.array(n_held),
         "latent_frequency": fires_held / max(n_held, 1), "latent_kurtosis": latent_kurtosis,
         "preact_kurtosis": preact_kurtosis,
         **{f"kurtosis_{name}": values for name, values in kurt.items()},
