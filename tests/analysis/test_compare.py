@@ -6,7 +6,8 @@ import pytest
 import torch
 from scipy.stats import kurtosis, mannwhitneyu
 
-from darkmatter.analysis.compare import bins, kurtosis_gap, max_abs_cos, rotation_null_directions, rotation_test
+from darkmatter.analysis.compare import (bins, fit_checks, kurtosis_gap, max_abs_cos, median_gap, rotation_null_directions,
+                                         rotation_test)
 from darkmatter.config import CompareConfig
 from darkmatter.stats import random_rotation
 
@@ -79,6 +80,28 @@ def test_the_rotation_test_finds_directions_that_sit_on_the_dictionary():
     test = rotation_test(max_abs_cos(inside, decoder, 128)[0], null, novel_below=0.3)
     assert test["median_max_cos"]["p_closer"] < 0.01 and test["median_max_cos"]["p_farther"] > 0.5
     assert test["median_max_cos"]["p_closer"] >= 1 / 301, "(1 + #) / (1 + B): never 0"
+
+
+def test_each_ica_fit_gets_its_own_rotation_test_and_tail_test():
+    """A reference fit on the dictionary with heavy tails, and a fit that found nothing: the checks tell them apart."""
+    basis, scale, decoder = _anisotropic_world(seed=1)
+    k, rng = len(scale), np.random.default_rng(4)
+    inside = rng.standard_normal((k, k)) @ basis.T
+    decoder = torch.cat([decoder, torch.from_numpy(inside.astype(np.float32))])
+    nothing = (random_rotation(k, rng) * scale[None, :]) @ basis.T
+    null = max_abs_cos(rotation_null_directions(basis, scale, 300, 3), decoder, 128)[0].reshape(300, k)
+    cfg = CompareConfig(n_bootstrap=300, decoder_chunk=128)
+    random_kurtosis = rng.normal(0, 0.1, 200)
+    heavy, gaussian = rng.normal(5, 1, k), rng.normal(0, 0.1, k)
+    reference = {"rotation_null": rotation_test(max_abs_cos(inside, decoder, 128)[0], null, cfg.novel_below),
+                 "kurtosis_gap": {"ica_vs_random_whitened": median_gap(heavy, random_kurtosis, cfg.n_bootstrap, rng)}}
+    components = {"other_fits": np.array(["seed 1"]), "other_mixing": nothing[None], "other_kurtosis": gaussian[None],
+                  "random_whitened_kurtosis": random_kurtosis}
+    ref, other = fit_checks(components, decoder, null, reference, cfg)
+    assert (ref["fit"], other["fit"]) == ("reference", "seed 1")
+    assert ref["median_max_cos"]["p_closer"] < 0.01 and other["median_max_cos"]["p_closer"] > 0.05
+    assert ref["ica_vs_random_whitened"]["ci"][0] > 0 and other["ica_vs_random_whitened"]["ci"][0] < 0 < other["ica_vs_random_whitened"]["ci"][1]
+    assert fit_checks({"random_whitened_kurtosis": random_kurtosis}, decoder, null, reference, cfg) == [ref], "one fit only"
 
 
 def test_rotation_null_directions_are_mixing_directions_of_orthogonal_w():

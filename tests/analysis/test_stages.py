@@ -98,6 +98,11 @@ def test_stages_find_planted_sources_and_call_them_novel(tmp_path, gemma_weights
     gap = report["kurtosis_gap"]
     assert gap["n_active_features"] > 0 and gap["like_for_like"]["difference"] is not None
     assert gap["ica_vs_random_whitened"]["ci"][0] > 0, "the planted sources are heavier-tailed than random whitened units"
+    fits = report["ica_fits"]
+    assert [f["fit"] for f in fits] == ["reference", "seed 1", "resample 1", "resample 2"] == ["reference", *comps["other_fits"]]
+    assert comps["other_mixing"].shape == (3, 12, comps["mixing"].shape[1]) and comps["other_kurtosis"].shape == (3, 12)
+    assert all(f["ica_vs_random_whitened"]["ci"][0] > 0 and f["novel_fraction"]["p_more"] < 0.05 for f in fits), \
+        "every fit finds the planted sources"
 
     units = json.loads((data / "examples.json").read_text())["units"]
     kinds = [u["kind"] for u in units]

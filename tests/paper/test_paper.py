@@ -75,8 +75,8 @@ def test_pdf_follows_the_metrics(workspace):
     residual["dark_matter_fraction"] = 0.4321
     (workspace / "metrics/runs/gemma-3-270m-l9/residual.json").write_text(json.dumps(residual))
     compare = json.loads((workspace / "metrics/runs/gemma-3-270m-l9/compare.json").read_text())
-    novel = compare["rotation_null"]["novel_fraction"]
-    novel["p_more"], novel["p_fewer"] = 0.001, 0.999  # as if ICA found more novel directions than rotations do
+    for novel in [compare["rotation_null"]["novel_fraction"], *(f["novel_fraction"] for f in compare.get("ica_fits", []))]:
+        novel["p_more"], novel["p_fewer"] = 0.001, 0.999  # as if every ICA fit found more novel directions than rotations do
     gap = compare["kurtosis_gap"]["like_for_like"]
     gap["difference"], gap["ci"] = -1.5, [-2.0, -1.0]  # and SAE pre-activations lighter-tailed than the sources
     (workspace / "metrics/runs/gemma-3-270m-l9/compare.json").write_text(json.dumps(compare))
@@ -100,6 +100,37 @@ def test_a_ladder_row_appears_when_its_metrics_exist(workspace, tmp_path):
     rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
     assert "not run" not in rows["GPT-2 small"] and "not run" in rows["Gemma 3 1B (16k)"]
     assert "\\newcommand{\\dmLadderDone}{1}" in (out / "macros.tex").read_text()
+
+
+def test_ica_verdicts_are_stated_only_where_every_fit_agrees(workspace, tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    path = metrics / "runs/gemma-3-270m-l9/compare.json"
+    compare = json.loads(path.read_text())
+
+    def fit(name, p_closer):
+        return {"fit": name, "median_max_cos": {"p_closer": p_closer, "p_farther": 1 - p_closer},
+                "novel_fraction": {"p_more": 0.4, "p_fewer": 0.6},
+                "ica_vs_random_whitened": {"difference": 0.2, "ci": [0.1, 0.3]}}
+
+    compare["ica_fits"] = [fit("reference", 0.01), fit("seed 1", 0.02), fit("resample 1", 0.5)]
+    path.write_text(json.dumps(compare))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    macros = (out / "macros.tex").read_text()
+    assert "\\newcommand{\\dmCloserVerdict}{not robustly closer to or farther from}" in macros
+    assert ("\\newcommand{\\dmCloserFits}{the 3 ICA fits disagree (2 of 3 fits: closer to; "
+            "1 of 3 fits: no closer to and no farther from)}") in macros
+    assert "\\newcommand{\\dmIcaVsRandomVerdict}{more heavy-tailed than}" in macros
+    assert "\\newcommand{\\dmIcaVsRandomFits}{the same in each of the 3 ICA fits}" in macros
+    assert "\\newcommand{\\dmNovelVerdict}{does not differ significantly from}" in macros
+
+    compare["ica_fits"] = compare["ica_fits"][:1]
+    path.write_text(json.dumps(compare))
+    generate(load_params(REPO / "params.yaml"), metrics, out)
+    macros = (out / "macros.tex").read_text()
+    assert "\\newcommand{\\dmCloserVerdict}{closer to}" in macros
+    assert "\\newcommand{\\dmCloserFits}{one ICA fit, not checked on restarts or resamples}" in macros
 
 
 def test_missing_metrics_fail_clearly_and_write_nothing(tmp_path):

@@ -231,6 +231,7 @@ class ICAResult:
     seed_match: np.ndarray  # [seeds − 1, k] |cos| (rows of W) of each component's match in each restart
     resample_match: np.ndarray  # [resamples, k] the same in each fit on disjoint tokens
     stable: np.ndarray | None  # [k] bool; None when stability was not measured
+    others: list[Components]  # the other restarts, then the resamples: compare checks its verdicts on each
 
     @property
     def n_seeds(self) -> int:
@@ -279,7 +280,7 @@ def fit(samples: list[np.ndarray], whitener: Whitener, total_variance: float, cf
     cos = np.array([match(ref.white, c.white)[1] for c in comps[1:]]).reshape(len(comps) - 1, whitener.k)
     seed_match, resample_match = cos[: cfg.seeds - 1], cos[cfg.seeds - 1:]
     stable = (cos > cfg.stable_threshold).all(axis=0) if len(cos) else None
-    return ICAResult(ref, runs, seed_match, resample_match, stable)
+    return ICAResult(ref, runs, seed_match, resample_match, stable, comps[1:])
 
 
 def fit_samples(train_tokens: np.ndarray, max_tokens: int, resamples: int, seed: int) -> list[np.ndarray]:
@@ -335,6 +336,13 @@ class HeldoutStatistics:
     n_other_way: int
 
 
+def source_kurtosis(z: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """Excess kurtosis of the sources s = W z on the tokens ``z``."""
+    from scipy.stats import kurtosis
+
+    return kurtosis(z @ white.T, axis=0)
+
+
 def heldout_statistics(z_nonspecial: np.ndarray, classes: np.ndarray, excluded: bool, white: np.ndarray,
                        n_random: int, seed: int) -> HeldoutStatistics:
     """Kurtosis of the sources, and of random whitened projections (the null), on held-out tokens.
@@ -353,7 +361,7 @@ def heldout_statistics(z_nonspecial: np.ndarray, classes: np.ndarray, excluded: 
     z = z_nonspecial[keep]
     random = random_unit_directions(n_random, white.shape[1], seed)
     return HeldoutStatistics(
-        kurtosis=kurtosis(z @ white.T, axis=0), random_kurtosis=kurtosis(z @ random.T, axis=0),
+        kurtosis=source_kurtosis(z, white), random_kurtosis=kurtosis(z @ random.T, axis=0),
         kurtosis_other_way=kurtosis(z_nonspecial[other] @ white.T, axis=0),
         n_tokens=int(keep.sum()), n_other_way=int(other.sum()),
     )
@@ -478,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
                               run.residual.n_random_directions, cfg.seed)
     metrics = report(result, held, cfg, k, why, [len(x) for x in samples], eigenvalues, excluded)
     comps = result.components
+    z_analysed = z_held[analysed(classes[held_tokens], excluded)]
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "components.npz", mixing=comps.mixing, unmixing=comps.unmixing, white=comps.white, mean=comps.mean,
              kurtosis_fit=comps.kurtosis, kurtosis=held.kurtosis, kurtosis_other_way=held.kurtosis_other_way,
@@ -485,7 +494,12 @@ def main(argv: list[str] | None = None) -> None:
              stability_measured=np.array(result.stable is not None),
              stable=result.stable if result.stable is not None else np.zeros(k, bool),
              seed_match=result.seed_match, resample_match=result.resample_match,
-             pca_basis=whitener.basis, pca_scale=whitener.scale)
+             pca_basis=whitener.basis, pca_scale=whitener.scale,
+             # every other fit (restarts, then resamples), so compare can check its verdicts on each
+             other_fits=np.array([f"seed {cfg.seed + i}" for i in range(1, cfg.seeds)]
+                                 + [f"resample {i}" for i in range(1, cfg.resamples + 1)], dtype=str),
+             other_mixing=np.array([c.mixing for c in result.others]).reshape(len(result.others), k, -1),
+             other_kurtosis=np.array([source_kurtosis(z_analysed, c.white) for c in result.others]).reshape(len(result.others), k))
     plot(result, held, args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -119,18 +119,52 @@ def stable_word(ica: dict) -> str:
     return ("most" if stable > 0.5 else "a minority" if stable >= 0.25 else "only a small minority" if stable > 0 else "none")
 
 
+def across_fits(words: list[str], disagree: str) -> tuple[str, str]:
+    """One verdict per ICA fit -> (the verdict to print, a phrase saying on how many fits it holds).
+
+    ICA's optimum moves with the last bit of its inputs, so a verdict about the ICA solution is
+    printed only when every fit (restarts and resamples) gives it; otherwise ``disagree``.
+    """
+    from collections import Counter
+
+    n = len(words)
+    if n == 1:
+        return words[0], "one ICA fit, not checked on restarts or resamples"
+    if len(set(words)) == 1:
+        return words[0], f"the same in each of the {n} ICA fits"
+    tally = "; ".join(f"{count} of {n} fits: {word}" for word, count in Counter(words).most_common())
+    return disagree, f"the {n} ICA fits disagree ({tally})"
+
+
+def ica_fit_verdicts(cmp_: dict) -> dict[str, str]:
+    """The verdicts that read the ICA solution as a whole, over every fit (compare's ``ica_fits``)."""
+    rot = cmp_["rotation_null"]
+    fits = cmp_.get("ica_fits") or [{"median_max_cos": rot["median_max_cos"], "novel_fraction": rot["novel_fraction"],
+                                     "ica_vs_random_whitened": cmp_["kurtosis_gap"]["ica_vs_random_whitened"]}]
+    novel, novel_fits = across_fits(
+        [p_word(f["novel_fraction"]["p_more"], f["novel_fraction"]["p_fewer"],
+                "exceeds", "falls below", "does not differ significantly from") for f in fits],
+        "does not robustly exceed or fall below")
+    closer, closer_fits = across_fits(
+        [p_word(f["median_max_cos"]["p_closer"], f["median_max_cos"]["p_farther"],
+                "closer to", "farther from", "no closer to and no farther from") for f in fits],
+        "not robustly closer to or farther from")
+    tails, tails_fits = across_fits(
+        [ci_word(f["ica_vs_random_whitened"], "more heavy-tailed than", "less heavy-tailed than",
+                 "not distinguishable in tail weight from") for f in fits],
+        "not robustly more or less heavy-tailed than")
+    return {"CloserVerdict": closer, "CloserFits": closer_fits, "IcaVsRandomVerdict": tails, "IcaVsRandomFits": tails_fits,
+            "NovelVerdict": novel, "NovelFits": novel_fits}
+
+
 def verdicts(run: dict) -> dict[str, str]:
     """Words whose choice depends on the numbers (and on their uncertainty)."""
     res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
-    rot = cmp_["rotation_null"]
     gap = cmp_["kurtosis_gap"]
     return {
+        **ica_fit_verdicts(cmp_),
         "ResidualShape": ci_word(res["shape"], "more heavy-tailed than", "less heavy-tailed than",
                                  "not distinguishable in tail weight from"),
-        "NovelVerdict": p_word(rot["novel_fraction"]["p_more"], rot["novel_fraction"]["p_fewer"],
-                               "exceeds", "falls below", "does not differ significantly from"),
-        "CloserVerdict": p_word(rot["median_max_cos"]["p_closer"], rot["median_max_cos"]["p_farther"],
-                                "closer to", "farther from", "no closer to and no farther from"),
         "StableVerdict": stable_word(ica),
         "StablePhrase": (f"{fmt_count(ica['n_stable'])} of {fmt_count(ica['n_components'])} components come back across "
                          "restarts and disjoint token samples" if ica["stability"]["measured"]
@@ -138,8 +172,6 @@ def verdicts(run: dict) -> dict[str, str]:
         "GapVerdict": ci_word(gap["like_for_like"], "more heavy-tailed than", "less heavy-tailed than",
                               "not distinguishable in tail weight from"),
         "SeedGapVerdict": ci_word(gap["seed_definition"], "sparser", "less sparse", "no sparser"),
-        "IcaVsRandomVerdict": ci_word(gap["ica_vs_random_whitened"], "more heavy-tailed than", "less heavy-tailed than",
-                                      "not distinguishable in tail weight from"),
         "ConvergedVerdict": "all converged" if ica["all_converged"] else "did not all converge",
         "LinearVerdict": ("more than half" if res["linear_predictability"]["r2_heldout"] > 0.5 else "less than half"),
         "OutlierVerdict": "excluded from" if res["tokens"]["outliers_excluded"] else "kept in",
