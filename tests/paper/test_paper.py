@@ -75,7 +75,7 @@ def test_pdf_follows_the_metrics(workspace):
     residual["dark_matter_fraction"] = 0.4321
     (workspace / "metrics/runs/gemma-3-270m-l9/residual.json").write_text(json.dumps(residual))
     compare = json.loads((workspace / "metrics/runs/gemma-3-270m-l9/compare.json").read_text())
-    for novel in [compare["rotation_null"]["novel_fraction"], *(f["novel_fraction"] for f in compare.get("ica_fits", []))]:
+    for novel in [compare["rotation_null"]["novel_fraction"], *(f["novel_fraction"] for f in compare["ica_fits"])]:
         novel["p_more"], novel["p_fewer"] = 0.001, 0.999  # as if every ICA fit found more novel directions than rotations do
     gap = compare["kurtosis_gap"]["like_for_like"]
     gap["difference"], gap["ci"] = -1.5, [-2.0, -1.0]  # and SAE pre-activations lighter-tailed than the sources

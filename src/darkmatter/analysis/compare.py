@@ -150,9 +150,7 @@ def fit_checks(components: dict, decoder, null_cos: np.ndarray, reference: dict,
     rot = reference["rotation_null"]
     out = [{"fit": "reference", "median_max_cos": rot["median_max_cos"], "novel_fraction": rot["novel_fraction"],
             "ica_vs_random_whitened": reference["kurtosis_gap"]["ica_vs_random_whitened"]}]
-    others = zip(components["other_fits"].tolist(), components["other_mixing"], components["other_kurtosis"]) \
-        if "other_fits" in components else ()
-    for name, mixing, kurt in others:
+    for name, mixing, kurt in zip(components["other_fits"].tolist(), components["other_mixing"], components["other_kurtosis"]):
         test = rotation_test(max_abs_cos(mixing, decoder, cfg.decoder_chunk)[0], null_cos, cfg.novel_below)
         out.append({"fit": name, "median_max_cos": test["median_max_cos"], "novel_fraction": test["novel_fraction"],
                     "ica_vs_random_whitened": median_gap(kurt, components["random_whitened_kurtosis"], cfg.n_bootstrap,

@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
              # every other fit (restarts, then resamples), so compare can check its verdicts on each
              other_fits=np.array([f"seed {cfg.seed + i}" for i in range(1, cfg.seeds)]
                                  + [f"resample {i}" for i in range(1, cfg.resamples + 1)], dtype=str),
-             other_mixing=np.array([c.mixing for c in result.others]).reshape(len(result.others), k, -1),
+             other_mixing=np.array([c.mixing for c in result.others]).reshape(len(result.others), k, len(comps.mean)),
              other_kurtosis=np.array([source_kurtosis(z_analysed, c.white) for c in result.others]).reshape(len(result.others), k))
     plot(result, held, args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -138,9 +138,7 @@ def across_fits(words: list[str], disagree: str) -> tuple[str, str]:
 
 def ica_fit_verdicts(cmp_: dict) -> dict[str, str]:
     """The verdicts that read the ICA solution as a whole, over every fit (compare's ``ica_fits``)."""
-    rot = cmp_["rotation_null"]
-    fits = cmp_.get("ica_fits") or [{"median_max_cos": rot["median_max_cos"], "novel_fraction": rot["novel_fraction"],
-                                     "ica_vs_random_whitened": cmp_["kurtosis_gap"]["ica_vs_random_whitened"]}]
+    fits = cmp_["ica_fits"]
     novel, novel_fits = across_fits(
         [p_word(f["novel_fraction"]["p_more"], f["novel_fraction"]["p_fewer"],
                 "exceeds", "falls below", "does not differ significantly from") for f in fits],
