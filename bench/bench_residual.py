@@ -33,7 +33,7 @@ def main() -> None:
 
     from darkmatter.data.activations import ActivationCache
     from darkmatter.config import ResidualConfig
-    from darkmatter.analysis.residual import accumulate
+    from darkmatter.analysis.residual import JointMoments, accumulate
     from darkmatter.analysis.stream import MAX_CHUNK_TOKENS, sae_forward
     from darkmatter.sae.io import load_sae
 
@@ -65,10 +65,10 @@ def main() -> None:
             for x in chunks:
                 x - sae_forward(sae, x, preacts=True)[2]
 
-    def moment_gemms():  # what JointMoments.add does per chunk: x̃ᵀx̃, x̃ᵀr, rᵀr (float32, summed in float64)
+    def moment_gemms():  # the stage's own JointMoments.add: x̃ᵀx̃, x̃ᵀr, rᵀr (float32, summed in float64)
+        moments = JointMoments(np.zeros(d), np.zeros(d))
         for x in chunks:
-            xt = torch.cat([x, torch.ones(len(x), 1)], dim=1)
-            (xt.T @ xt).double(), (xt.T @ x).double(), (x.T @ x).double()
+            moments.add(x, x)
 
     x_any, f_any = torch.randn(chunk, d), torch.randn(chunk, width)  # GEMM time does not depend on the values
 
