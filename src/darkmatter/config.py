@@ -144,7 +144,7 @@ class SAEConfig:
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     checkpoint_every: Annotated[int, Field(gt=0)] = 200
     seed: int = 0
-    #: Run SAELens's training forward through ``torch.compile`` (fuses the JumpReLU element-wise work).
+    #: Compile the element-wise passes of the fused training forward (``darkmatter.sae.fused``).
     compile: bool = True
 
     @model_validator(mode="after")

@@ -8,7 +8,11 @@ Recipe (Rajamanoharan et al. 2024; Lieberum et al. 2024, arXiv 2408.05147) and w
   warm-up ("step" mode, Gemma Scope 1) or the Gemma Scope 2 quadratic penalty
   ``2/target_l0 · (l0 − target_l0)²`` ("quadratic" mode); Adam with β1 = 0, β2 = 0.999 and
   an LR warm-up; W_enc = W_decᵀ at init with unit-norm decoder rows (``decoder_init_norm=1``);
-  gradient-norm clipping at 1; dead-feature tracking; checkpointable trainer state.
+  gradient-norm clipping at 1; dead-feature tracking; checkpointable trainer state. The
+  forward and backward arithmetic of that maths runs in ``darkmatter.sae.fused``, a
+  hand-written backward that tests check against SAELens's own forward and
+  ``bench/bench_sae.py`` measures against it (SAELens's autograd graph spends as long on the
+  latents as on the GEMMs on CPU).
 - **here**, because SAELens does not offer them:
   - *unit mean squared norm input*: SAELens's ``expected_average_only_in`` scales to
     E‖x‖ = √d_in, not E‖x‖² = 1. We scale by a stored scalar ``s`` and fold it back at the
@@ -95,11 +99,33 @@ class TokenBatches:
             batch = (epoch + 1) * self.per_epoch
 
 
+def reuse_freed_buffers() -> None:
+    """Keep glibc from handing each training step's freed buffers back to the kernel.
+
+    By default glibc serves allocations above its dynamic mmap threshold with ``mmap`` and trims
+    the heap's top on ``free``, so every step page-faults its [batch, width] buffers back in
+    (~7,000 minor faults, ~5 ms a step at width 4096 on 2 cores). With both thresholds raised the
+    freed buffers stay in the heap and the next step reuses them. A no-op without glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest allowed value on 64-bit
+    libc.mallopt(m_trim_threshold, 2**30)
+
+
 def build_training_sae(d_in: int, cfg: SAEConfig, steps: int, device: str):
-    """SAELens trainer + training SAE configured with the Gemma Scope recipe."""
+    """SAELens trainer + training SAE configured with the Gemma Scope recipe, on the fused forward."""
     import torch
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    from darkmatter.sae.fused import fused_training_forward
 
     torch.manual_seed(cfg.seed)
     sae = JumpReLUTrainingSAE(
@@ -134,8 +160,10 @@ def build_training_sae(d_in: int, cfg: SAEConfig, steps: int, device: str):
         data_provider=iter(()),  # we drive SAETrainer.step ourselves
     )
     constrain_unit_norm_decoder(sae, trainer.optimizer)
-    if cfg.compile:  # Inductor fuses the JumpReLU/step pseudo-derivatives and losses: ~1.15x per step on CPU
-        sae.training_forward_pass = torch.compile(sae.training_forward_pass)
+    sae.training_forward_pass = fused_training_forward(sae, compile=cfg.compile)
+    for group in trainer.optimizer.param_groups:
+        group["fused"] = True  # one Adam kernel over each parameter instead of a dozen foreach passes
+    reuse_freed_buffers()
     return sae, trainer
 
 
@@ -146,8 +174,9 @@ def constrain_unit_norm_decoder(sae, optimizer) -> None:
     w_dec = sae.W_dec
 
     def project(grad: torch.Tensor) -> torch.Tensor:
-        unit = w_dec.detach() / w_dec.detach().norm(dim=1, keepdim=True)
-        return grad - (grad * unit).sum(dim=1, keepdim=True) * unit
+        w = w_dec.detach()
+        along = torch.linalg.vecdot(grad, w) / w.pow(2).sum(dim=1)
+        return grad.addcmul(w, along[:, None], value=-1)
 
     w_dec.register_hook(project)
 
