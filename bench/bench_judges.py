@@ -70,7 +70,7 @@ def measure(judge, scorer: str, units: list[dict], cfg) -> dict:
     from darkmatter.interp.autointerp import detect_request, detection_set
     from darkmatter.stats import mean_with_ci, paired_difference
 
-    sets = [detection_set(u, cfg.detect_positives, cfg.detect_negatives) for u in units]
+    sets = [detection_set(u, cfg.calibration_contexts, cfg.calibration_contexts) for u in units]  # as the stage's ceiling
     out = {}
     detect_s, n_detect, n_tokens = 0.0, 0, 0
     aucs_by = {}
@@ -122,7 +122,8 @@ def main() -> None:
     units = [u for u in examples["units"] if u["kind"] == "calibration"]
     per_unit_detections = cfg.detect_positives + cfg.detect_negatives
     n_explain = 2 * cfg.n_ica_units + cfg.n_random_units + len(units)
-    n_detect = (n_explain + 2 * len(units)) * per_unit_detections
+    ceiling_detections = 2 * cfg.calibration_contexts
+    n_detect = n_explain * per_unit_detections + 2 * len(units) * ceiling_detections
     rows = []
     for name in args.judges:
         judge, load_s, explain_s = load(name, units, cfg)
@@ -132,13 +133,13 @@ def main() -> None:
             print(rows[-1], flush=True)
         del judge  # one judge in memory at a time (the 1.5B one needs ~9 GB)
     body = f"""
-Run {args.run}: its {len(units)} calibration units (token classes of known meaning), {per_unit_detections} held-out
-detection contexts each, every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability
+Run {args.run}: its {len(units)} calibration units (token classes of known meaning), up to {ceiling_detections} held-out
+detection contexts each (`autointerp.calibration_contexts` per class, as the stage's ceiling), every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability
 of the explanation after the marked excerpt; *yes_no*, log P(Yes) − log P(No) of its answer. AUC per unit, mean
 with a 95% bootstrap CI over units. *Mismatched*: the same contexts scored against the next unit's true explanation;
 a judge that reads the explanation falls to 0.5 there (paired difference, sign-flip permutation p). Projected stage
-time: load, {n_explain} explanations and {n_detect} detections (the params' unit counts, calibration units detected
-three times).
+time: load, {n_explain} explanations and {n_detect} detections (the params' unit counts and context counts, calibration
+units detected three times).
 
 | judge | scorer | AUC, true explanation (ceiling) | AUC, mismatched explanation | ceiling − mismatched | load | per detection | per explanation | per unit | projected autointerp stage |
 |---|---|---|---|---|---|---|---|---|---|

@@ -315,6 +315,11 @@ class AutointerpConfig:
     #: Held-out detection contexts per unit: activating (across quantiles) and not.
     detect_positives: Annotated[int, Field(gt=0)] = 8
     detect_negatives: Annotated[int, Field(gt=0)] = 8
+    #: Held-out contexts per class (activating and not) for the calibration units' true- and
+    #: wrong-explanation rows: the judge's ceiling and its control. More than the other units get,
+    #: because one unit's AUC from 8 + 8 contexts has a sampling SD near 0.15, which would hide
+    #: whether the judge sees anything.
+    calibration_contexts: Annotated[int, Field(gt=0)] = 20
     n_bootstrap: Annotated[int, Field(gt=0)] = 2000
     seed: int = 0
 

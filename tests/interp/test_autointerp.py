@@ -159,6 +159,9 @@ def test_a_perfect_judge_scores_one_and_a_coin_about_half(tmp_path):
     assert summary["tests"]["auc"]["ica_vs_sae"]["difference"] == pytest.approx(0.5)
     assert summary["judge_separates_calibration"]
     assert summary["groups"]["calibration_given"]["auc"]["mean"] == 1.0 and summary["groups"]["calibration"]["n_units"] == 8
+    contexts = {g: summary["groups"][g]["contexts_per_unit"] for g in ("ica", "calibration", "calibration_given", "calibration_shuffled")}
+    assert contexts == {"ica": 16, "calibration": 16, "calibration_given": 20, "calibration_shuffled": 20}, \
+        "the ceiling and its control read every held-out context (10 + 10 here), the other rows 8 + 8"
     assert {r["explanation"] for r in rows if r["kind"] != "calibration_given"} == {"the word apple"}
 
     _, coin = _run(units, Coin("c"), tmp_path / "b", cfg)

@@ -174,7 +174,7 @@ def _autointerp_report(separates: bool, ceiling_above_chance: bool = True) -> di
     chance = {"mean": 0.5, "ci": [0.45, 0.55], "n": 16}
     ceiling = {"mean": 0.93, "ci": [0.88, 0.97], "n": 8} if ceiling_above_chance else {"mean": 0.52, "ci": [0.41, 0.63], "n": 8}
     metrics = ("balanced_accuracy", "balanced_accuracy_calibrated", "f1", "auc")
-    group = lambda n, e, **extra: {"n_units": n, **dict.fromkeys(metrics, e), **extra}  # noqa: E731
+    group = lambda n, e, **extra: {"n_units": n, "contexts_per_unit": 16, **dict.fromkeys(metrics, e), **extra}  # noqa: E731
     tests = {"ica_vs_random": {"difference": 0.21, "ci": [0.12, 0.3], "p_permutation": 0.0005, "n": [64, 16]},
              "ica_vs_sae": {"difference": 0.0, "ci": [-0.08, 0.08], "p_permutation": 0.97, "n": 64, "paired": True},
              "calibration_vs_random": ({"difference": 0.3, "ci": [0.2, 0.4], "p_permutation": 0.0005, "n": [8, 16]} if separates
@@ -183,8 +183,8 @@ def _autointerp_report(separates: bool, ceiling_above_chance: bool = True) -> di
     return {"backend": "local", "model": "Qwen2.5-Coder-1.5B-Instruct", "explainer": "SmolLM2-135M-Instruct",
             "scorer": "likelihood",
             "groups": {"ica": group(64, entry), "ica_stable": group(2, entry, auc=None), "sae": group(16, entry),
-                       "random": group(16, chance), "calibration": group(8, entry), "calibration_given": group(8, ceiling),
-                       "calibration_shuffled": group(8, chance, balanced_accuracy=None, f1=None)},
+                       "random": group(16, chance), "calibration": group(8, entry), "calibration_given": group(8, ceiling, contexts_per_unit=40),
+                       "calibration_shuffled": group(8, chance, balanced_accuracy=None, f1=None, contexts_per_unit=40)},
             "tests": {"auc": tests, "balanced_accuracy_calibrated": tests}, "primary_metric": "auc",
             "judge_separates_calibration": separates}
 
@@ -204,6 +204,7 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, 
     prose = (out / "sec_autointerp.tex").read_text()
     assert "Explanations are written by SmolLM2-135M-Instruct and detection is judged by Qwen2.5-Coder-1.5B-Instruct" in prose
     assert "the judge reaches AUC 0.93 [0.88, 0.97]" in prose and "the ceiling of what this judge can see" in prose
+    assert "scored on 40 held-out contexts each (the other groups on 16)" in prose
     assert "another unit's explanation & 8 & 0.50 [0.45, 0.55]" in table
     assert ("another calibration unit's explanation on the same contexts it scores AUC 0.50 [0.45, 0.55] (mean paired "
             "difference 0.430" in prose) and "it reads the explanation" in prose

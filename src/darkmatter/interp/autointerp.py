@@ -9,7 +9,8 @@ meaning, :mod:`darkmatter.interp.calibration`).
 - **Explain** from the train rows only: the ``explain_top`` highest-activating train contexts,
   marked at the activating token with its activation (``prompts/explain_*.txt``).
 - **Detect** on the held-out rows only: ``detect_positives`` activating contexts spread over the
-  quantiles of the held-out rows' own activations, and ``detect_negatives`` non-activating ones;
+  quantiles of the held-out rows' own activations, and ``detect_negatives`` non-activating ones
+  (``calibration_contexts`` of each for the calibration units' ceiling and its control);
   no detection context shares a row, a document or a token window with a shown one (the
   examples stage guarantees and checks it; a context from a train row here is refused). Each
   context is scored one of two ways (``autointerp.scorer``), both naming the marked token:
@@ -63,6 +64,9 @@ from darkmatter.stats import mean_with_ci, paired_difference, unpaired_differenc
 
 PROMPTS = Path(__file__).with_name("prompts")
 GROUPS = ("ica", "sae", "random", "calibration", "calibration_given", "calibration_shuffled")
+#: The calibration rows that measure the judge itself (true and wrong explanation), on
+#: ``calibration_contexts`` contexts per class rather than the other groups' counts.
+CEILING_GROUPS = ("calibration_given", "calibration_shuffled")
 
 
 def template(name: str) -> str:
@@ -215,8 +219,10 @@ def run(units: list[dict], explainer: CachedLLM, detector: CachedLLM, cfg) -> tu
     explanations = [r.text for r in explainer.run([explain_request(u, cfg.explain_top) for u in units], desc="explain")]
     rows = scorings(units, explanations)
     requests, owners = [], []
-    for name, _, u, explanation in rows:
-        for i, (ctx, label) in enumerate(detection_set(u, cfg.detect_positives, cfg.detect_negatives)):
+    for name, group, u, explanation in rows:
+        n_pos, n_neg = ((cfg.calibration_contexts,) * 2 if group in CEILING_GROUPS
+                        else (cfg.detect_positives, cfg.detect_negatives))
+        for i, (ctx, label) in enumerate(detection_set(u, n_pos, n_neg)):
             requests.append(detect_request(name, explanation, ctx, i, cfg.scorer))
             owners.append((name, label))
     answers = detector.run(requests, desc="detect")
@@ -259,7 +265,7 @@ def summarise(rows: list[dict], units: list[dict], cfg) -> dict:
     groups["ica_stable"] = [r for r in rows if r["kind"] == "ica" and r["stable"]]
     summary = {}
     for name, rs in groups.items():
-        entry = {"n_units": len(rs)}
+        entry = {"n_units": len(rs), "contexts_per_unit": int(np.median([r["n"] for r in rs])) if rs else None}
         for metric in METRICS:
             values = [r[metric] for r in rs if r[metric] is not None]
             entry[metric] = mean_with_ci(values, cfg.n_bootstrap, rng) if values else None

@@ -519,7 +519,9 @@ def autointerp_section(ai: dict | None) -> str:
                 if reads and reads["difference"] is not None and metric == "auc" else "")
     ceiling = (f"On calibration units, token classes of known meaning built from the corpus "
                f"({', '.join(u.label for u in CALIBRATION_UNITS)}; {fmt_count(g['calibration_given']['n_units'])} units "
-               f"found in this run's text), given their true explanations, the "
+               f"found in this run's text), given their true explanations and scored on "
+               f"{fmt_count(g['calibration_given']['contexts_per_unit'])} held-out contexts each (the other groups on "
+               f"{fmt_count(g['ica']['contexts_per_unit'])}), the "
                f"judge reaches AUC {ci_cell(g['calibration_given']['auc'])} and balanced accuracy "
                f"{ci_cell(g['calibration_given']['balanced_accuracy_calibrated'])} at a cut-off chosen on the other "
                f"calibration units: the ceiling of what this judge can see. {shuffled}With its own explanations of the same "
