@@ -61,8 +61,10 @@ def fvu(x, r):
 
 
 #: Each chunk's power sums and moments are float32 GEMMs summed in float64 (residual.py): sums of
-#: squares to ~1e-7 relative, excess kurtosis (which can be ~0) to ~1e-5 absolute.
-SUMS_REL, KURTOSIS_ABS = 1e-6, 3e-5
+#: squares to ~1e-7 relative; kurtosis to ~1e-7 of m4/m2² = kurtosis + 3 (relative where it is
+#: large, ~1e-5 absolute where excess kurtosis is ~0). The GEMM's summation order, and so the last
+#: float32 bits, differ between CPUs (AVX2 vs AVX-512 kernels): the bounds hold on either.
+SUMS_REL, KURTOSIS_REL, KURTOSIS_ABS = 1e-6, 1e-6, 3e-5
 
 
 def test_high_norm_tokens_are_classified_and_reported_both_ways(setup):
@@ -88,9 +90,9 @@ def test_fvu_kurtosis_and_norms_match_direct(setup):
     assert report["dark_matter_fraction_with_special"] == pytest.approx(fvu(x[held], r[held]), rel=SUMS_REL)
     assert report["dark_matter_fraction_all_rows"] == pytest.approx(fvu(x[keep], r[keep]), rel=SUMS_REL)
     assert report["dark_matter_fraction_all_rows_with_special"] == pytest.approx(fvu(x, r), rel=SUMS_REL)
-    np.testing.assert_allclose(arrays["kurtosis_r"], kurtosis(r[keep & held]), rtol=0, atol=KURTOSIS_ABS)
-    np.testing.assert_allclose(arrays["kurtosis_x_with_special"], kurtosis(x[held]), rtol=0, atol=KURTOSIS_ABS)
-    np.testing.assert_allclose(arrays["kurtosis_r_with_outliers"], kurtosis(r[held & ~special]), rtol=0, atol=KURTOSIS_ABS)
+    np.testing.assert_allclose(arrays["kurtosis_r"], kurtosis(r[keep & held]), rtol=KURTOSIS_REL, atol=KURTOSIS_ABS)
+    np.testing.assert_allclose(arrays["kurtosis_x_with_special"], kurtosis(x[held]), rtol=KURTOSIS_REL, atol=KURTOSIS_ABS)
+    np.testing.assert_allclose(arrays["kurtosis_r_with_outliers"], kurtosis(r[held & ~special]), rtol=KURTOSIS_REL, atol=KURTOSIS_ABS)
     np.testing.assert_allclose(arrays["r_norm"], np.linalg.norm(r, axis=1), rtol=1e-5)
     assert report["error_norm_fraction"]["ratio_of_sums"] == pytest.approx(
         np.sqrt((r[keep & held] ** 2).sum() / (x[keep & held] ** 2).sum()), rel=SUMS_REL)
@@ -115,11 +117,13 @@ def test_ridge_and_pca_are_fitted_on_train_rows_and_scored_on_heldout(setup):
     values, _ = pca(np.cov(r[train], rowvar=False, bias=True))
     # float32-GEMM moments: eigenvalues good to ~1e-8 of the covariance's norm (its top eigenvalue)
     np.testing.assert_allclose(arrays["pca_residual_values"], values, rtol=0, atol=1e-7 * values[0])
-    np.testing.assert_allclose(arrays["mean_residual"], r[train].mean(0), rtol=1e-6)
+    # float32 sums: good to ~1e-7 of the residual's scale, not of a mean that may be near 0
+    np.testing.assert_allclose(arrays["mean_residual"], r[train].mean(0), rtol=1e-6, atol=1e-6 * np.sqrt((r[train] ** 2).mean()))
     nonlinear = r[train] - model.predict(x[train])
     values_nl, _ = pca(np.cov(nonlinear, rowvar=False, bias=True))
-    # ... and the nonlinear part's covariance is r's minus the prediction's: its error scales with r's
-    np.testing.assert_allclose(arrays["pca_nonlinear_values"], values_nl, rtol=0, atol=1e-7 * values[0])
+    # ... and the nonlinear part's covariance is r's minus the prediction's: its error scales with r's,
+    # a few float32 roundings more (the cross terms through the ridge weights; 1.2e-7 seen on AVX-512)
+    np.testing.assert_allclose(arrays["pca_nonlinear_values"], values_nl, rtol=0, atol=3e-7 * values[0])
     # The nonlinear part is measured from the full ridge prediction: its mean on the fit rows is ~0.
     # (Before the fix this returned shift_r, a constant offset that ICA then carried into every source.)
     np.testing.assert_allclose(arrays["mean_nonlinear"], nonlinear.mean(0), atol=1e-9 * np.abs(r).max())
@@ -134,7 +138,7 @@ def test_latent_statistics_match_dense_on_heldout_tokens(setup):
     np.testing.assert_allclose(arrays["latent_frequency"], (dense > 0).mean(0))
     fired = (dense > 0).any(0)
     np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(dense[:, fired]), rtol=1e-6)
-    np.testing.assert_allclose(arrays["preact_kurtosis"], kurtosis(pre[rows]), rtol=0, atol=KURTOSIS_ABS)
+    np.testing.assert_allclose(arrays["preact_kurtosis"], kurtosis(pre[rows]), rtol=KURTOSIS_REL, atol=KURTOSIS_ABS)
     train = ~held & ~special & ~outlier
     np.testing.assert_array_equal(arrays["latent_fires_train"], (latents[train] > 0).sum(0))
 
