@@ -3,8 +3,10 @@
 Why not ``JumpReLUTrainingSAE.training_forward_pass`` as it stands: its maths is right, but on
 CPU its autograd graph spends as long on the [batch, width] latents as on its five GEMMs. Eager,
 every JumpReLU/Step pseudo-derivative is its own pass; under ``torch.compile`` Inductor's
-min-cut partitioner saves boolean masks for the backward, and Inductor's CPU code stores bools
-~30× slower than floats. ``bench/bench_sae.py`` measures both against the GEMM roofline.
+min-cut partitioner saves boolean masks for the backward, and Inductor's CPU code stored bools
+~30× slower than floats (35 against 1.2 ms for a [1024, 4096] mask, 2-core AMD EPYC).
+``bench/bench_sae.py`` times SAELens's compiled forward and this one against the GEMM roofline
+in one run.
 
 Here the forward saves only the pre-activations and the features and the backward recomputes
 every mask from them, so a step is the five GEMMs (x·W_enc, f·W_dec, fᵀ·g, g·W_decᵀ, xᵀ·g_pre)
