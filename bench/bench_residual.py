@@ -7,7 +7,7 @@ x·W_enc and decode f·W_dec, 2·d·d_sae FLOPs each as dense GEMMs) and accumul
 (float64 power sums, ridge and covariance moments from float32 GEMMs summed in float64, latent
 moments). Taken in one run on the default run's cache and SAE: the full pass; SAELens's
 encode + decode alone over the same chunks (the reference); our fused forward alone
-(:func:`darkmatter.analysis.stream.sae_forward`: bias in the GEMM, the jump in place, the decode
+(:class:`darkmatter.analysis.stream.SAEForward`: bias in the GEMM, the jump in place, the decode
 from the non-zero latents only); and the roofline, the two dense GEMMs timed alone at their best
 of 5. The sparse decode does less work than the dense roofline assumes, so the ratio is also given
 against the encode GEMM alone, which no SAE pass can skip. Also timed alone: the moment GEMMs.
@@ -34,7 +34,7 @@ def main() -> None:
     from darkmatter.data.activations import ActivationCache
     from darkmatter.config import ResidualConfig
     from darkmatter.analysis.residual import JointMoments, accumulate
-    from darkmatter.analysis.stream import MAX_CHUNK_TOKENS, sae_forward
+    from darkmatter.analysis.stream import MAX_CHUNK_TOKENS, SAEForward
     from darkmatter.sae.io import load_sae
 
     parser = argparse.ArgumentParser()
@@ -61,9 +61,10 @@ def main() -> None:
                 x - sae.decode(sae.encode(x))
 
     def fused_forward():
+        forward = SAEForward(sae)
         with torch.no_grad():
             for x in chunks:
-                x - sae_forward(sae, x, preacts=True)[2]
+                x - forward(x, preacts=True)[2]
 
     def moment_gemms():  # the stage's own JointMoments.add: x̃ᵀx̃, x̃ᵀr, rᵀr (float32, summed in float64)
         moments = JointMoments(np.zeros(d), np.zeros(d))
@@ -84,7 +85,7 @@ def main() -> None:
     encode_roofline, roofline = best["encode"], best["encode"] + best["decode"]
     gflops = 2 * 2 * n * d * width / roofline / 1e9
     with torch.no_grad():
-        density = float(np.mean([(sae_forward(sae, x)[1] > 0).float().mean() for x in chunks]))
+        density = float(np.mean([(SAEForward(sae)(x)[1] > 0).float().mean() for x in chunks]))
     rows = [
         ("SAE", f"d_in {d}, width {width} (`data/runs/{args.run}/sae`), {n:,} cached tokens, chunks of {chunk}; "
                 f"latent density {density:.2%}"),

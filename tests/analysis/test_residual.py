@@ -15,7 +15,7 @@ from scipy.stats import kurtosis
 from darkmatter.config import ResidualConfig
 from darkmatter.errors import NonFiniteError, UserError
 from darkmatter.analysis.residual import accumulate, analyse, excess_kurtosis_from_sums, pca
-from darkmatter.analysis.stream import latent_chunk_tokens
+from darkmatter.analysis.stream import SAEForward, latent_chunk_tokens
 
 D, D_SAE, CTX, N = 12, 40, 64, 64 * 40
 HELDOUT_FRACTION = 0.15  # the last 6 of 40 rows
@@ -137,7 +137,14 @@ def test_latent_statistics_match_dense_on_heldout_tokens(setup):
     dense = latents[rows].astype(np.float64)
     np.testing.assert_allclose(arrays["latent_frequency"], (dense > 0).mean(0))
     fired = (dense > 0).any(0)
-    np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(dense[:, fired]), rtol=1e-6)
+    # The pass's latent power sums are float64 over the latents it computes, which equal SAELens's
+    # to float32 rounding (tests/analysis/test_stream.py); a feature whose values sit just above
+    # its threshold amplifies those roundings ~50x in its kurtosis, so compare with the pass's own.
+    with torch.no_grad():
+        ours = SAEForward(setup[1]).encode(torch.from_numpy(setup[2]))[1].double().numpy()[rows]
+    np.testing.assert_allclose(ours, dense, rtol=1e-6, atol=1e-6 * dense.max())
+    np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(ours[:, fired]), rtol=1e-6)
+    np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(dense[:, fired]), rtol=3e-5)
     np.testing.assert_allclose(arrays["preact_kurtosis"], kurtosis(pre[rows]), rtol=KURTOSIS_REL, atol=KURTOSIS_ABS)
     train = ~held & ~special & ~outlier
     np.testing.assert_array_equal(arrays["latent_fires_train"], (latents[train] > 0).sum(0))

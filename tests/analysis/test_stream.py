@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import random_jumprelu_sae
 
-from darkmatter.analysis.stream import has_plain_forward, sae_forward, stream
+from darkmatter.analysis.stream import SAEForward, has_plain_forward, stream
 
 D, D_SAE = 24, 96
 
@@ -47,7 +47,7 @@ def test_fused_forward_matches_saelens(kind, apply_b_dec_to_input, sparse_below)
     x = torch.randn(300, D) * 3 + 1
     x[::50] *= 100  # a few huge tokens, like position 0
     with torch.no_grad():
-        ours, theirs = sae_forward(sae, x, preacts=True, sparse_below=sparse_below), saelens_forward(sae, x)
+        ours, theirs = SAEForward(sae)(x, preacts=True, sparse_below=sparse_below), saelens_forward(sae, x)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
     fired = theirs[1] > 0
@@ -60,9 +60,7 @@ def test_sparse_decode_handles_tokens_with_no_active_latent():
     sae = random_sae("jumprelu")
     latents = torch.zeros(5, D_SAE)
     latents[1, 3], latents[3, [0, 7]] = 2.0, torch.tensor([1.0, -0.5])
-    from darkmatter.analysis.stream import decode
-
-    torch.testing.assert_close(decode(sae, latents, sparse_below=1.0), latents @ sae.W_dec + sae.b_dec)
+    torch.testing.assert_close(SAEForward(sae).decode(latents, sparse_below=1.0), latents @ sae.W_dec + sae.b_dec)
 
 
 @pytest.mark.parametrize("unusual", ["topk", "normalised input", "hook attached", "float64"])
@@ -76,7 +74,7 @@ def test_other_saes_go_through_saelens_unchanged(unusual):
     assert not has_plain_forward(sae)
     x = torch.randn(64, D, dtype=sae.W_enc.dtype)
     with torch.no_grad():
-        for a, b in zip(sae_forward(sae, x, preacts=True), saelens_forward(sae, x)):
+        for a, b in zip(SAEForward(sae)(x, preacts=True), saelens_forward(sae, x)):
             assert torch.equal(a, b)
 
 

@@ -62,7 +62,8 @@ def groups(split: int | tuple[int, ...], classes) -> list[int]:
 
 #: Rows per power-sum block: bounds the [rows, 4, d] powers buffer to 64 MiB at any width.
 POWER_BLOCK_BYTES = 64 << 20
-#: Above this |v − shift| a chunk's powers are taken in float64 (a float32 sum of v⁴ could overflow).
+#: Above this |v − shift| a chunk's fourth powers are taken in float64 (a float32 sum of v⁴ could
+#: overflow; squares only overflow past 1.8e19).
 FLOAT32_POWERS_BELOW = 1e7
 
 
@@ -93,17 +94,19 @@ class GroupedPowerSums:
         d, k = len(self.shift), self.powers
         if self.sums is None:
             self.sums = torch.zeros((N_GROUPS, k, d), dtype=torch.float64, device=values.device)
-        y = values - torch.as_tensor(self.shift, dtype=values.dtype, device=values.device)
-        if y.numel() and y.abs().max() >= FLOAT32_POWERS_BELOW:
-            y, onehot = y.double(), onehot.double()
-        block = max(1, POWER_BLOCK_BYTES // (k * d * y.element_size()))
-        for lo in range(0, len(y), block):
-            part = y[lo : lo + block]
-            powers = torch.empty((len(part), k, d), dtype=y.dtype, device=y.device)
-            powers[:, 0] = part
-            torch.mul(part, part, out=powers[:, 1])
+        shift = torch.as_tensor(self.shift, dtype=values.dtype, device=values.device)
+        if k == 4 and values.numel():  # a bound on |v − shift| from the extremes, without a |v − shift| pass
+            v_min, v_max = values.aminmax()
+            if max(v_max - shift.min(), shift.max() - v_min) >= FLOAT32_POWERS_BELOW:
+                values, onehot, shift = values.double(), onehot.double(), shift.double()
+        block = max(1, POWER_BLOCK_BYTES // (k * d * values.element_size()))
+        for lo in range(0, len(values), block):
+            part = values[lo : lo + block]
+            powers = torch.empty((len(part), k, d), dtype=values.dtype, device=values.device)
+            y = torch.sub(part, shift, out=powers[:, 0])
+            torch.mul(y, y, out=powers[:, 1])
             if k == 4:
-                torch.mul(powers[:, 1], part, out=powers[:, 2])
+                torch.mul(powers[:, 1], y, out=powers[:, 2])
                 torch.mul(powers[:, 1], powers[:, 1], out=powers[:, 3])
             self.sums += (onehot[lo : lo + block].T @ powers.view(len(part), k * d)).view(N_GROUPS, k, d).double()
         self.n += onehot.sum(0).round().long().cpu().numpy()

@@ -10,7 +10,11 @@ in one run.
 
 Here the forward saves only the pre-activations and the features and the backward recomputes
 every mask from them, so a step is the five GEMMs (x·W_enc, f·W_dec, fᵀ·g, g·W_decᵀ, xᵀ·g_pre)
-plus one fused element-wise pass each way. The maths is SAELens's, term for term
+plus one fused element-wise pass each way. The latents are laid out [width, batch] (the GEMMs
+write and read them transposed at the same speed), so the backward's per-feature sums over the
+batch (∂threshold, ∂b_enc) run along contiguous memory instead of striding down columns: the
+two passes went from 3.8 to 2.5 ms per [1024, 4096] batch on a 2-core Xeon; the tensors handed
+to SAELens are [batch, width] views of them. The maths is SAELens's, term for term
 (``tests/sae/test_fused.py`` checks the losses, the outputs and every gradient against
 SAELens's own forward, in both sparsity modes):
 
@@ -35,21 +39,22 @@ from collections.abc import Callable
 import torch
 
 
-def _forward_gate(pre: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """JumpReLU features and each row's L0, in one pass over ``pre``."""
-    active = pre > threshold
-    return torch.where(active, pre, 0.0), active.sum(-1, dtype=pre.dtype)
+def _forward_gate(pre_t: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """JumpReLU features and each token's L0, in one pass over ``pre_t`` ([width, batch])."""
+    active = pre_t > threshold[:, None]
+    return torch.where(active, pre_t, 0.0), active.sum(0, dtype=pre_t.dtype)
 
 
 def _backward_gate(
-    pre: torch.Tensor, grad_f: torch.Tensor, threshold: torch.Tensor, grad_l0: torch.Tensor, bandwidth: float
+    pre_t: torch.Tensor, grad_f_t: torch.Tensor, threshold: torch.Tensor, grad_l0: torch.Tensor, bandwidth: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """∂loss/∂pre, ∂loss/∂threshold and ∂loss/∂b_enc from the JumpReLU and Step pseudo-derivatives."""
-    u = (pre - threshold) / bandwidth
+    """∂loss/∂pre ([width, batch]), ∂loss/∂threshold and ∂loss/∂b_enc from the JumpReLU and Step pseudo-derivatives."""
+    t = threshold[:, None]
+    u = (pre_t - t) / bandwidth
     kernel = (u > -0.5) & (u < 0.5)
-    grad_threshold = -torch.where(kernel, threshold * grad_f + grad_l0[:, None], 0.0).sum(0) / bandwidth
-    grad_pre = torch.where(pre > threshold, grad_f, 0.0)
-    return grad_pre, grad_threshold, grad_pre.sum(0)
+    grad_threshold = -torch.where(kernel, t * grad_f_t + grad_l0[None, :], 0.0).sum(1) / bandwidth
+    grad_pre_t = torch.where(pre_t > t, grad_f_t, 0.0)
+    return grad_pre_t, grad_threshold, grad_pre_t.sum(1)
 
 
 class _JumpReLUTraining(torch.autograd.Function):
@@ -58,9 +63,9 @@ class _JumpReLUTraining(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_enc, b_enc, threshold, w_dec, b_dec, coefficient, target_l0, bandwidth, gates):
         forward_gate, backward_gate = gates
-        pre = torch.addmm(b_enc, x, w_enc)
-        f, l0 = forward_gate(pre, threshold)
-        x_hat = torch.addmm(b_dec, f, w_dec)
+        pre_t = torch.addmm(b_enc[:, None], w_enc.t(), x.t())
+        f_t, l0 = forward_gate(pre_t, threshold)
+        x_hat = torch.addmm(b_dec, f_t.t(), w_dec)
         diff = x_hat - x
         mse = diff.pow(2).sum(-1).mean()
         batch = x.shape[0]
@@ -70,19 +75,21 @@ class _JumpReLUTraining(torch.autograd.Function):
         else:
             l0_loss = (coefficient * 2 / target_l0 * (l0 - target_l0).pow(2)).mean()
             dl0 = coefficient * 4 / target_l0 * (l0 - target_l0) / batch
-        ctx.save_for_backward(x, pre, f, diff, dl0, threshold, w_dec)
+        ctx.save_for_backward(x, pre_t, f_t, diff, dl0, threshold, w_dec)
         ctx.bandwidth, ctx.backward_gate = bandwidth, backward_gate
+        pre, f = pre_t.t(), f_t.t()
         ctx.mark_non_differentiable(pre, f, x_hat)
+        ctx.set_materialize_grads(False)  # else autograd zero-fills a [batch, width] gradient for pre and f
         return mse, l0_loss, pre, f, x_hat
 
     @staticmethod
     def backward(ctx, grad_mse, grad_l0_loss, *_unused):
-        x, pre, f, diff, dl0, threshold, w_dec = ctx.saved_tensors
+        x, pre_t, f_t, diff, dl0, threshold, w_dec = ctx.saved_tensors
         grad_x_hat = diff * (2 * grad_mse / x.shape[0])
-        grad_w_dec = f.t() @ grad_x_hat
-        grad_f = grad_x_hat @ w_dec.t()
-        grad_pre, grad_threshold, grad_b_enc = ctx.backward_gate(pre, grad_f, threshold, dl0 * grad_l0_loss, ctx.bandwidth)
-        grad_w_enc = x.t() @ grad_pre
+        grad_w_dec = f_t @ grad_x_hat
+        grad_f_t = w_dec @ grad_x_hat.t()
+        grad_pre_t, grad_threshold, grad_b_enc = ctx.backward_gate(pre_t, grad_f_t, threshold, dl0 * grad_l0_loss, ctx.bandwidth)
+        grad_w_enc = x.t() @ grad_pre_t.t()
         return None, grad_w_enc, grad_b_enc, grad_threshold, grad_w_dec, grad_x_hat.sum(0), None, None, None, None
 
 
