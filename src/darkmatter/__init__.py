@@ -8,8 +8,8 @@ Importing the package asks PyTorch's CPU allocator for transparent huge pages on
 and more (``THP_MEM_ALLOC_ENABLE``, read at torch's first large allocation; set it to 0 to opt
 out). The streaming stages allocate [tokens, width] buffers per chunk, which glibc serves with
 fresh ``mmap``s whose 4 KB pages fault in one by one: on a 2-core Xeon the residual pass ran
-1.17x faster with huge pages, while an SAE training step, whose buffers are already reused from
-the heap (``sae.train.reuse_freed_buffers``), ran 0.98x (``bench/bench_allocator.py``).
+1.16-1.17x faster with huge pages, while an SAE training step, whose buffers are already reused from
+the heap (``sae.train.reuse_freed_buffers``), ran 0.98-0.99x (``bench/bench_allocator.py``).
 """
 
 import os
