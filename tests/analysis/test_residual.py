@@ -140,8 +140,9 @@ def test_latent_statistics_match_dense_on_heldout_tokens(setup):
     # The pass's latent power sums are float64 over the latents it computes, which equal SAELens's
     # to float32 rounding (tests/analysis/test_stream.py); a feature whose values sit just above
     # its threshold amplifies those roundings ~50x in its kurtosis, so compare with the pass's own.
+    _, sae, acts = setup
     with torch.no_grad():
-        ours = SAEForward(setup[1]).encode(torch.from_numpy(setup[2]))[1].double().numpy()[rows]
+        ours = SAEForward(sae).encode(torch.from_numpy(acts))[1].double().numpy()[rows]
     np.testing.assert_allclose(ours, dense, rtol=1e-6, atol=1e-6 * dense.max())
     np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(ours[:, fired]), rtol=1e-6)
     np.testing.assert_allclose(arrays["latent_kurtosis"][fired], kurtosis(dense[:, fired]), rtol=3e-5)
