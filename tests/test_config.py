@@ -68,8 +68,15 @@ def test_repo_params_load():
         ("sae.heldout_fraction", 1.0, "sae.heldout_fraction: Input should be less than 1"),
         ("sae.optimiser", "sgd", "sae.optimiser: unknown key; allowed: width, sparsity"),
         ("ica.backend", "foo", "ica.backend: 'foo' is not allowed; allowed: 'picard', 'python-picard' or 'fastica'"),
-        ("sae_sweep.l0_coefficients", [], "sae_sweep.l0_coefficients: Tuple should have at least 1 item"),
-        ("sae_sweep.l0_coefficients", [0.001, -1], "sae_sweep.l0_coefficients.1: Input should be greater than 0"),
+        ("sae.curve_tokens", [2000000], "curve_tokens [2000000] not below train_tokens"),
+        ("sae.l0_warm_up_tokens", 5000000, "l0_warm_up_tokens 5000000 exceeds train_tokens"),
+        ("sae_axes.points", {"wide": {"width": 8192}}, "sae_axes: points: none is the reference ({})"),
+        ("sae_axes.points", {"reference": {}, "both": {"width": 1024, "seed": 1}}, "points.both: {'width': 1024, 'seed': 1} "
+         "must change one of l0_coefficient, width, seed"),
+        ("sae_axes.chain", ["reference", "nope"], "chain: ['nope'] are not points"),
+        ("sae_axes.chain_ica", ["width-1024"], "chain_ica: ['width-1024'] are not in chain"),
+        ("sae_axes.train_tokens", 50000, "sae_axes.points.reference (with sae_axes.train_tokens): l0_warm_up_tokens 200000 "
+         "exceeds train_tokens 50000"),
     ],
 )
 def test_bad_params_fail_with_one_line(path, value, expected):

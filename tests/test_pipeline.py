@@ -50,21 +50,35 @@ def _outs(stage: dict) -> list[str]:
             for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
 
 
-def _stub(dvc_yaml: dict) -> dict:
+def _foreach_values(expr: str, params: dict) -> list:
+    """The items of a ``foreach: ${a.b}`` over params (a list, or a dict's keys)."""
+    value = params
+    for key in expr.strip("${}").split("."):
+        value = value[key]
+    return list(value)
+
+
+def _stub(dvc_yaml: dict, params: dict) -> dict:
     """dvc.yaml with each command (but validate's) replaced by one that creates the stage's outputs.
 
-    An output directory gets every file that some stage depends on inside it (docs.jsonl, stats.npz ...).
+    An output directory gets every file that some stage depends on inside it (docs.jsonl, stats.npz ...):
+    for a per-run stage, with the run as ``${item}``; for a single stage, once per item of the
+    depending stage's ``foreach`` (the seed chain reads each point's SAE from the axes' folder).
     """
     stages = dvc_yaml["stages"]
-    deps = [d for s in stages.values() for d in (s.get("do", s).get("deps") or [])]
+    deps = [(d, s.get("foreach")) for s in stages.values() for d in (s.get("do", s).get("deps") or [])]
     for name, stage in stages.items():
         body = stage.get("do", stage)
         if name == "validate":
             continue
         files, dirs = [], []
         for out in _outs(body):
-            inside = [d for d in deps if d.replace("${main_run}", "${item}").startswith(out + "/")]
-            inside = [d.replace("${main_run}", "${item}") for d in inside]
+            if "do" in stage:
+                inside = [d.replace("${main_run}", "${item}") for d, _ in deps
+                          if d.replace("${main_run}", "${item}").startswith(out + "/")]
+            else:
+                inside = [d.replace("${item}", str(item)) for d, over in deps if d.startswith(out + "/")
+                          for item in (_foreach_values(over, params) if "${item}" in d else [None])]
             if inside:
                 files += inside
             elif "." in out.rsplit("/", 1)[-1]:
@@ -84,7 +98,8 @@ def pipeline(tmp_path_factory):
     for name in ("main.tex", "refs.bib"):
         shutil.copy(REPO / "paper" / name, ws / "paper" / name)
     (ws / "touch.py").write_text(TOUCH)
-    (ws / "dvc.yaml").write_text(yaml.safe_dump(_stub(yaml.safe_load((REPO / "dvc.yaml").read_text())), sort_keys=False))
+    stubbed = _stub(yaml.safe_load((REPO / "dvc.yaml").read_text()), yaml.safe_load((REPO / "params.yaml").read_text()))
+    (ws / "dvc.yaml").write_text(yaml.safe_dump(stubbed, sort_keys=False))
     params = (REPO / "params.yaml").read_text().replace(f"runs: [{MAIN}]", f"runs: [{MAIN}, {SECOND}]", 1)
     assert params != (REPO / "params.yaml").read_text()
     (ws / "params.yaml").write_text(params)

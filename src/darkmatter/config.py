@@ -137,14 +137,33 @@ class SAEConfig:
     l0_coefficient: Positive = 1e-4
     #: Required by ``quadratic`` (penalty ``2/target_l0 · (l0 − target_l0)²``).
     target_l0: Positive | None = None
-    l0_warm_up_fraction: Fraction = 0.1
+    #: λ rises linearly from 0 over this many training tokens (Gemma Scope: 10k steps), then stays.
+    l0_warm_up_tokens: Annotated[int, Field(ge=0)] = 200_000
     #: ε of the rectangle-kernel pseudo-derivatives (inputs have unit mean squared norm).
     bandwidth: Positive = 0.001
     init_threshold: Annotated[float, Field(ge=0.0)] = 0.001
+    #: If set, each feature's initial threshold fires it on this fraction of a training sample
+    #: (instead of ``init_threshold`` for all).
+    init_firing_rate: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     lr: Positive = 2e-3
-    lr_warm_up_fraction: Fraction = 0.05
+    #: Adam's β2 (β1 is 0, as in Gemma Scope). A feature that fires rarely gets a gradient rarely; its
+    #: second-moment estimate decays in between, and its next step is that much larger.
+    adam_beta2: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
+    #: The learning rate rises over this many tokens, then stays constant: with no decay, the SAE after
+    #: its first N tokens is what a run of N tokens would give (the training curve and the SAE axes rest on it).
+    lr_warm_up_tokens: Annotated[int, Field(ge=0)] = 100_000
+    #: Anthropic's pre-activation loss on dead features, c·Σ_dead relu(t − pre)·‖d‖ (SAELens's
+    #: ``pre_act_loss_coefficient``); null for none.
+    pre_act_loss_coefficient: Positive | None = None
+    #: SAELens's TopK auxiliary loss (Gao et al. 2024) on the dead features: the top d_in/2 dead
+    #: pre-activations of each token reconstruct the live features' error; null for none.
+    aux_loss_coefficient: Positive | None = None
+    #: A feature that has not fired on this many training tokens is dead (SAELens's dead-feature window).
+    dead_window_tokens: Annotated[int, Field(gt=0)] = 250_000
     batch_size: Annotated[int, Field(gt=0)] = 1024
     train_tokens: Annotated[int, Field(gt=0)] = 1_000_000
+    #: The SAE is also saved after these many training tokens (the training curve), each below train_tokens.
+    curve_tokens: tuple[Annotated[int, Field(gt=0)], ...] = ()
     #: Last fraction of cache rows, never trained on; every held-out number uses them.
     heldout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     checkpoint_every: Annotated[int, Field(gt=0)] = 200
@@ -158,6 +177,13 @@ class SAEConfig:
             raise ValueError("sparsity 'quadratic' needs target_l0 (e.g. 50)")
         if self.target_l0 is not None and self.target_l0 > self.width:
             raise ValueError(f"target_l0 {self.target_l0} exceeds width {self.width}")
+        for name in ("l0_warm_up_tokens", "lr_warm_up_tokens"):
+            if getattr(self, name) > self.train_tokens:
+                raise ValueError(f"{name} {getattr(self, name)} exceeds train_tokens {self.train_tokens}; "
+                                 "the warm-up would not end")
+        late = [t for t in self.curve_tokens if t >= self.train_tokens]
+        if late:
+            raise ValueError(f"curve_tokens {late} not below train_tokens {self.train_tokens}; the last point is the SAE itself")
         return self
 
     def replace(self, **overrides) -> SAEConfig:
@@ -165,25 +191,60 @@ class SAEConfig:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-@dataclass(config=STRICT, frozen=True)
-class SAESweepConfig:
-    """Sparsity–fidelity sweep on the main run's cache: one short training run per L0 coefficient."""
+#: The settings an SAE axis may vary (``sae_axes.points``), one per point.
+AXIS_SETTINGS = ("l0_coefficient", "width", "seed")
 
-    l0_coefficients: Annotated[tuple[Positive, ...], Field(min_length=1)] = (3e-5, 1e-4, 3e-4)
-    train_tokens: Annotated[int, Field(gt=0)] = 200_000
-    #: Held-out rows for each point's ΔLM loss (fewer than the main SAE's, to fit the budget).
-    lm_rows: Annotated[int, Field(gt=0)] = 8
+
+@dataclass(config=STRICT, frozen=True)
+class SAEAxesConfig:
+    """SAEs beside the main run's: each point changes one ``sae`` setting of the reference (``darkmatter.sae.axes``)."""
+
+    #: Training tokens of every point and of the reference: the main SAE after this many tokens.
+    train_tokens: Annotated[int, Field(gt=0)] = 250_000
+    #: name -> the one setting it changes (``l0_coefficient``, ``width`` or ``seed``); ``{}`` is the reference.
+    points: dict[str, dict[str, int | float]] = dataclasses.field(default_factory=lambda: {"reference": {}})
+    #: Points whose residual r is streamed like the main run's (its FVU and kurtosis headlines): the seed axis.
+    chain: tuple[str, ...] = ()
+    #: Chain points that also get ICA and the decoder comparison (ICA's headlines; ~3.5 min a point on 2 cores).
+    chain_ica: tuple[str, ...] = ()
+    #: ICA restarts and disjoint resamples on a ``chain_ica`` point (fewer than the main run's: two restarts
+    #: run as one round of the two parallel fits).
+    chain_ica_seeds: Annotated[int, Field(ge=1)] = 2
+    chain_ica_resamples: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _one_setting_each(self) -> SAEAxesConfig:
+        if {} not in self.points.values():
+            raise ValueError("points: none is the reference ({}); every axis is read against it")
+        for name, change in self.points.items():
+            if len(change) > 1 or set(change) - set(AXIS_SETTINGS):
+                raise ValueError(f"points.{name}: {change} must change one of {', '.join(AXIS_SETTINGS)} (or none: the reference)")
+        unknown = [c for c in self.chain if c not in self.points]
+        if unknown:
+            raise ValueError(f"chain: {unknown} are not points; allowed: {', '.join(self.points)}")
+        unchained = [c for c in self.chain_ica if c not in self.chain]
+        if unchained:
+            raise ValueError(f"chain_ica: {unchained} are not in chain (ICA reads the chain's residual); add them to chain")
+        return self
 
 
 @dataclass(config=STRICT, frozen=True)
 class SAEEvalConfig:
-    """Held-out evaluation of an SAE."""
+    """Held-out evaluation of an SAE (``darkmatter.sae.evaluate``, ``darkmatter.sae.splice``)."""
 
-    #: Held-out rows run through the full model for ΔLM loss and KL (full forwards are costly on CPU).
+    #: Held-out rows, spread over the held-out set, on which the SAE is spliced into the model.
     lm_rows: Annotated[int, Field(gt=0)] = 32
     lm_batch_rows: Annotated[int, Field(gt=0)] = 4
+    #: Predictions read out per row, spread evenly (the unembedding is most of a forward's cost).
+    positions_per_row: Annotated[int, Field(gt=0)] = 32
+    #: Train tokens (a seeded sample) for r's mean and covariance: the same-norm noise and error-part variants.
+    geometry_tokens: Annotated[int, Field(gt=0)] = 65536
     #: A feature is "dense" if it fires on more than this fraction of held-out tokens.
     dense_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    #: Held-out rows on which SAELens's own evaluation code is run beside ours (``darkmatter.sae.crosscheck``); 0 = none.
+    crosscheck_rows: Annotated[int, Field(ge=0)] = 2
+    n_bootstrap: Annotated[int, Field(gt=0)] = 2000
+    seed: int = 0
 
 
 @dataclass(config=STRICT, frozen=True)
@@ -430,6 +491,9 @@ class ProbesConfig:
     #: which lacks x's large mean, trains ~7x denser and dense features are harder to predict).
     sae_width: Annotated[int, Field(gt=0)] = 2048
     sae_train_tokens: Annotated[int, Field(gt=0)] = 120000
+    #: Their batch and learning rate: a short run's own (the main SAE's 256 and 3e-4 suit 2M presentations).
+    sae_batch_size: Annotated[int, Field(gt=0)] = 1024
+    sae_lr: Positive = 2e-3
     sae_target_l0: Positive = 50.0
     sae_l0_coefficient: Positive = 3e-3
     #: Rows per forward pass of the paired-data forward.
@@ -663,7 +727,7 @@ class Params:
 
     #: The runs to build: each gets the whole per-run chain of dvc.yaml.
     runs: Annotated[tuple[str, ...], Field(min_length=1)]
-    #: The run behind the paper's headline numbers, figures and the SAE sweep (a trained SAE).
+    #: The run behind the paper's headline numbers, figures and the SAE axes (a trained SAE).
     main_run: str
     corpus: CorpusSettings
     corpora: dict[str, CorpusSource]
@@ -672,7 +736,7 @@ class Params:
     run_definitions: dict[str, RunDefinition]
     activations: ActivationsConfig
     sae: SAEConfig
-    sae_sweep: SAESweepConfig
+    sae_axes: SAEAxesConfig
     sae_eval: SAEEvalConfig
     residual: ResidualConfig
     ica: ICAConfig
@@ -704,6 +768,12 @@ class Params:
             # Every definition's overrides validate like the sections they override; the chunking of
             # its cache only matters once the run is built.
             self.run(name, check_chunks=name in self.runs)
+        main_sae = self.main.sae
+        for name, change in self.sae_axes.points.items():
+            try:
+                main_sae.replace(train_tokens=self.sae_axes.train_tokens, curve_tokens=(), **change)
+            except ValidationError as exc:
+                raise ValueError(_one_line(exc, f"sae_axes.points.{name} (with sae_axes.train_tokens)", root=SAEConfig)) from None
         return self
 
     def run(self, name: str, check_chunks: bool = True) -> Run:

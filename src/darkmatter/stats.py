@@ -117,3 +117,70 @@ def paired_difference(a, b, n_boot: int, rng: np.random.Generator) -> dict:
     p_wilcoxon = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= MIN_N_FOR_CI else None
     return {"difference": observed, "ci": ci, "p_permutation": monte_carlo_p(null, abs(observed)),
             "p_wilcoxon": p_wilcoxon, "n": int(len(d)), "paired": True}
+
+
+def linked_clusters(groups_per_row: list[np.ndarray]) -> np.ndarray:
+    """Cluster label per row: rows that share any group id (a document) are one cluster, transitively."""
+    parent = list(range(len(groups_per_row)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_row: dict[int, int] = {}
+    for row, groups in enumerate(groups_per_row):
+        for g in np.unique(groups):
+            if int(g) in first_row:
+                parent[root(row)] = root(first_row[int(g)])
+            else:
+                first_row[int(g)] = row
+    roots = [root(i) for i in range(len(groups_per_row))]
+    return np.unique(roots, return_inverse=True)[1]
+
+
+def cluster_bootstrap_means(values: np.ndarray, clusters: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws [n_boot, k] of the row means of ``values`` ([k, rows]), whole clusters resampled.
+
+    Rows in one cluster (e.g. rows cut from the same document) are not independent, so the unit
+    of resampling is the cluster: each draw takes as many clusters as there are, with replacement,
+    and averages every row they hold.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    n_clusters = int(clusters.max()) + 1
+    sums = np.stack([np.bincount(clusters, weights=v, minlength=n_clusters) for v in values], axis=1)  # [C, k]
+    counts = np.bincount(clusters, minlength=n_clusters).astype(np.float64)
+    weights = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).astype(np.float64)
+    return (weights @ sums) / (weights @ counts)[:, None]
+
+
+def cluster_mean_with_ci(values, clusters: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
+    """``{"mean", "ci", "n", "n_clusters"}``: the mean over rows with a cluster-bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
+    n_clusters = int(clusters.max()) + 1 if len(values) else 0
+    ci = (percentile_interval(cluster_bootstrap_means(values, clusters, n_boot, rng)[:, 0])
+          if n_clusters >= MIN_N_FOR_CI else None)
+    return {"mean": float(values.mean()) if len(values) else None, "ci": ci, "n": int(len(values)), "n_clusters": n_clusters}
+
+
+def cluster_ratio_with_ci(numerator, denominator, clusters: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
+    """mean(numerator) / mean(denominator) over rows, with a cluster-bootstrap interval."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    n_clusters = int(clusters.max()) + 1
+    ci = None
+    if n_clusters >= MIN_N_FOR_CI:
+        draws = cluster_bootstrap_means(np.stack([numerator, denominator]), clusters, n_boot, rng)
+        ci = percentile_interval(draws[:, 0] / draws[:, 1])
+    return {"value": float(numerator.mean() / denominator.mean()), "ci": ci, "n": int(len(numerator)), "n_clusters": n_clusters}
+
+
+def cluster_paired_difference(a, b, clusters: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
+    """Mean of the paired row differences ``a − b``: cluster-bootstrap CI and a two-sided p-value from
+    flipping the sign of whole clusters' differences (rows of one cluster are not independent)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    out = cluster_mean_with_ci(d, clusters, n_boot, rng)
+    cluster_sums = np.bincount(clusters, weights=d)
+    null = np.abs(rng.choice([-1.0, 1.0], size=(n_boot, len(cluster_sums))) @ cluster_sums) / len(d)
+    return {"difference": out["mean"], "ci": out["ci"], "p_permutation": monte_carlo_p(null, abs(out["mean"])),
+            "n": out["n"], "n_clusters": out["n_clusters"], "paired": True}

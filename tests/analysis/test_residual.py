@@ -153,7 +153,7 @@ def test_latent_statistics_match_dense_on_heldout_tokens(setup):
 
 def test_dead_means_the_same_in_eval_and_residual(setup):
     """One definition: never fires on the held-out rows' non-special tokens (outliers included)."""
-    from darkmatter.sae.evaluate import reconstruction_stats
+    from darkmatter.sae.reconstruction import reconstruction_stats
 
     cache, sae, acts = setup
     report, _ = run(setup)

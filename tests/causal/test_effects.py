@@ -111,7 +111,7 @@ def test_a_nan_in_a_patched_forward_names_the_unit_and_row(planted):
 
     subject, cache, _ = planted
     data = list(batches(cache, np.arange(12, 16), 4, ALL, "cpu"))
-    with pytest.raises(NonFiniteError, match=r"with ica-3 ablated, cache row 12"):
+    with pytest.raises(NonFiniteError, match=r"with ica-3 applied, cache row 12"):
         edit_effects(subject, 0, "resid_post", data, {"ica-3": lambda r, b: r * float("nan")}, "test")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from darkmatter.paper.diff import compare, main, render
-from darkmatter.paper.generate import fmt_sig
+from darkmatter.paper.format import fmt_sig
 from darkmatter.stats import mean_with_ci, paired_difference
 
 

@@ -11,7 +11,8 @@ from conftest import REPO
 from darkmatter.config import load_params
 from darkmatter.errors import UserError
 from darkmatter.paper.build import build
-from darkmatter.paper.generate import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig, generate
+from darkmatter.paper.format import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig
+from darkmatter.paper.generate import generate
 
 #: Digits that may appear in hand-written LaTeX: names and definitions, never results.
 ALLOWED_DIGITS = [
@@ -20,6 +21,7 @@ ALLOWED_DIGITS = [
     r"[Pp]osition 0", r"[Ll]ayer(-|~| )0\b", r"\bL0\b", r"float64", r"\|\^2",
     r"Scope(~| )2", r"\b(270M|1B|4B|12B)\b",  # model and release names
     r"\(1\+\\#\\\{.*?\\\}\)/\(1\+B\)", r"\$1/p\$",  # the Monte-Carlo p-value formula; a sparse code's kurtosis ~1/p
+    r"\\mathcal\{N\}\(0,", r"\\beta_2",  # notation: a zero-mean Gaussian, Adam's second-moment decay
 ]
 #: Commands whose arguments are not prose (files, keys, options).
 NON_PROSE = r"\\(documentclass|usepackage|includegraphics|input|cite[pt]?|label|ref|bibliography|bibliographystyle|graphicspath|begin|end)(\[[^\]]*\])?(\{[^}]*\})+"
@@ -157,6 +159,7 @@ def test_formatting_rules():
     assert fmt_sig(246.13) == "246" and fmt_sig(0.0123456) == "0.0123"
     assert fmt_sci(1e-4) == "\\ensuremath{10^{-4}}" and fmt_sci(3e-5) == "\\ensuremath{3.0\\times10^{-5}}"
     assert fmt_p(0.2) == "0.200" and fmt_p(3.27e-16) == "\\ensuremath{3.3\\times10^{-16}}"
+    assert fmt_p(0.000999) == "\\ensuremath{10^{-3}}" and fmt_sci(9.96e-5) == "\\ensuremath{10^{-4}}"  # no "10.0×10^-5"
     assert [fmt_about(n) for n in (351, 350, 764, 99, 1234)] == ["350", "350", "760", "99", "1{,}200"]
 
 

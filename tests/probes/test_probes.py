@@ -178,7 +178,8 @@ def test_the_stage_runs_both_experiments_end_to_end(tmp_path, tiny_subject):
                        max_positives=200, sae_width=64, sae_train_tokens=2048, batch_size=32, n_bootstrap=100)
     run = SimpleNamespace(name="tiny", layer=1, probes=cfg, model=SimpleNamespace(name="tiny"),
                           subject=SimpleNamespace(site="resid_post"),
-                          sae=SAEConfig(width=32, train_tokens=2048, batch_size=256, compile=False, heldout_fraction=0.25))
+                          sae=SAEConfig(width=32, train_tokens=2048, batch_size=256, compile=False, heldout_fraction=0.25,
+                                        l0_warm_up_tokens=512, lr_warm_up_tokens=256))
     out = tmp_path / "out"
     out.mkdir()
     report, rows = split_per_feature(run_probes(run, cache, tiny_subject, run_sae, tmp_path / "scratch", out))

@@ -206,7 +206,7 @@ def test_the_arxiv_tarball_compiles_on_its_own_and_the_citation_parses(tmp_path)
     for name in ("paper", "figures"):
         shutil.copytree(repo / name, ws / name, ignore=shutil.ignore_patterns("main.pdf"))
     names = arxiv_tarball(ws, tmp_path / "arxiv.tar.gz", "gemma-3-270m-l9")
-    assert {"main.tex", "main.bbl", "generated/macros.tex", "generated/provenance.tex", "figures/sae_sweep.pdf"} <= set(names)
+    assert {"main.tex", "main.bbl", "generated/macros.tex", "generated/provenance.tex", "figures/sae_axes.pdf"} <= set(names)
     assert not any(n.endswith(".png") for n in names)  # only what the LaTeX includes
     src = tmp_path / "arxiv"
     with tarfile.open(tmp_path / "arxiv.tar.gz") as tar:

@@ -50,6 +50,7 @@ whose element-wise work does not scale across cores (bench/RESULTS.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -455,9 +456,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, default=None, help="override ica.seeds (the SAE axes' chain)")
+    parser.add_argument("--resamples", type=int, default=None, help="override ica.resamples (the SAE axes' chain)")
     args = parser.parse_args(argv)
     run = run_from_args(args)
-    cfg = run.ica
+    overrides = {key: value for key, value in (("seeds", args.seeds), ("resamples", args.resamples)) if value is not None}
+    cfg = dataclasses.replace(run.ica, **overrides)
     if not args.stats.exists():
         raise UserError(f"{args.stats} not found; run the residual stage first (`dvc repro residual@{run.name}`)")
     stats = dict(np.load(args.stats))

@@ -73,41 +73,111 @@ def row_loss(logp, batch: Batch):
     return (nll * batch.scored).sum(1) / batch.scored.sum(1).clamp_min(1)
 
 
-def row_kl(clean_p, clean, logp, batch: Batch):
-    """Mean KL(clean ‖ edited) per row over the scored predictions (``clean_p`` = exp(clean))."""
-    kl = (clean_p * (clean - logp)).sum(-1)
-    return (kl * batch.scored).sum(1) / batch.scored.sum(1).clamp_min(1)
+def loss_and_kl(subject, finals, targets, vocab_chunk: int = 16384):
+    """Next-token loss of every prediction of each variant, and its KL(clean ‖ variant), streaming the vocabulary.
+
+    ``finals`` is ``[k, n, d_model]`` (final-layer residuals of ``k`` variants of the same ``n``
+    predictions, variant 0 the clean one); ``targets`` is ``[n]``; returns two ``[k, n]`` float64
+    tensors. The unembedding runs one vocabulary slice at a time for all variants together (one
+    GEMM per slice, W_U read once), keeping online sums in float64 like a streaming softmax: per
+    prediction the running max m and s = Σ exp(z − m) (so logsumexp = m + log s), and per variant
+    T_q = Σ exp(z_clean − m_clean)·z_q. Then loss = logsumexp(z) − z_target and, with p the clean
+    distribution, KL(p ‖ q) = (T_clean − T_q)/s_clean − logsumexp(z_clean) + logsumexp(z_q).
+    No vocabulary-wide tensor is ever built: fresh 262k-wide tensors cost page faults and several
+    passes each, which made a full log-softmax and KL per variant ~2× slower on CPU.
+    """
+    import torch
+
+    k, n, d = finals.shape
+    normed = subject.normalise_final(finals.reshape(k * n, d))
+    vocab = subject.model.cfg.d_vocab_out
+    dev = normed.device
+    running_max = torch.full((k * n,), -torch.inf, dtype=torch.float64, device=dev)
+    sum_exp = torch.zeros(k * n, dtype=torch.float64, device=dev)
+    clean_dot = torch.zeros(k, n, dtype=torch.float64, device=dev)
+    target_logit = torch.zeros(k * n, dtype=torch.float64, device=dev)
+    target = targets.to(dev).repeat(k)
+    width = min(vocab_chunk, vocab)
+    z_buf = torch.empty(k * n, width, device=dev, dtype=normed.dtype)
+    e_buf = torch.empty_like(z_buf)
+    for lo in range(0, vocab, width):
+        hi = min(lo + width, vocab)
+        z = subject.unembed(normed, slice(lo, hi), out=z_buf[:, : hi - lo])
+        new_max = torch.maximum(running_max, z.amax(dim=1).double())
+        rescale = torch.exp(running_max - new_max)
+        e = torch.sub(z, new_max[:, None].to(z.dtype), out=e_buf[:, : hi - lo]).exp_()
+        sum_exp = sum_exp * rescale + e.sum(dim=1).double()
+        clean_weights = e[:n]
+        clean_dot = clean_dot * rescale[:n] + torch.stack(
+            [torch.linalg.vecdot(clean_weights, z[q * n : (q + 1) * n]).double() for q in range(k)]
+        )
+        running_max = new_max
+        rows = ((target >= lo) & (target < hi)).nonzero()[:, 0]
+        target_logit[rows] = z[rows, target[rows] - lo].double()
+    lse = (running_max + sum_exp.log()).reshape(k, n)
+    expected = clean_dot / sum_exp[:n]  # E_p[z_q] per variant
+    return lse - target_logit.reshape(k, n), (expected[0] - lse[0]) - (expected - lse)
 
 
 Edit = Callable[["torch.Tensor", Batch], "torch.Tensor"]  # noqa: F821
 
 
-def edit_effects(subject, layer: int, site: str, data: list[Batch], edits: dict[str, Edit], desc: str) -> dict:
-    """Per-row clean loss, and per edit the per-row Δloss and KL, over the batches ``data``."""
+def prediction_effects(subject, layer: int, site: str, data: list[Batch], edits: dict[str, Edit], desc: str,
+                       variants_per_forward: int = 8) -> dict:
+    """Every read-out prediction's clean loss, and per edit its loss and KL, over the batches ``data``.
+
+    Returns ``clean_loss`` and ``scored`` ([rows, P]) and per edit ``{"loss", "kl"}`` ([rows, P]);
+    unscored predictions are kept (``scored`` says which count), so a caller can read any subset.
+    The clean and edited residuals of a batch continue through the model stacked,
+    ``variants_per_forward`` at a time (larger GEMMs), and are unembedded together (:func:`loss_and_kl`).
+    """
     import torch
 
-    out = {"clean_loss": [], **{name: {"delta_loss": [], "kl": []} for name in edits}}
-    with tqdm(total=len(data) * len(edits), desc=desc, unit="edit") as bar:
+    names = list(edits)
+    out = {"clean_loss": [], "scored": [], **{name: {"loss": [], "kl": []} for name in names}}
+    with tqdm(total=len(data) * (len(names) + 1), desc=desc, unit="variant") as bar:
         for batch in data:
-            clean = forward(subject, batch.resid, layer, site, batch)
-            clean_p = clean.exp()
-            clean_loss = row_loss(clean, batch)
-            out["clean_loss"].append(clean_loss.cpu().numpy())
-            for name, edit in edits.items():
-                with torch.inference_mode():
-                    logp = forward(subject, edit(batch.resid, batch), layer, site, batch)
-                    loss, kl = row_loss(logp, batch), row_kl(clean_p, clean, logp, batch)
-                if not (torch.isfinite(loss).all() and torch.isfinite(kl).all()):
-                    bad = int(batch.rows[int((~torch.isfinite(loss) | ~torch.isfinite(kl)).nonzero()[0])])
-                    raise NonFiniteError(f"NaN/inf in the forward with {name} ablated, cache row {bad}; "
-                                         "check the direction (a zero or NaN vector) and the cached activations")
-                out[name]["delta_loss"].append((loss - clean_loss).cpu().numpy())
-                out[name]["kl"].append(kl.cpu().numpy())
-                bar.update(1)
-    out["clean_loss"] = np.concatenate(out["clean_loss"])
-    for name in edits:
+            b, positions = len(batch.rows), batch.positions
+            with torch.inference_mode():
+                variants = [batch.resid] + [edits[name](batch.resid, batch) for name in names]
+                finals = []
+                for lo in range(0, len(variants), variants_per_forward):
+                    group = variants[lo : lo + variants_per_forward]
+                    finals.append(subject.final_residual(torch.cat(group), layer, site)[:, positions])
+                    bar.update(len(group))
+                finals = torch.cat(finals).reshape(len(variants), b * len(positions), -1)
+                loss, kl = loss_and_kl(subject, finals, batch.targets.reshape(-1))
+            loss, kl = loss.reshape(len(variants), b, -1), kl.reshape(len(variants), b, -1)
+            finite = torch.isfinite(loss) & torch.isfinite(kl)
+            bad = ~finite & batch.scored
+            if bad.any():
+                variant, row = (int(i) for i in bad.nonzero()[0, :2])
+                raise NonFiniteError(f"NaN/inf in the forward with {(['clean'] + names)[variant]} applied, cache row "
+                                     f"{int(batch.rows[row])}; check the edit (a zero or NaN vector) and the cached activations")
+            out["clean_loss"].append(loss[0].float().cpu().numpy())
+            out["scored"].append(batch.scored.cpu().numpy())
+            for i, name in enumerate(names, start=1):
+                out[name]["loss"].append(loss[i].float().cpu().numpy())
+                out[name]["kl"].append(kl[i].float().cpu().numpy())
+    for key in ("clean_loss", "scored"):
+        out[key] = np.concatenate(out[key])
+    for name in names:
         out[name] = {key: np.concatenate(values) for key, values in out[name].items()}
     return out
+
+
+def per_row(values: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Mean over each row's scored predictions ([rows, P] -> [rows])."""
+    return (values * scored).sum(1) / np.maximum(scored.sum(1), 1)
+
+
+def edit_effects(subject, layer: int, site: str, data: list[Batch], edits: dict[str, Edit], desc: str) -> dict:
+    """Per-row clean loss, and per edit the per-row Δloss and KL, over the batches ``data``."""
+    effects = prediction_effects(subject, layer, site, data, edits, desc)
+    scored = effects["scored"]
+    clean = per_row(effects["clean_loss"], scored)
+    return {"clean_loss": clean, **{name: {"delta_loss": per_row(effects[name]["loss"], scored) - clean,
+                                           "kl": per_row(effects[name]["kl"], scored)} for name in edits}}
 
 
 @dataclass

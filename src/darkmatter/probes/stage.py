@@ -194,8 +194,12 @@ def run_probes(run, cache, subject, run_sae, scratch: Path, out: Path) -> dict:
                                       cfg.val_fraction, cfg.seed)
     rows = np.concatenate([train_rows, val_rows])
     layers = [run.layer, *cfg.extra_layers]
+    share = cfg.sae_train_tokens / run.sae.train_tokens  # the short SAEs keep the recipe's warm-up shares
     sae_cfg = run.sae.replace(width=cfg.sae_width, train_tokens=cfg.sae_train_tokens, sparsity="quadratic",
-                              target_l0=cfg.sae_target_l0, l0_coefficient=cfg.sae_l0_coefficient)
+                              target_l0=cfg.sae_target_l0, l0_coefficient=cfg.sae_l0_coefficient, curve_tokens=(),
+                              batch_size=cfg.sae_batch_size, lr=cfg.sae_lr,
+                              l0_warm_up_tokens=round(run.sae.l0_warm_up_tokens * share),
+                              lr_warm_up_tokens=round(run.sae.lr_warm_up_tokens * share))
     scratch = scratch / fingerprint({"cache": cache.meta["fingerprint"], "rows": rows.tolist(), "layers": layers,
                                      "site": run.subject.site, "sae": repr(sae_cfg), "map": [cfg.map_solver, cfg.ridge_alpha,
                                      cfg.adam_lr, cfg.adam_epochs]})

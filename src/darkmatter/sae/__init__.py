@@ -1,1 +1,1 @@
-"""SAEs: training (Gemma Scope recipe), pretrained loading, evaluation and the sparsity sweep."""
+"""SAEs: training (Gemma Scope recipe), pretrained loading, evaluation, the splice diagnosis and the SAE axes."""

@@ -1,9 +1,9 @@
 """The ``sae`` stage: a run's SAE, trained here or loaded pretrained, saved in SAELens's disk format.
 
 ``sae: {source: train}`` trains a JumpReLU SAE with the Gemma Scope recipe on the run's cache
-(:mod:`darkmatter.sae.train`; the sparsity sweep calls this stage with ``--l0-coefficient`` and
-``--train-tokens``). ``sae: {source: pretrained, release, sae_id}`` loads it with SAELens
-(:mod:`darkmatter.sae.pretrained`) and checks it reads the cache's hook and width. Either way
+(:mod:`darkmatter.sae.train`), with its training-curve snapshots in ``--curve``. ``sae: {source: pretrained,
+release, sae_id}`` loads it with SAELens (:mod:`darkmatter.sae.pretrained`) and checks it reads
+the cache's hook and width. Either way
 the output is an ordinary SAELens SAE (``SAE.load_from_disk``) and every later stage treats
 the two alike; the metrics file says which it was.
 """
@@ -22,16 +22,16 @@ from darkmatter.errors import cli
 from darkmatter.hashing import sha256_file
 
 
-def train_on_cache(run, cache: ActivationCache, out: Path, scratch: Path, l0_coefficient=None, train_tokens=None) -> dict:
-    """Train the run's SAE on the train rows of ``cache`` (special tokens out) and save it to ``out``."""
+def train_on_cache(run, cache: ActivationCache, out: Path, scratch: Path, curve_out: Path | None = None, **overrides) -> dict:
+    """Train the run's SAE (with ``overrides`` of its ``sae`` section) on the train rows of ``cache``
+    (special tokens out) and save it to ``out``; the training-curve snapshots go to ``curve_out``."""
     from darkmatter.data.models import resolve_device
     from darkmatter.sae.train import to_inference_sae, train
 
-    cfg = run.sae.replace(l0_coefficient=l0_coefficient, train_tokens=train_tokens)
+    cfg = run.sae.replace(**overrides)
     train_rows, _ = split_rows(cache.meta["n_rows"], cfg.heldout_fraction)
     index = token_index(cache, train_rows)
     identity = {"cache": cache.meta["fingerprint"]}
-    training_sae, metrics = train(cache.acts, index, cfg, scratch, identity, resolve_device(run.subject.device))
     metadata = {
         "model_name": cache.meta["model"],
         "hook_name": cache.meta["hook_name"],
@@ -39,6 +39,8 @@ def train_on_cache(run, cache: ActivationCache, out: Path, scratch: Path, l0_coe
         "prepend_bos": True,
         "trained_by": "darkmatter.sae.train (Gemma Scope JumpReLU recipe)",
     }
+    training_sae, metrics = train(cache.acts, index, cfg, scratch, identity, resolve_device(run.subject.device),
+                                  curve_out=curve_out, metadata=metadata)
     sae = to_inference_sae(training_sae, metrics["input_scale"], metadata)
     shutil.rmtree(out, ignore_errors=True)
     sae.save_model(str(out))
@@ -71,14 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--curve", type=Path, default=None, help="directory for the training-curve snapshots")
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/sae"))
-    parser.add_argument("--l0-coefficient", type=float, default=None, help="override sae.l0_coefficient (sweep)")
-    parser.add_argument("--train-tokens", type=int, default=None, help="override sae.train_tokens (sweep)")
     args = parser.parse_args(argv)
     run = run_from_args(args)
     cache = ActivationCache.open(args.cache)
+    if args.curve is not None:
+        args.curve.mkdir(parents=True, exist_ok=True)  # a stage output even where the SAE has no curve
     if run.sae_source.source == "train":
-        report = train_on_cache(run, cache, args.out, args.scratch, args.l0_coefficient, args.train_tokens)
+        report = train_on_cache(run, cache, args.out, args.scratch, args.curve)
     else:
         report = load_for_run(run, cache, args.out)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)

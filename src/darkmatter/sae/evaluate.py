@@ -1,4 +1,4 @@
-"""SAE evaluation stage on held-out tokens.
+"""SAE evaluation stage on held-out tokens: the instrument checked before anything is read through it.
 
 Works for any SAELens ``SAE`` (trained here or loaded from the hub) whose ``d_in`` and hook
 match the activation cache; a mismatch fails with one line before any compute.
@@ -11,11 +11,14 @@ reported with AND without special tokens (BOS/EOS/PAD and position 0, where |x| 
 - L0: mean, quantiles and a histogram; dead and dense feature fractions
   (:mod:`darkmatter.sae.features`: one definition for every stage).
 
-LM metrics run the model on ``lm_rows`` held-out rows with the residual at the SAE's hook
-replaced by the reconstruction: at non-special positions only (the default splice) and at every
-position, plus zero-ablation of the non-special positions for scale. Reported: mean next-token
-loss, Δloss against the clean model, KL(clean ‖ spliced), and the fraction of the zero-ablation
-loss gap that the reconstruction recovers.
+LM metrics (``lm``) splice the reconstruction into the model on ``sae_eval.lm_rows`` held-out
+rows spread over the held-out set, continuing the forward from the cached activations and reading
+out ``positions_per_row`` predictions per row: ΔLM and KL for the default splice (non-special
+positions) and for every control of :mod:`darkmatter.sae.splice`, each with an interval that
+resamples whole documents (rows cut from one document are one cluster), loss recovered against
+zero ablation, and the paired comparisons of the diagnosis (``lm.diagnosis``). With ``--curve``
+the training-curve snapshots get the headline numbers too; ``sae_eval.crosscheck_rows`` rows are
+also evaluated by SAELens's own code (:mod:`darkmatter.sae.crosscheck`).
 """
 
 from __future__ import annotations
@@ -25,16 +28,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from darkmatter.data.activations import ActivationCache
 from darkmatter.data.split import row_tokens, split_rows
-from darkmatter.errors import NonFiniteError, cli
-from darkmatter.sae.features import dead_fraction
+from darkmatter.errors import cli
 from darkmatter.sae.io import check_compatible
-
-L0_BINS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9)
-
+from darkmatter.sae.reconstruction import reconstruction_stats
 
 def heldout_tokens(cache: ActivationCache, heldout_fraction: float) -> np.ndarray:
     """Flat ids of every token in the held-out rows (special tokens included; masks come later)."""
@@ -42,165 +41,89 @@ def heldout_tokens(cache: ActivationCache, heldout_fraction: float) -> np.ndarra
     return row_tokens(rows, cache.meta["context_length"])
 
 
-class _Moments:
-    """Streaming sums for FVU on one token subset."""
-
-    def __init__(self, d: int):
-        self.n, self.err, self.sq, self.sum = 0, 0.0, 0.0, np.zeros(d)
-
-    def add(self, x: np.ndarray, err: np.ndarray) -> None:
-        self.n += len(x)
-        self.err += float(err.sum())
-        self.sq += float((x.astype(np.float64) ** 2).sum())
-        self.sum += x.sum(axis=0, dtype=np.float64)
-
-    def fvu(self) -> float:
-        variance = self.sq - float(self.sum @ self.sum) / self.n
-        return self.err / variance
+def lm_rows(heldout_rows: np.ndarray, n: int) -> np.ndarray:
+    """``n`` held-out rows spread evenly over the held-out set: neighbouring rows are often cut from
+    one document, so evenly spaced rows reach more documents than the first ``n`` would."""
+    n = min(n, len(heldout_rows))
+    return heldout_rows[np.unique(np.linspace(0, len(heldout_rows) - 1, n).round().astype(int))]
 
 
-def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.ndarray, dense_threshold: float, chunk: int = 8192) -> dict:
-    """FVU, L0 and feature-frequency statistics streamed over ``index``."""
-    import torch
+def outlier_threshold(cache: ActivationCache, norm_factor: float) -> float:
+    """‖x‖ above which a non-special token is a high-norm outlier: the residual stage's rule, on every cached token."""
+    from darkmatter.analysis.residual import token_norms
+    from darkmatter.analysis.tokens import classify
 
-    moments = {"all": _Moments(acts.shape[1]), "nonspecial": _Moments(acts.shape[1])}
-    fires = np.zeros(sae.cfg.d_sae, dtype=np.int64)
-    l0_nonspecial = []
-    l0_all_sum = 0
-    for lo in tqdm(range(0, len(index), chunk), desc="SAE eval", unit="chunk"):
-        ids = index[lo : lo + chunk]
-        x = np.asarray(acts[ids], dtype=np.float32)
-        with torch.no_grad():
-            feats = sae.encode(torch.from_numpy(x).to(sae.W_dec.device))
-            x_hat = sae.decode(feats).cpu().numpy()
-        active = (feats > 0).cpu().numpy()
-        if not np.isfinite(x_hat).all():
-            raise NonFiniteError(f"NaN/inf in SAE reconstructions of held-out tokens {ids[0]}..{ids[-1]}")
-        err = ((x.astype(np.float64) - x_hat) ** 2).sum(axis=1)
-        keep = ~special[ids]
-        moments["all"].add(x, err)
-        moments["nonspecial"].add(x[keep], err[keep])
-        l0 = active.sum(axis=1)
-        l0_all_sum += int(l0.sum())
-        l0_nonspecial.append(l0[keep])
-        fires += active[keep].sum(axis=0)
-    l0s = np.concatenate(l0_nonspecial)
-    n_nonspecial = moments["nonspecial"].n
-    frequency = fires / n_nonspecial
-    counts, _ = np.histogram(l0s, bins=L0_BINS)
-    fvu = {name: m.fvu() for name, m in moments.items()}
-    return {
-        "n_tokens": moments["all"].n,
-        "n_tokens_nonspecial": n_nonspecial,
-        "fvu": fvu["nonspecial"],
-        "fvu_with_special": fvu["all"],
-        "explained_variance": 1 - fvu["nonspecial"],
-        "explained_variance_with_special": 1 - fvu["all"],
-        "l0": float(l0s.mean()),
-        "l0_with_special": l0_all_sum / moments["all"].n,
-        "l0_quantiles": {q: float(np.quantile(l0s, float(q))) for q in ("0.1", "0.5", "0.9", "0.99")},
-        "l0_histogram": {"bin_edges": list(L0_BINS[:-1]) + ["inf"], "counts": counts.tolist()},
-        "dead_fraction": dead_fraction(fires),
-        "dense_fraction": float((frequency > dense_threshold).mean()),
-        "dense_threshold": dense_threshold,
-        "all_dead": bool((fires == 0).all()),
+    return classify(np.asarray(cache.special), token_norms(cache.acts), norm_factor)[1]["threshold"]
+
+
+def lm_report(effects: dict, clusters: np.ndarray, n_boot: int, seed: int, position_bins: int = 4) -> dict:
+    """ΔLM and KL of every variant with cluster-bootstrap intervals (rows sharing a document are one
+    cluster), loss recovered, and for the full variant set the paired comparisons behind the diagnosis."""
+    from darkmatter.causal.effects import per_row
+    from darkmatter.sae.splice import ERROR_SCALES, VARIANTS
+    from darkmatter.stats import cluster_bootstrap_means, cluster_mean_with_ci, cluster_paired_difference, \
+        cluster_ratio_with_ci, percentile_interval
+
+    rng = np.random.default_rng(seed)
+    scored = effects["scored"]
+    names = [k for k in effects if isinstance(effects[k], dict)]
+    clean = per_row(effects["clean_loss"], scored)
+    delta = {n: per_row(effects[n]["loss"], scored) - clean for n in names}
+    kl = {n: per_row(effects[n]["kl"], scored) for n in names}
+
+    def ci(values):
+        return cluster_mean_with_ci(values, clusters, n_boot, rng)
+
+    def paired(a, b):
+        return cluster_paired_difference(delta[a], delta[b], clusters, n_boot, rng)
+
+    recovered = cluster_ratio_with_ci(delta["zero"] - delta["nonspecial"], delta["zero"], clusters, n_boot, rng)
+    report = {
+        "n_rows": int(len(clean)), "n_clusters": int(clusters.max()) + 1,
+        "positions_per_row": int(len(effects["positions"])), "n_predictions": int(scored.sum()),
+        "unit": "held-out rows spread over the held-out set; intervals resample whole documents (rows sharing one)",
+        "loss_clean": float(clean.mean()),
+        "loss_spliced": float((clean + delta["nonspecial"]).mean()),
+        "loss_zero_ablated": float((clean + delta["zero"]).mean()),
+        "delta_loss": float(delta["nonspecial"].mean()),
+        "delta_loss_ci": ci(delta["nonspecial"])["ci"],
+        "delta_loss_zero_ablation": float(delta["zero"].mean()),
+        "kl": float(kl["nonspecial"].mean()),
+        "kl_ci": ci(kl["nonspecial"])["ci"],
+        "loss_recovered": recovered["value"],
+        "loss_recovered_ci": recovered["ci"],
+        "variants": {n: {"delta_loss": ci(delta[n]), "kl": ci(kl[n])} for n in names},
     }
+    if not set(VARIANTS) <= set(names):
+        return report
+    scales = (*ERROR_SCALES, 1.0)
+    curve = [f"error_{a:g}" for a in ERROR_SCALES] + ["nonspecial"]
+    log_a = np.log(scales)
 
+    def exponent(means):
+        """b of KL ∝ α^b (least squares in log-log): KL is positive, and ≈ quadratic for small errors."""
+        return float(np.polyfit(log_a, np.log(np.clip(means, 1e-12, None)), 1)[0])
 
-def loss_and_kl(subject, finals, targets, vocab_chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """Summed next-token loss of each variant and summed KL(clean ‖ variant), streaming the vocabulary.
-
-    ``finals`` is ``[k, n, d_model]`` (final-layer residuals of ``k`` variants of the same ``n``
-    predictions, variant 0 the clean one); ``targets`` is ``[n]``. The unembedding runs one
-    vocabulary slice at a time for all variants together (one GEMM per slice, W_U read once),
-    keeping online sums in float64 like a streaming softmax: per row the running max m and
-    s = Σ exp(z − m) (so logsumexp = m + log s), and per variant T_q = Σ exp(z_clean − m_clean)·z_q.
-    Then loss = logsumexp(z) − z_target and, with p the clean distribution,
-    KL(p ‖ q) = (T_clean − T_q)/s_clean − logsumexp(z_clean) + logsumexp(z_q).
-    No vocabulary-wide tensor is ever built, so the cost is the GEMM plus a few passes over
-    each slice.
-    """
-    import torch
-
-    k, n, d = finals.shape
-    normed = subject.normalise_final(finals.reshape(k * n, d))
-    vocab = subject.model.cfg.d_vocab_out
-    dev = normed.device
-    running_max = torch.full((k * n,), -torch.inf, dtype=torch.float64, device=dev)
-    sum_exp = torch.zeros(k * n, dtype=torch.float64, device=dev)
-    clean_dot = torch.zeros(k, n, dtype=torch.float64, device=dev)
-    target_logit = torch.zeros(k * n, dtype=torch.float64, device=dev)
-    target = targets.to(dev).repeat(k)
-    width = min(vocab_chunk, vocab)
-    z_buf = torch.empty(k * n, width, device=dev, dtype=normed.dtype)
-    e_buf = torch.empty_like(z_buf)
-    for lo in range(0, vocab, width):
-        hi = min(lo + width, vocab)
-        z = subject.unembed(normed, slice(lo, hi), out=z_buf[:, : hi - lo])
-        new_max = torch.maximum(running_max, z.amax(dim=1).double())
-        rescale = torch.exp(running_max - new_max)
-        e = torch.sub(z, new_max[:, None].to(z.dtype), out=e_buf[:, : hi - lo]).exp_()
-        sum_exp = sum_exp * rescale + e.sum(dim=1).double()
-        clean_weights = e[:n]
-        clean_dot = clean_dot * rescale[:n] + torch.stack(
-            [torch.linalg.vecdot(clean_weights, z[q * n : (q + 1) * n]).double() for q in range(k)]
-        )
-        running_max = new_max
-        inside = (target >= lo) & (target < hi)
-        rows = inside.nonzero()[:, 0]
-        target_logit[rows] = z[rows, target[rows] - lo].double()
-    lse = (running_max + sum_exp.log()).reshape(k, n)
-    loss = (lse - target_logit.reshape(k, n)).sum(dim=1)
-    expected = clean_dot / sum_exp[:n]  # E_p[z_q] per variant
-    kl = ((expected[0] - lse[0]) - (expected - lse)).sum(dim=1)
-    return loss.cpu().numpy(), kl.cpu().numpy()
-
-
-def lm_stats(subject, sae, tokens: np.ndarray, special: np.ndarray, layer: int, site: str, batch_rows: int) -> dict:
-    """Loss and KL with the reconstruction spliced in at ``layer``/``site`` (tokens/special are ``[rows, T]``).
-
-    The clean forward stops at the SAE's site; the clean, spliced and zero-ablated residuals each
-    continue from there, stacked as one batch (:meth:`SubjectModel.final_residual`), so the blocks
-    before the site run once per batch; :func:`loss_and_kl` then unembeds all four together.
-    """
-    import torch
-
-    names = ("clean", "spliced", "spliced_all", "zero_ablated")
-    sums = dict.fromkeys(names, 0.0)
-    kl = {"spliced": 0.0, "spliced_all": 0.0}
-    n_predictions = 0
-    for lo in tqdm(range(0, len(tokens), batch_rows), desc="LM loss with SAE", unit="batch"):
-        batch = torch.from_numpy(tokens[lo : lo + batch_rows].astype(np.int64))
-        keep = torch.from_numpy(~special[lo : lo + batch_rows])[..., None]
-        resid = subject.activations(batch, layer, site)
-        with torch.inference_mode():
-            recon = sae(resid.to(sae.W_dec.device)).to(resid.device)
-            keep = keep.to(resid.device)
-            variants = (resid, torch.where(keep, recon, resid), recon, torch.where(keep, torch.zeros_like(resid), resid))
-            finals = subject.final_residual(torch.cat(variants), layer, site)[:, :-1]  # one forward for all four
-            finals = finals.reshape(len(variants), -1, resid.shape[-1])
-            losses, kls = loss_and_kl(subject, finals, batch[:, 1:].reshape(-1))
-        for name, value in zip(names, losses):
-            sums[name] += float(value)
-        for name in kl:
-            kl[name] += float(kls[names.index(name)])
-        n_predictions += batch[:, 1:].numel()
-    loss = {name: total / n_predictions for name, total in sums.items()}
-    gap = loss["zero_ablated"] - loss["clean"]
-    return {
-        "n_rows": int(len(tokens)),
-        "n_predictions": n_predictions,
-        "loss_clean": loss["clean"],
-        "loss_spliced": loss["spliced"],
-        "loss_spliced_all_positions": loss["spliced_all"],
-        "loss_zero_ablated": loss["zero_ablated"],
-        "delta_loss": loss["spliced"] - loss["clean"],
-        "delta_loss_all_positions": loss["spliced_all"] - loss["clean"],
-        "delta_loss_zero_ablation": gap,
-        "kl": kl["spliced"] / n_predictions,
-        "kl_all_positions": kl["spliced_all"] / n_predictions,
-        "loss_recovered": (loss["zero_ablated"] - loss["spliced"]) / gap if gap else None,
+    draws = cluster_bootstrap_means(np.stack([kl[n] for n in curve]), clusters, n_boot, rng)
+    bins = np.array_split(np.arange(len(effects["positions"])), position_bins)
+    per_bin = [per_row(effects["nonspecial"]["loss"][:, b] - effects["clean_loss"][:, b], scored[:, b]) for b in bins]
+    report["diagnosis"] = {
+        "where": {"ordinary_minus_nonspecial": paired("ordinary", "nonspecial"),
+                  "all_minus_nonspecial": paired("all", "nonspecial")},
+        "same_norm_noise": {"isotropic_minus_sae": paired("noise_isotropic", "nonspecial"),
+                            "error_covariance_minus_sae": paired("noise_error_covariance", "nonspecial")},
+        "error_scale": {"alphas": list(scales), "delta_loss": [ci(delta[n]) for n in curve],
+                        "kl": [ci(kl[n]) for n in curve],
+                        "kl_exponent": exponent(np.array([kl[n].mean() for n in curve])),
+                        "kl_exponent_ci": percentile_interval(np.array([exponent(d) for d in draws]))},
+        "error_parts": {"top_minus_other_pcs": paired("error_top_pcs", "error_other_pcs"),
+                        "parts_sum_minus_whole": cluster_paired_difference(
+                            delta["error_top_pcs"] + delta["error_other_pcs"], delta["nonspecial"], clusters, n_boot, rng),
+                        "without_mean_minus_whole": paired("error_without_mean", "nonspecial")},
+        "by_position": {"bins": [[int(effects["positions"][b[0]]), int(effects["positions"][b[-1]])] for b in bins],
+                        "delta_loss": [ci(v) for v in per_bin]},
     }
+    return report
 
 
 def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_threshold: float) -> dict:
@@ -208,6 +131,95 @@ def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_thresho
     index = heldout_tokens(cache, heldout_fraction)
     special = np.asarray(cache.special)
     return reconstruction_stats(sae, cache.acts, special, index, dense_threshold)
+
+
+def error_geometry_on_train(sae, cache: ActivationCache, heldout_fraction: float, threshold: float,
+                           n_tokens: int, seed: int, chunk_tokens: int):
+    """r's mean and covariance on a seeded sample of the train rows' ordinary tokens (no fit sees held-out rows)."""
+    from darkmatter.analysis.residual import token_norms
+    from darkmatter.data.split import token_index
+    from darkmatter.sae.splice import error_geometry
+
+    train_rows, _ = split_rows(cache.meta["n_rows"], heldout_fraction)
+    index = token_index(cache, train_rows)
+    index = np.sort(np.random.default_rng(seed).choice(index, size=min(n_tokens, len(index)), replace=False))
+    index = index[token_norms(cache.acts[index]) <= threshold]
+    return error_geometry(sae, cache.acts, index, chunk_tokens)
+
+
+def row_clusters(cache: ActivationCache, rows: np.ndarray) -> np.ndarray:
+    """Cluster label per row: rows holding tokens of one document are one cluster."""
+    from darkmatter.stats import linked_clusters
+
+    docs = np.asarray(cache.array("doc_ids")).reshape(-1, cache.meta["context_length"])[rows]
+    return linked_clusters([d[d >= 0] for d in docs])
+
+
+def evaluate_lm(subject, saes: dict, cache: ActivationCache, run, full: str | None = None,
+                lm_rows_override: int | None = None) -> dict[str, dict]:
+    """The ``lm`` section of each SAE in ``saes``: ΔLM, KL and loss recovered, with intervals.
+
+    The SAE named ``full`` gets every variant of the diagnosis, the others the default splice. All
+    are spliced into the same held-out predictions in one pass: the clean forward and the zero
+    ablation do not depend on the SAE, so they run once for all of them (the forward continues from
+    the cached layer-L activations and reads out ``sae_eval.positions_per_row`` predictions per row,
+    :mod:`darkmatter.causal.effects`).
+    """
+    from darkmatter.analysis.stream import latent_chunk_tokens
+    from darkmatter.causal.effects import batches, prediction_effects, scored_positions
+    from darkmatter.sae.splice import VARIANTS, splice_edits
+
+    cfg = run.sae_eval
+    _, held = split_rows(cache.meta["n_rows"], run.sae.heldout_fraction)
+    rows = lm_rows(held, lm_rows_override or cfg.lm_rows)
+    threshold = outlier_threshold(cache, run.residual.outlier_norm_factor)
+    geometry = None
+    if full is not None:
+        chunk = latent_chunk_tokens(saes[full].cfg.d_sae, run.residual.latent_budget_mb * 2**20)
+        geometry = error_geometry_on_train(saes[full], cache, run.sae.heldout_fraction, threshold, cfg.geometry_tokens,
+                                           cfg.seed, chunk)
+    edits = {"zero": splice_edits(next(iter(saes.values())), None, threshold, cfg.seed, ("zero",))["zero"]}
+    for name, sae in saes.items():
+        variants = tuple(v for v in VARIANTS if v != "zero") if name == full else ("nonspecial",)
+        edits |= {f"{name}/{v}": edit for v, edit in splice_edits(sae, geometry, threshold, cfg.seed, variants).items()}
+    positions = scored_positions(cache.meta["context_length"], cfg.positions_per_row)
+    data = list(batches(cache, rows, cfg.lm_batch_rows, positions, subject.device))
+    effects = prediction_effects(subject, run.layer, run.subject.site, data, edits, "LM loss with the SAEs spliced in")
+    clusters = row_clusters(cache, rows)
+    shared = {key: effects[key] for key in ("clean_loss", "scored", "zero")} | {"positions": positions}
+    reports = {}
+    for name in saes:
+        own = {key.split("/", 1)[1]: value for key, value in effects.items() if key.startswith(f"{name}/")}
+        reports[name] = lm_report(shared | own, clusters, cfg.n_bootstrap, cfg.seed) | {"outlier_threshold": threshold}
+    if geometry is not None:
+        reports[full]["error_geometry"] = geometry.report()
+    return reports
+
+
+def headline(report: dict) -> dict:
+    """The numbers a point of a curve or an axis carries: reconstruction, sparsity and the default splice."""
+    lm = report["lm"]
+    return {key: report[key] for key in ("fvu", "fvu_with_special", "l0", "dead_fraction")} | {
+        key: lm[key] for key in ("delta_loss", "delta_loss_ci", "kl", "kl_ci", "loss_recovered", "loss_recovered_ci")}
+
+
+def evaluate_saes(subject, saes: dict, cache: ActivationCache, run, full: str | None = None,
+                  lm_rows_override: int | None = None) -> dict[str, dict]:
+    """Each SAE's reconstruction on every held-out token, and its LM loss spliced in (:func:`evaluate_lm`)."""
+    lm = evaluate_lm(subject, saes, cache, run, full, lm_rows_override)
+    return {name: {"hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
+            | evaluate(sae, cache, run.sae.heldout_fraction, run.sae_eval.dense_threshold) | {"lm": lm[name]}
+            for name, sae in saes.items()}
+
+
+def load_curve(curve_dir: Path | None, device: str) -> dict:
+    """The training-curve snapshots in ``curve_dir`` (``<tokens>/``), by training tokens."""
+    from darkmatter.sae.io import load_sae, to_device
+
+    if curve_dir is None or not curve_dir.exists():
+        return {}
+    folders = sorted((p for p in curve_dir.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    return {int(p.name): to_device(load_sae(p), device) for p in folders}
 
 
 @cli
@@ -222,24 +234,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--weights", type=Path, required=True, help="the run's model directory")
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--lm-rows", type=int, default=None, help="override sae_eval.lm_rows (the sweep)")
+    parser.add_argument("--lm-rows", type=int, default=None, help="override sae_eval.lm_rows")
+    parser.add_argument("--curve", type=Path, default=None, help="the sae stage's training-curve snapshots")
     args = parser.parse_args(argv)
     run = run_from_args(args)
     cache = ActivationCache.open(args.cache)
     sae = to_device(load_sae(args.sae), run.subject.device)
-    report = {"sae": str(args.sae), "hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
-    report |= evaluate(sae, cache, run.sae.heldout_fraction, run.sae_eval.dense_threshold)
-    lm_rows = args.lm_rows or run.sae_eval.lm_rows
-    _, rows = split_rows(cache.meta["n_rows"], run.sae.heldout_fraction)
-    rows = rows[:lm_rows]
-    context = cache.meta["context_length"]
-    tokens = np.asarray(cache.tokens).reshape(-1, context)[rows]
-    special = np.asarray(cache.special).reshape(-1, context)[rows]
     subject = load_run_subject(run, args.weights)
-    report["lm"] = lm_stats(subject, sae, tokens, special, run.layer, run.subject.site, run.sae_eval.lm_batch_rows)
+    curve = load_curve(args.curve, run.subject.device)
+    reports = evaluate_saes(subject, {"final": sae} | {f"after {t}": s for t, s in curve.items()}, cache, run, "final", args.lm_rows)
+    report = {"sae": str(args.sae)} | reports["final"]
+    if curve:
+        train = run.sae
+        report["training_curve"] = [{"tokens": t // train.batch_size * train.batch_size} | headline(reports[f"after {t}"])
+                                    for t in curve] + [
+            {"tokens": train.train_tokens // train.batch_size * train.batch_size} | headline(report)]
+    cfg = run.sae_eval
+    if cfg.crosscheck_rows:
+        from darkmatter.sae.crosscheck import crosscheck
+
+        _, held = split_rows(cache.meta["n_rows"], run.sae.heldout_fraction)
+        rows = lm_rows(held, cfg.crosscheck_rows)
+        report["saelens_crosscheck"] = crosscheck(subject, sae, cache, rows, run.layer, run.subject.site, cfg.lm_batch_rows)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: report[k] for k in ("fvu", "l0", "dead_fraction")} | {k: report["lm"][k] for k in (
+        "delta_loss", "delta_loss_ci", "kl", "loss_recovered", "loss_recovered_ci")}, indent=2))
 
 
 if __name__ == "__main__":

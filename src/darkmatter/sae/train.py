@@ -21,7 +21,8 @@ Recipe (Rajamanoharan et al. 2024; Lieberum et al. 2024, arXiv 2408.05147) and w
   - *unit-norm decoder rows with gradient projection*: a gradient hook removes from each
     decoder row's gradient its component along the row, and an optimizer post-step hook
     renormalises the rows (SAELens v6 has no decoder-norm constraint);
-  - *centred initialisation*: b_dec = E x, b_enc = −W_encᵀ E x (see :func:`centre_at_init`);
+  - *centred initialisation*: b_dec = E x, b_enc = −W_encᵀ E x; optionally per-feature initial
+    thresholds (see :func:`init_from_data`);
   - *the training loop* around ``SAETrainer.step`` (its public seam), for tqdm with loss, L0
     and FVU, resumable checkpoints, and a NaN check that names the step. Training data comes
     from the activation cache, special tokens excluded, held-out rows excluded.
@@ -48,27 +49,32 @@ from darkmatter.hashing import fingerprint
 from darkmatter.errors import NonFiniteError, UserError
 
 
-def input_moments(acts, index: np.ndarray, max_samples: int = 65536, seed: int = 0) -> tuple[float, np.ndarray]:
-    """E‖x‖² and E x over (a seeded sample of) the indexed tokens."""
+def init_sample(acts, index: np.ndarray, seed: int, max_samples: int = 65536) -> np.ndarray:
+    """A seeded sample of the indexed tokens' activations (float64): the input scale and the initialisation."""
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(index, size=min(max_samples, len(index)), replace=False))
-    x = np.asarray(acts[sample], dtype=np.float64)
-    return float((x**2).sum(axis=1).mean()), x.mean(axis=0)
+    return np.asarray(acts[np.sort(rng.choice(index, size=min(max_samples, len(index)), replace=False))], dtype=np.float64)
 
 
-def centre_at_init(sae, mean) -> None:
-    """b_dec = E x and b_enc = −W_encᵀ E x, so initial pre-activations read x − E x.
+def init_from_data(sae, x: np.ndarray, cfg: SAEConfig) -> None:
+    """Initialise from the (scaled) sample ``x``: centring always, the thresholds if ``cfg`` asks.
 
-    The residual stream has a large mean (‖E x‖² is most of E‖x‖² here); from b_dec = b_enc = 0
-    a handful of features learn that constant and fire on every token while the rest die.
-    Starting at the mean keeps the Gemma Scope form f = JumpReLU(W_enc x + b_enc) unchanged.
+    - b_dec = E x and b_enc = −W_encᵀ E x, so initial pre-activations read x − E x. The residual
+      stream has a large mean (‖E x‖² is most of E‖x‖² here); from b_dec = b_enc = 0 a handful of
+      features learn that constant and fire on every token while the rest die. Starting at the
+      mean keeps the Gemma Scope form f = JumpReLU(W_enc x + b_enc) unchanged.
+    - ``init_firing_rate``: each feature's threshold starts at the quantile of its initial
+      pre-activations that fires it on that fraction of the sample.
     """
     import torch
 
+    mean = x.mean(axis=0)
     with torch.no_grad():
         m = torch.as_tensor(mean, dtype=sae.b_dec.dtype, device=sae.b_dec.device)
         sae.b_dec.copy_(m)
         sae.b_enc.copy_(-(m @ sae.W_enc))
+        if cfg.init_firing_rate is not None:
+            pre = torch.as_tensor(x[:8192], dtype=sae.W_enc.dtype) @ sae.W_enc + sae.b_enc
+            sae.threshold.copy_(torch.quantile(pre, 1 - cfg.init_firing_rate, dim=0).clamp_min(0.0))
 
 
 class TokenBatches:
@@ -139,8 +145,9 @@ def build_training_sae(d_in: int, cfg: SAEConfig, steps: int, device: str):
             jumprelu_bandwidth=cfg.bandwidth,
             jumprelu_sparsity_loss_mode=cfg.sparsity,
             l0_coefficient=cfg.l0_coefficient,
-            l0_warm_up_steps=round(cfg.l0_warm_up_fraction * steps),
+            l0_warm_up_steps=cfg.l0_warm_up_tokens // cfg.batch_size,
             target_l0=cfg.target_l0,
+            pre_act_loss_coefficient=cfg.pre_act_loss_coefficient,
         )
     )
     trainer = SAETrainer(
@@ -149,18 +156,18 @@ def build_training_sae(d_in: int, cfg: SAEConfig, steps: int, device: str):
             train_batch_size_samples=cfg.batch_size,
             lr=cfg.lr,
             lr_end=cfg.lr,
-            lr_warm_up_steps=round(cfg.lr_warm_up_fraction * steps),
+            lr_warm_up_steps=cfg.lr_warm_up_tokens // cfg.batch_size,
             adam_beta1=0.0,
-            adam_beta2=0.999,
+            adam_beta2=cfg.adam_beta2,
             device=device,
-            dead_feature_window=max(1, steps // 4),
+            dead_feature_window=max(1, cfg.dead_window_tokens // cfg.batch_size),
             logger=LoggingConfig(log_to_wandb=False),
         ),
         sae=sae,
         data_provider=iter(()),  # we drive SAETrainer.step ourselves
     )
     constrain_unit_norm_decoder(sae, trainer.optimizer, compile=cfg.compile)
-    sae.training_forward_pass = fused_training_forward(sae, compile=cfg.compile)
+    sae.training_forward_pass = fused_training_forward(sae, compile=cfg.compile, aux_coefficient=cfg.aux_loss_coefficient)
     for group in trainer.optimizer.param_groups:
         group["fused"] = True  # one Adam kernel over each parameter instead of a dozen foreach passes
     reuse_freed_buffers()
@@ -249,23 +256,29 @@ def train(
     identity: dict,
     device: str = "cpu",
     stop_after: int | None = None,
+    curve_out: Path | None = None,
+    metadata: dict | None = None,
 ) -> tuple[object, dict]:
     """Train (or resume) an SAE; returns the training SAE (normalised units) and its metrics.
 
-    ``stop_after`` ends the run early after that many steps (used by the resume test).
+    After ``cfg.curve_tokens`` training tokens the SAE is saved (as an inference SAE with
+    ``metadata``) under the checkpoint directory; a finished run moves those snapshots to
+    ``curve_out/<tokens>``. ``stop_after`` ends the run early after that many steps (the resume test).
     """
     import torch
 
     steps = cfg.train_tokens // cfg.batch_size
     if steps < 1:
         raise UserError(f"sae.train_tokens {cfg.train_tokens} is less than one batch of {cfg.batch_size}")
-    msq, mean = input_moments(acts, train_index, seed=cfg.seed)
+    sample = init_sample(acts, train_index, cfg.seed)
+    msq = float((sample**2).sum(axis=1).mean())
     scale = 1.0 / float(np.sqrt(msq))
     batches = TokenBatches(acts, train_index, cfg.batch_size, cfg.seed, scale)
     sae, trainer = build_training_sae(acts.shape[1], cfg, steps, device)
-    centre_at_init(sae, mean * scale)
+    init_from_data(sae, sample * scale, cfg)
     ckpts = Checkpoints(scratch / fingerprint({"cfg": asdict(cfg), "identity": identity, "n_train": len(train_index)}))
     start = ckpts.restore(sae, trainer)
+    snapshots = {tokens // cfg.batch_size: tokens for tokens in cfg.curve_tokens}
     stats = {"loss": float("nan"), "l0": float("nan"), "fvu": float("nan")}
     t0 = time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc=f"SAE {cfg.width} ({cfg.sparsity})", unit="step")
@@ -283,10 +296,13 @@ def train(
         step += 1
         if step % 10 == 0 or step == steps:
             with torch.no_grad():
-                l0 = float((out.feature_acts > 0).float().sum(-1).mean())
+                l0 = float(out.feature_acts.bool().float().sum()) / len(x)  # dense or sparse COO
                 stats = {"loss": float(out.loss), "l0": l0, "fvu": batch_fvu(out.sae_in, out.sae_out)}
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", L0=f"{stats['l0']:.1f}", FVU=f"{stats['fvu']:.3f}")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", L0=f"{stats['l0']:.1f}", FVU=f"{stats['fvu']:.3f}",
+                            dead=int(trainer.dead_neurons.sum()))
         bar.update(1)
+        if step in snapshots:
+            to_inference_sae(sae, scale, metadata or {}).save_model(str(ckpts.root / "curve" / str(snapshots[step])))
         if step % cfg.checkpoint_every == 0 and step < steps:
             ckpts.save(sae, trainer, step)
         if stop_after is not None and step - start >= stop_after:
@@ -294,6 +310,9 @@ def train(
             break
     bar.close()
     if step == steps:
+        if curve_out is not None and cfg.curve_tokens:
+            shutil.rmtree(curve_out, ignore_errors=True)
+            shutil.move(ckpts.root / "curve", curve_out)
         shutil.rmtree(ckpts.root, ignore_errors=True)  # finished: the stage output replaces the checkpoints
     seconds = time.perf_counter() - t0
     trained = step - start
