@@ -96,3 +96,59 @@ def test_a_planted_seed_spread_comes_back(tmp_path):
     assert spread["dark_matter_fraction"]["mean"] == pytest.approx(values.mean() + 0.01)
     assert spread["ica_stable_restarts"]["max"] == 17
     assert [p["name"] for p in summary["axes"]["width"]] == ["reference", "wide"]  # the reference is on every axis
+
+
+def test_the_reference_is_the_main_snapshot_and_the_other_points_train_two_at_a_time(tmp_path):
+    """The reference is copied from the main SAE's curve (the prefix property makes it the same SAE);
+    the other points train in two one-thread workers and come out as a run of their own would."""
+    import torch
+    from sae_lens import SAE
+
+    from darkmatter.data.activations import ActivationCache
+    from darkmatter.sae.axes import train_points
+    from darkmatter.sae.build import train_on_cache
+    from conftest import write_cache
+
+    rng = np.random.default_rng(0)
+    acts = (300 * (rng.standard_normal((3200, 8)) @ rng.standard_normal((8, 16)))).astype(np.float32)
+    cache_dir = write_cache(tmp_path / "cache", acts, context_length=32)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["sae"] |= {"width": 64, "batch_size": 256, "l0_warm_up_tokens": 512, "lr_warm_up_tokens": 256,
+                   "dead_window_tokens": 1024, "compile": False}
+    raw["sae_axes"] = {"train_tokens": 2048, "points": {"reference": {}, "seed-1": {"seed": 1}, "narrow": {"width": 32}},
+                       "chain": [], "chain_ica": []}
+    params = parse_params(raw)
+    snapshot = tmp_path / "curve" / "2048"
+    snapshot.mkdir(parents=True)
+    (snapshot / "cfg.json").write_text('{"planted": true}')
+    (snapshot / "sae_weights.safetensors").write_bytes(b"planted weights")
+
+    report = train_points(params, cache_dir, tmp_path / "saes", tmp_path / "train.json", tmp_path / "scratch",
+                          tmp_path / "curve")
+    assert (tmp_path / "saes" / "reference" / "sae_weights.safetensors").read_bytes() == b"planted weights"
+    assert report["reference"]["seconds"] is None and report["reference"]["config"]["train_tokens"] == 2048
+    assert list(json.loads((tmp_path / "train.json").read_text())) == ["reference", "seed-1", "narrow"]
+    assert report["narrow"]["config"]["width"] == 32 and report["seed-1"]["config"]["seed"] == 1
+
+    alone = train_on_cache(params.main, ActivationCache.open(cache_dir), tmp_path / "alone", tmp_path / "scratch-alone",
+                           **point_overrides(params, "seed-1"))
+    assert alone["steps"] == report["seed-1"]["steps"] == 8
+    ours = SAE.load_from_disk(str(tmp_path / "saes" / "seed-1")).state_dict()
+    for name, value in SAE.load_from_disk(str(tmp_path / "alone")).state_dict().items():
+        torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_without_the_main_snapshot_the_reference_is_trained(tmp_path):
+    """``train_tokens`` off the main curve: no snapshot to copy, so the reference trains like any point."""
+    from darkmatter.sae.axes import train_points
+    from conftest import write_cache
+
+    rng = np.random.default_rng(1)
+    cache_dir = write_cache(tmp_path / "cache", (100 * rng.standard_normal((1600, 16))).astype(np.float32), 32)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["sae"] |= {"width": 32, "batch_size": 256, "l0_warm_up_tokens": 256, "lr_warm_up_tokens": 256, "compile": False}
+    raw["sae_axes"] = {"train_tokens": 1024, "points": {"reference": {}}, "chain": [], "chain_ica": []}
+    report = train_points(parse_params(raw), cache_dir, tmp_path / "saes", tmp_path / "train.json", tmp_path / "scratch",
+                          tmp_path / "no-curve")
+    assert report["reference"]["steps"] == 4 and report["reference"]["seconds"] > 0
+    assert (tmp_path / "saes" / "reference" / "cfg.json").exists()
