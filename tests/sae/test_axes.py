@@ -152,3 +152,19 @@ def test_without_the_main_snapshot_the_reference_is_trained(tmp_path):
                           tmp_path / "no-curve")
     assert report["reference"]["steps"] == 4 and report["reference"]["seconds"] > 0
     assert (tmp_path / "saes" / "reference" / "cfg.json").exists()
+
+
+def test_a_copied_snapshot_keeps_the_main_runs_evaluation_of_it(tmp_path):
+    """The reference copied from the main SAE's curve is that snapshot: its numbers come from sae_eval.json
+    (same SAE, same rows), matched by the tokens it trained on, and nothing is evaluated twice."""
+    from darkmatter.sae.axes import evaluate_points
+
+    params = params_with({"reference": {}}, [])
+    (tmp_path / "saes" / "reference").mkdir(parents=True)
+    (tmp_path / "saes" / "reference" / "cfg.json").write_text("{}")
+    planted = {"fvu": 0.17, "l0": 62.5, "dead_fraction": 0.14, "delta_loss": 2.0, "delta_loss_ci": [1.8, 2.2]}
+    main_eval = {"training_curve": [{"tokens": 299776, "fvu": 0.1}, {"tokens": 300032, **planted}]}
+    trained = {"reference": {"steps": 1172, "config": {"batch_size": 256}, "seconds": None}}
+    report = evaluate_points(params, tmp_path / "saes", tmp_path / "no-cache", tmp_path / "no-model",
+                             tmp_path / "eval.json", trained, main_eval)
+    assert report == {"reference": planted} == json.loads((tmp_path / "eval.json").read_text())

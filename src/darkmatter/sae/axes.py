@@ -106,24 +106,34 @@ def _train_point_one_thread(*args) -> dict:
         return _train_point(*args)
 
 
-def evaluate_points(params, saes: Path, cache_dir: Path, weights: Path, out: Path) -> dict:
+def evaluate_points(params, saes: Path, cache_dir: Path, weights: Path, out: Path, trained: dict,
+                    main_eval: dict | None = None) -> dict:
     """Every point's held-out reconstruction and headline ΔLM (the model loaded once, the clean and
-    zero-ablated forwards shared by every point)."""
+    zero-ablated forwards shared by every point). A point copied from the main SAE's curve snapshot
+    (``trained``: train.json) takes that snapshot's evaluation from ``main_eval`` (sae_eval.json:
+    the same SAE on the same rows and positions) instead of a second one."""
     from darkmatter.data.activations import ActivationCache
     from darkmatter.data.models import load_run_subject
     from darkmatter.sae.evaluate import evaluate_saes, headline
     from darkmatter.sae.io import load_sae, to_device
 
     run = params.main
-    cache = ActivationCache.open(cache_dir)
-    loaded = {}
+    curve = {p["tokens"]: p for p in (main_eval or {}).get("training_curve", [])}
+    report, loaded = {}, {}
     for name in params.sae_axes.points:
         folder = saes / name
         if not (folder / "cfg.json").exists():
             raise UserError(f"{folder} holds no SAE; run `dvc repro train_sae_axes` first")
-        loaded[name] = to_device(load_sae(folder), run.subject.device)
-    reports = evaluate_saes(load_run_subject(run, weights), loaded, cache, run)
-    report = {name: headline(reports[name]) for name in loaded}
+        entry = trained[name]
+        snapshot = curve.get(entry["steps"] * entry["config"]["batch_size"]) if entry.get("seconds") is None else None
+        if snapshot is not None:
+            report[name] = {key: value for key, value in snapshot.items() if key != "tokens"}
+        else:
+            loaded[name] = to_device(load_sae(folder), run.subject.device)
+    if loaded:
+        reports = evaluate_saes(load_run_subject(run, weights), loaded, ActivationCache.open(cache_dir), run)
+        report |= {name: headline(reports[name]) for name in loaded}
+    report = {name: report[name] for name in params.sae_axes.points}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/sae"), help="training checkpoints (train)")
     parser.add_argument("--main-curve", type=Path, help="the main SAE's training-curve snapshots (train: the reference)")
     parser.add_argument("--weights", type=Path, help="the main run's model directory (evaluate)")
-    parser.add_argument("--main-eval", type=Path, help="the main run's sae_eval.json (summarise)")
+    parser.add_argument("--main-eval", type=Path, help="the main run's sae_eval.json (evaluate: the snapshot's numbers; summarise)")
     parser.add_argument("--out", type=Path, default=Path("metrics/sae_axes.json"))
     parser.add_argument("--figure", type=Path, default=Path("figures/sae_axes"))
     args = parser.parse_args(argv)
@@ -260,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({name: {"steps": r["steps"], "seconds": r["seconds"]} for name, r in report.items()}, indent=2))
         return
     if args.action == "evaluate":
-        report = evaluate_points(params, args.saes, args.cache, args.weights, args.metrics_dir / "eval.json")
+        trained = json.loads((args.metrics_dir / "train.json").read_text())
+        main_eval = json.loads(args.main_eval.read_text()) if args.main_eval is not None else None
+        report = evaluate_points(params, args.saes, args.cache, args.weights, args.metrics_dir / "eval.json", trained, main_eval)
         print(json.dumps(report, indent=2))
         return
     if not args.main_eval.exists():
