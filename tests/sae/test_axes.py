@@ -164,7 +164,7 @@ def test_a_copied_snapshot_keeps_the_main_runs_evaluation_of_it(tmp_path):
     (tmp_path / "saes" / "reference" / "cfg.json").write_text("{}")
     planted = {"fvu": 0.17, "l0": 62.5, "dead_fraction": 0.14, "delta_loss": 2.0, "delta_loss_ci": [1.8, 2.2]}
     main_eval = {"training_curve": [{"tokens": 299776, "fvu": 0.1}, {"tokens": 300032, **planted}]}
-    trained = {"reference": {"steps": 1172, "config": {"batch_size": 256}, "seconds": None}}
+    trained = {"reference": {"source": "the main SAE's snapshot", "steps": 1172, "config": {"batch_size": 256}, "seconds": None}}
     report = evaluate_points(params, tmp_path / "saes", tmp_path / "no-cache", tmp_path / "no-model",
                              tmp_path / "eval.json", trained, main_eval)
     assert report == {"reference": planted} == json.loads((tmp_path / "eval.json").read_text())

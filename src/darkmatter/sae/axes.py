@@ -125,7 +125,8 @@ def evaluate_points(params, saes: Path, cache_dir: Path, weights: Path, out: Pat
         if not (folder / "cfg.json").exists():
             raise UserError(f"{folder} holds no SAE; run `dvc repro train_sae_axes` first")
         entry = trained[name]
-        snapshot = curve.get(entry["steps"] * entry["config"]["batch_size"]) if entry.get("seconds") is None else None
+        copied = entry["source"] != "train"  # train_on_cache's reports say "train"; a copied snapshot names itself
+        snapshot = curve.get(entry["steps"] * entry["config"]["batch_size"]) if copied else None
         if snapshot is not None:
             report[name] = {key: value for key, value in snapshot.items() if key != "tokens"}
         else:
