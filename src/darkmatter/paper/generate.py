@@ -27,7 +27,10 @@ from darkmatter.paper.format import ci_word, fmt_about, fmt_ci, fmt_count, fmt_f
 from darkmatter.paper.instrument import axes_table, curve_verdict, instrument_macros, splice_table
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
                                          resolve_figure, track)
+from darkmatter.paper.templates import SECTIONS, Templates
 from darkmatter.stats import CI_LEVEL
+from darkmatter.paper import context
+import darkmatter.paper.context.causal  # noqa: F401
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
 LATER = ("autointerp", "probes", "causal")
@@ -697,7 +700,7 @@ def layer_runs(params, metrics_root: Path) -> dict[int, dict | None]:
 
 
 def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = None,
-             lock_path: Path | None = None) -> list[Path]:
+             lock_path: Path | None = None, sections: Path | None = None) -> list[Path]:
     """Write every generated file; returns their paths. Raises before writing if inputs are missing.
 
     ``recorder`` (one is made if not given) collects what each file read of the metrics;
@@ -707,7 +710,7 @@ def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = 
     recorder = recorder or Recorder()
     token = RECORDER.set(recorder)
     try:
-        files = _render(params, metrics_root, recorder)
+        files = _render(params, metrics_root, recorder, Templates(sections or metrics_root.resolve().parent / SECTIONS))
     finally:
         RECORDER.reset(token)
     repo_root = metrics_root.resolve().parent
@@ -724,7 +727,7 @@ def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = 
     return [out / name for name in files]
 
 
-def _render(params, metrics_root: Path, recorder: Recorder) -> dict[str, str]:
+def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates) -> dict[str, str]:
     """Each generated file's text, rendered with ``recorder`` attributing the metrics reads to it."""
     with recorder.reading("inputs"):
         main = read_run(metrics_root / "runs" / params.main_run, required=True)
@@ -751,12 +754,19 @@ def _render(params, metrics_root: Path, recorder: Recorder) -> dict[str, str]:
         "tab_splice.tex": lambda: splice_table(main["sae_eval"]),
         "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
         "sec_autointerp.tex": lambda: autointerp_section(main["autointerp"]),
-        "sec_causal.tex": lambda: causal_section(main["causal"]),
-        "tab_causal.tex": lambda: causal_table(main["causal"]),
+        "sec_causal.tex": lambda: section("causal", main["causal"], context.causal.causal),
+        "tab_causal.tex": lambda: section("causal", main["causal"], context.causal.causal_table, table=True),
         "sec_probes.tex": lambda: probes_section(main["probes"]),
         "tab_probes.tex": lambda: probes_table(main["probes"]),
     }
     files = {}
+
+    def section(name, metrics, build, table=False):
+        """A later experiment's section or table: its template, or the "not run" one without metrics."""
+        if metrics is None:
+            return templates.render("tab_not_run.tex.j2" if table else "not_run.tex.j2", {"name": name})
+        return templates.render(f"{'tab' if table else 'sec'}_{name}.tex.j2", build(metrics))
+
     for name, build in builders.items():
         with recorder.reading(name):
             files[name] = build()
