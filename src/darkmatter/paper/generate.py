@@ -31,6 +31,8 @@ from darkmatter.paper.templates import SECTIONS, Templates
 from darkmatter.stats import CI_LEVEL
 from darkmatter.paper import context
 import darkmatter.paper.context.causal  # noqa: F401
+import darkmatter.paper.context.headline  # noqa: F401
+import darkmatter.paper.context.tables  # noqa: F401
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
 LATER = ("autointerp", "probes", "causal")
@@ -63,198 +65,7 @@ def _source(path: Path) -> str:
     return "metrics/" + "/".join(path.parts[path.parts.index("runs"):] if "runs" in path.parts else path.parts[-1:])
 
 
-# ---- data-dependent wording -----------------------------------------------------------------
-
-def stable_word(ica: dict) -> str:
-    stable = ica["stable_fraction"]
-    if stable is None:
-        return "not measured"
-    return ("most" if stable > 0.5 else "a minority" if stable >= 0.25 else "only a small minority" if stable > 0 else "none")
-
-
-def across_fits(words: list[str], disagree: str) -> tuple[str, str]:
-    """One verdict per ICA fit -> (the verdict to print, a phrase saying on how many fits it holds).
-
-    ICA's optimum moves with the last bit of its inputs, so a verdict about the ICA solution is
-    printed only when every fit (restarts and resamples) gives it; otherwise ``disagree``.
-    """
-    from collections import Counter
-
-    n = len(words)
-    if n == 1:
-        return words[0], "one ICA fit, not checked on restarts or resamples"
-    if len(set(words)) == 1:
-        return words[0], f"the same in each of the {n} ICA fits"
-    tally = "; ".join(f"{count} of {n} fits: {word}" for word, count in Counter(words).most_common())
-    return disagree, f"the {n} ICA fits disagree ({tally})"
-
-
-def ica_fit_verdicts(cmp_: dict) -> dict[str, str]:
-    """The verdicts that read the ICA solution as a whole, over every fit (compare's ``ica_fits``)."""
-    fits = cmp_["ica_fits"]
-    novel, novel_fits = across_fits(
-        [p_word(f["novel_fraction"]["p_more"], f["novel_fraction"]["p_fewer"],
-                "exceeds", "falls below", "does not differ significantly from") for f in fits],
-        "does not robustly exceed or fall below")
-    closer, closer_fits = across_fits(
-        [p_word(f["median_max_cos"]["p_closer"], f["median_max_cos"]["p_farther"],
-                "closer to", "farther from", "no closer to and no farther from") for f in fits],
-        "not robustly closer to or farther from")
-    tails, tails_fits = across_fits(
-        [ci_word(f["ica_vs_random_whitened"], "more heavy-tailed than", "less heavy-tailed than",
-                 "not distinguishable in tail weight from") for f in fits],
-        "not robustly more or less heavy-tailed than")
-    return {"CloserVerdict": closer, "CloserFits": closer_fits, "IcaVsRandomVerdict": tails, "IcaVsRandomFits": tails_fits,
-            "NovelVerdict": novel, "NovelFits": novel_fits}
-
-
-def verdicts(run: dict) -> dict[str, str]:
-    """Words whose choice depends on the numbers (and on their uncertainty)."""
-    res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
-    gap = cmp_["kurtosis_gap"]
-    return {
-        **ica_fit_verdicts(cmp_),
-        "ResidualShape": ci_word(res["shape"], "more heavy-tailed than", "less heavy-tailed than",
-                                 "not distinguishable in tail weight from"),
-        "StableVerdict": stable_word(ica),
-        "StablePhrase": (f"{fmt_count(ica['n_stable'])} of {fmt_count(ica['n_components'])} components come back across "
-                         "restarts and disjoint token samples" if ica["stability"]["measured"]
-                         else "stability was not measured (one restart and no resamples)"),
-        "GapVerdict": ci_word(gap["like_for_like"], "more heavy-tailed than", "less heavy-tailed than",
-                              "not distinguishable in tail weight from"),
-        "SeedGapVerdict": ci_word(gap["seed_definition"], "sparser", "less sparse", "no sparser"),
-        "ConvergedVerdict": "all converged" if ica["all_converged"] else "did not all converge",
-        "LinearVerdict": ("more than half" if res["linear_predictability"]["r2_heldout"] > 0.5 else "less than half"),
-        "OutlierVerdict": "excluded from" if res["tokens"]["outliers_excluded"] else "kept in",
-    }
-
-
-# ---- macros ---------------------------------------------------------------------------------
-
-def fmt_count_or(value, missing: str = "n/a") -> str:
-    return fmt_count(value) if value is not None else missing
-
-
-def macros(run: dict, main, corpus: dict) -> dict[str, str]:
-    """``main`` is the main :class:`~darkmatter.config.Run`, ``run`` its metrics."""
-    act, train, ev, res, ica, cmp_ = (run[k] for k in REQUIRED)
-    lp = res["linear_predictability"]
-    gap = cmp_["kurtosis_gap"]
-    rot = cmp_["rotation_null"]
-    iters = [r["n_iter"] for r in ica["runs"]]
-    classes = res["tokens"]["classes"]
-    measured = ica["stability"]["measured"]
-    m = {
-        "Model": MODEL_NAMES.get(main.model.name, main.model.name),
-        "Layer": str(main.layer),
-        "NLayers": str(main.model.n_layers),
-        "DModel": fmt_count(main.model.d_model),
-        "Hook": res["hook_name"].replace("_", "\\_"),
-        "NTokens": fmt_count(act["n_tokens"]),
-        "Context": fmt_count(main.context_length),
-        "CorpusTokens": fmt_count(act["corpus_tokens"]["total"]),
-        "CorpusDocs": fmt_count(corpus["totals"]["documents"]),
-        "SpecialFrac": fmt_pct(act["special_fraction"], 2),
-        "NormPosZero": fmt_count(round(act["norm_mean_position0"])),
-        "NormNonspecial": fmt_count(round(act["norm_mean_nonspecial"])),
-        "OutlierFactor": fmt_sig(classes["norm_factor"], 2),
-        "OutlierCount": fmt_count(classes["counts"]["outlier"]),
-        "OutlierVerdict": "",  # replaced by verdicts()
-        "SaeWidth": fmt_count(main.sae.width),
-        "SaeTrainTokens": fmt_count(train["tokens"]),
-        "SaeLambda": fmt_sci(main.sae.l0_coefficient),
-        "HeldoutTokens": fmt_count(ev["n_tokens"]),
-        "HeldoutAnalysed": fmt_count(res["tokens"]["n_heldout_analysed"]),
-        "SaeLzero": fmt_sig(ev["l0"], 3),
-        "SaeFvu": fmt_fixed(ev["fvu"]),
-        "SaeLzeroSpecial": fmt_sig(ev["l0_with_special"], 3),
-        "SaeDead": fmt_pct(ev["dead_fraction"]),
-        "SaeDeltaLoss": fmt_fixed(ev["lm"]["delta_loss"], 2),
-        "SaeKL": fmt_fixed(ev["lm"]["kl"], 2),
-        "SaeCleanLoss": fmt_fixed(ev["lm"]["loss_clean"], 2),
-        "SaeLossRecovered": fmt_fixed(ev["lm"]["loss_recovered"], 3),
-        "SaeZeroAblation": fmt_fixed(ev["lm"]["delta_loss_zero_ablation"], 1),
-        "Fvu": fmt_fixed(res["dark_matter_fraction"]),
-        "FvuSpecial": fmt_fixed(res["dark_matter_fraction_with_special"]),
-        "FvuWithOutliers": fmt_fixed(res["dark_matter_fraction_with_outliers"]),
-        "FvuWithoutOutliers": fmt_fixed(res["dark_matter_fraction_without_outliers"]),
-        "FvuAllRows": fmt_fixed(res["dark_matter_fraction_all_rows"]),
-        "ErrNormFrac": fmt_fixed(res["error_norm_fraction"]["per_token"]["quantiles"]["0.5"]),
-        "Rsq": fmt_fixed(lp["r2_heldout"]),
-        "RsqTrain": fmt_fixed(lp["r2_train"]),
-        "LinFrac": fmt_fixed(lp["linear_fraction"]),
-        "NonlinFrac": fmt_fixed(lp["nonlinear_fraction"]),
-        "MeanFrac": fmt_fixed(lp["mean_fraction"]),
-        "RidgeAlpha": fmt_sci(lp["ridge_alpha"]) if lp["ridge_alpha"] > 0 else "0",
-        "KurtX": fmt_fixed(res["kurtosis"]["x"]["quantiles"]["0.5"], 2),
-        "KurtR": fmt_fixed(res["kurtosis"]["r"]["quantiles"]["0.5"], 2),
-        "KurtRSpecial": fmt_fixed(res["kurtosis"]["r_with_special"]["quantiles"]["0.5"], 1),
-        "KurtRand": fmt_fixed(res["kurtosis"]["r_random_directions"]["quantiles"]["0.5"], 2),
-        "KurtShapeCI": fmt_ci(res["shape"]["ci"]),
-        "KurtRMax": fmt_sig(res["kurtosis"]["r"]["max"], 3),
-        "PcaHalf": fmt_count(res["pca"]["residual"]["n_components_50"]),
-        "PcaNinety": fmt_count(res["pca"]["residual"]["n_components_90"]),
-        "PcaNinetyNonlin": fmt_count(res["pca"]["nonlinear"]["n_components_90"]),
-        "IcaTarget": {"residual": "the residual $r$", "nonlinear": "the nonlinear part of $r$"}[ica["target"]],
-        "IcaK": fmt_count(ica["n_components"]),
-        "IcaTokens": fmt_count(ica["n_tokens"]),
-        "IcaResampleTokens": fmt_count(min(ica["resample_tokens"])) if ica["resample_tokens"] else "0",
-        "IcaSeeds": fmt_count(ica["seeds"]),
-        "IcaResamples": fmt_count(ica["resamples"]),
-        "IcaVarFrac": fmt_pct(ica["pca_variance_fraction"]),
-        "IcaItersMin": fmt_about(min(iters)),
-        "IcaItersMax": fmt_about(max(iters)),
-        "IcaNStable": fmt_count_or(ica["n_stable"], "not measured"),
-        "IcaNStableSeeds": fmt_count_or(ica["stability"]["n_stable_seeds"], "not measured"),
-        "IcaNStableResamples": fmt_count_or(ica["stability"]["n_stable_resamples"], "not measured"),
-        "IcaStableFrac": fmt_pct(ica["stable_fraction"], 0) if measured else "not measured",
-        "StableThreshold": fmt_fixed(ica["stability"]["threshold"], 1),
-        "IcaKurtMedian": fmt_fixed(ica["source_kurtosis"]["quantiles"]["0.5"], 2),
-        "IcaKurtMax": fmt_sig(ica["source_kurtosis"]["max"], 3),
-        "IcaKurtOtherWayMax": fmt_sig(ica["outliers"]["source_kurtosis_other_way"]["max"], 3),
-        "RandWhitenedKurtMedian": fmt_fixed(ica["random_whitened_kurtosis"]["quantiles"]["0.5"], 2),
-        "NovelThreshold": fmt_fixed(cmp_["thresholds"]["novel_below"], 1),
-        "MatchThreshold": fmt_fixed(cmp_["thresholds"]["match_above"], 1),
-        "NovelIca": fmt_count(cmp_["ica"]["novel"]),
-        "NovelIcaFrac": fmt_pct(cmp_["ica"]["novel_fraction"], 0),
-        "NovelRandomFrac": fmt_pct(cmp_["random"]["novel_fraction"], 0),
-        "NovelNullFrac": fmt_pct(rot["novel_fraction"]["null_mean"], 0),
-        "NovelNullInterval": "[" + ", ".join(fmt_pct(v, 0) for v in rot["novel_fraction"]["null_interval"]) + "]",
-        "NovelP": fmt_p(rot["novel_fraction"]["p_two_sided"]),
-        "MatchedIca": fmt_count(cmp_["ica"]["matched"]),
-        "NRandom": fmt_count(cmp_["random"]["n"]),
-        "NRotations": fmt_count(rot["n_rotations"]),
-        "MedianCosIca": fmt_fixed(cmp_["ica"]["median_max_cos"], 2),
-        "MedianCosRandom": fmt_fixed(cmp_["random"]["median_max_cos"], 2),
-        "MedianCosNull": fmt_fixed(rot["median_max_cos"]["null_mean"], 2),
-        "MedianCosNullInterval": fmt_ci(rot["median_max_cos"]["null_interval"]),
-        "MedianCosP": fmt_p(rot["median_max_cos"]["p_two_sided"]),
-        "NActiveFeatures": fmt_count(gap["n_active_features"]),
-        "ActiveFreq": fmt_pct(gap["active_frequency"], 1),
-        "SaeLatentKurtMedian": fmt_sig(gap["seed_definition"]["median_a"], 3),
-        "SaePreactKurtMedian": fmt_fixed(gap["like_for_like"]["median_a"], 2),
-        "SeedGapDiff": fmt_sig(gap["seed_definition"]["difference"], 3),
-        "SeedGapCI": fmt_ci(gap["seed_definition"]["ci"], 1),
-        "SeedGapRatio": fmt_sig(gap["seed_definition"]["ratio_of_medians"], 3)
-                        if gap["seed_definition"]["ratio_of_medians"] is not None else "undefined (a median is not positive)",
-        "GapDiff": fmt_fixed(gap["like_for_like"]["difference"], 2),
-        "GapCI": fmt_ci(gap["like_for_like"]["ci"]),
-        "GapP": fmt_p(gap["like_for_like"]["p_permutation"]),
-        "IcaVsRandomDiff": fmt_fixed(gap["ica_vs_random_whitened"]["difference"], 2),
-        "IcaVsRandomCI": fmt_ci(gap["ica_vs_random_whitened"]["ci"]),
-        "PreactVsRandomDiff": fmt_fixed(gap["sae_preact_vs_random_x"]["difference"], 2),
-        "PreactVsRandomCI": fmt_ci(gap["sae_preact_vs_random_x"]["ci"]),
-        "FigDir": f"runs/{main.name}",
-        "CILevel": fmt_pct(CI_LEVEL, 0),
-    }
-    m.update(verdicts(run))
-    return m
-
-
-def ladder_macros(ladder: list[tuple[str, str, dict | None | str]]) -> dict[str, str]:
-    runnable = [r for _, _, r in ladder if r != "planned"]
-    return {"LadderDone": fmt_count(sum(r is not None for r in runnable)), "LadderRunnable": fmt_count(len(runnable))}
-
+# ---- macros and tables ------------------------------------------------------------------------
 
 def macro_file(values: dict[str, str]) -> str:
     lines = ["% Generated by darkmatter.paper from metrics/*.json. Do not edit."]
@@ -262,112 +73,28 @@ def macro_file(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- tables ---------------------------------------------------------------------------------
-
-def compare_table(cmp_: dict) -> str:
-    rows = []
-    for key, label in (("ica", "ICA mixing directions"), ("ica_stable", "\\quad stable only"),
-                       ("rotation_null", "random rotations of the whitened space (null)"),
-                       ("random", "random unit directions")):
-        b = cmp_[key]["pooled"] if key == "rotation_null" else cmp_[key]
-        if b is None:
-            rows.append([label, "\\multicolumn{6}{c}{stability not measured}"])
-            continue
-        rows.append([label, fmt_count(b["n"]), fmt_count(b["matched"]), fmt_count(b["partial"]), fmt_count(b["novel"]),
-                     fmt_pct(b["novel_fraction"], 0) if b["n"] else "--",
-                     fmt_fixed(b["median_max_cos"], 2) if b["n"] else "--"])
-    t = cmp_["thresholds"]
-    return table("lrrrrrr", ["directions", "$n$", f"$>{t['match_above']:g}$", "partial", f"$<{t['novel_below']:g}$",
-                             "novel", "median"], rows)
-
-
-def dark_matter_table(res: dict) -> str:
-    """Columns: the analysed tokens, the other way for high-norm outliers, and with special tokens."""
-    lp, k = res["linear_predictability"], res["kurtosis"]
-    excluded = res["tokens"]["outliers_excluded"]
-    other = "with_outliers" if excluded else "without_outliers"
-
-    def three(fvu_key, kurt_key=None):
-        if kurt_key is None:
-            return [fmt_fixed(res[fvu_key]), fmt_fixed(res[f"{fvu_key}_{other}"]) if f"{fvu_key}_{other}" in res else "--",
-                    fmt_fixed(res[f"{fvu_key}_with_special"])]
-        return [fmt_fixed(k[kurt_key]["quantiles"]["0.5"], 2), fmt_fixed(k[f"{kurt_key}_{other}"]["quantiles"]["0.5"], 2),
-                fmt_fixed(k[f"{kurt_key}_with_special"]["quantiles"]["0.5"], 2)]
-
-    rows = [
-        ["dark-matter fraction (FVU), held-out rows", *three("dark_matter_fraction")],
-        ["dark-matter fraction, all rows", fmt_fixed(res["dark_matter_fraction_all_rows"]), "--",
-         fmt_fixed(res["dark_matter_fraction_all_rows_with_special"])],
-        ["\\quad linearly predictable from $x$ (held-out)", fmt_fixed(lp["linear_fraction"]), "--", "--"],
-        ["\\quad nonlinear (held-out)", fmt_fixed(lp["nonlinear_fraction"]), "--", "--"],
-        ["\\quad mean of $r$ (held-out)", fmt_fixed(lp["mean_fraction"]), "--", "--"],
-        ["$R^2$ of ridge $r \\approx Wx+b$ (fit: train, scored: held-out)", fmt_fixed(lp["r2_heldout"]), "--", "--"],
-        ["median excess kurtosis, dims of $x$ (held-out)", *three(None, "x")],
-        ["median excess kurtosis, dims of $r$ (held-out)", *three(None, "r")],
-        ["\\quad $r$ on random unit directions (held-out)", fmt_fixed(k["r_random_directions"]["quantiles"]["0.5"], 2), "--", "--"],
-        ["PCs for 50\\% / 90\\% of var$(r)$ (train rows)", f"{fmt_count(res['pca']['residual']['n_components_50'])} / "
-                                                           f"{fmt_count(res['pca']['residual']['n_components_90'])}", "--", "--"],
-    ]
-    other_label = "with outliers" if excluded else "without outliers"
-    return table("lrrr", ["quantity", "analysed tokens", other_label, "with special"], rows)
-
-
 def tex_escape(text: str) -> str:
     return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
 
 
-def ladder_rows(params, metrics_root: Path) -> list[tuple[str, str, dict | None | str]]:
+def ladder_rows(params, metrics_root: Path) -> list[tuple[str, dict, dict | None | str]]:
     """(label, SAE, metrics) per run definition with a pretrained SAE: metrics, None (not run) or "planned"."""
     rows = []
     for name, d in params.run_definitions.items():
         if d.sae.source != "pretrained":
             continue
-        sae = f"\\texttt{{{tex_escape(d.sae.release)}}} {tex_escape(d.sae.sae_id)}"
+        sae = {"release": tex_escape(d.sae.release), "sae_id": tex_escape(d.sae.sae_id)}
         found = "planned" if d.planned else read_run(metrics_root / "runs" / name, False)
         rows.append((tex_escape(d.label), sae, found))
     return rows
 
 
-def control_rows(params, metrics_root: Path) -> list[tuple[str, str, dict | None]]:
-    """(label, SAE, metrics or None) per run definition of a random-weights control model."""
+def control_rows(params, metrics_root: Path) -> list[tuple[str, None, dict | None]]:
+    """(label, None: an SAE trained here, metrics or None) per run definition of a random-weights control model."""
     from darkmatter.config import MODELS
 
-    return [(tex_escape(d.label), "trained here (JumpReLU, CPU)", read_run(metrics_root / "runs" / name, False))
+    return [(tex_escape(d.label), None, read_run(metrics_root / "runs" / name, False))
             for name, d in params.run_definitions.items() if MODELS[d.subject.model].random_weights_seed is not None]
-
-
-def ladder_table(main_label: str, run: dict, ladder: list[tuple[str, str, dict | None | str]],
-                 controls: list[tuple[str, str, dict | None]] = ()) -> str:
-    def cells(r):
-        if r is None or r == "planned":  # one marker, the numeric cells left empty
-            return [NOT_RUN if r is None else PLANNED] + [""] * 4
-        ai = r["autointerp"]
-        # Balanced accuracy at the calibrated cut-off where the judge gives scores, as answered otherwise.
-        m = next((m for m in ("balanced_accuracy_calibrated", "balanced_accuracy")
-                  if ai and ai["groups"]["ica"].get(m) and ai["groups"]["random"].get(m)), None)
-        detect = (f"{fmt_fixed(ai['groups']['ica'][m]['mean'], 2)} / {fmt_fixed(ai['groups']['random'][m]['mean'], 2)}"
-                  if m else NOT_RUN)
-        return [fmt_fixed(r["residual"]["dark_matter_fraction"]), fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
-                f"{fmt_count_or(r['ica']['n_stable'], '--')}/{fmt_count(r['ica']['n_components'])}",
-                f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}", detect]
-
-    rows = [[main_label, "trained here (JumpReLU, CPU)", *cells(run)]]
-    rows += [[label, sae, *cells(r)] for label, sae, r in [*controls, *ladder]]
-    return table("llrrrrr", ["model", "SAE", "FVU", "$R^2$", "stable", "novel", "detect ICA / random"], rows)
-
-
-def layers_table(runs: dict[int, dict | None]) -> str:
-    rows = []
-    for layer, r in runs.items():
-        if r is None:
-            rows.append([str(layer), *[NOT_RUN] * 5])
-            continue
-        rows.append([str(layer), fmt_fixed(r["residual"]["dark_matter_fraction"]),
-                     fmt_fixed(r["residual"]["linear_predictability"]["r2_heldout"]),
-                     fmt_fixed(r["residual"]["kurtosis"]["r"]["quantiles"]["0.5"], 2),
-                     f"{fmt_count_or(r['ica']['n_stable'], '--')}/{fmt_count(r['ica']['n_components'])}",
-                     f"{fmt_count(r['compare']['ica']['novel'])}/{fmt_count(r['compare']['ica']['n'])}"])
-    return table("rrrrrr", ["layer", "FVU", "$R^2$", "median kurt.\\ $r$", "stable", "novel"], rows)
 
 
 AUTOINTERP_GROUPS = (("ica", "ICA components"), ("ica_stable", "\\quad stable only"),
@@ -742,14 +469,16 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
             raise UserError(f"{corpus_path} is missing; run `dvc repro corpus@{params.main_run}` before generating the paper")
         corpus = track(json.loads(corpus_path.read_text()), _source(corpus_path))
     builders = {
-        "macros.tex": lambda: macro_file({**macros(main, params.main, corpus), **ladder_macros(ladder),
+        "macros.tex": lambda: macro_file({**context.headline.macro_numbers(main, params.main, corpus),
+                                          **templates.words("macros_headline.tex.j2", context.headline.macro_context(main)),
+                                          **context.headline.ladder_numbers(ladder),
                                           **instrument_macros(main["sae_eval"], main["sae"], axes),
                                           "SaeCurveVerdict": curve_verdict(main["sae_eval"])}),
-        "tab_dark_matter.tex": lambda: dark_matter_table(main["residual"]),
-        "tab_compare.tex": lambda: compare_table(main["compare"]),
-        "tab_ladder.tex": lambda: ladder_table(MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, ladder,
-                                                controls),
-        "tab_layers.tex": lambda: layers_table(layer_runs(params, metrics_root)),
+        "tab_dark_matter.tex": lambda: templates.render("tab_dark_matter.tex.j2", context.tables.dark_matter(main["residual"])),
+        "tab_compare.tex": lambda: templates.render("tab_compare.tex.j2", context.tables.compare(main["compare"])),
+        "tab_ladder.tex": lambda: templates.render("tab_ladder.tex.j2", context.tables.ladder(
+            MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, [*controls, *ladder])),
+        "tab_layers.tex": lambda: templates.render("tab_layers.tex.j2", context.tables.layers(layer_runs(params, metrics_root))),
         "tab_sae.tex": lambda: axes_table(axes, main["sae_eval"], main["sae"]),
         "tab_splice.tex": lambda: splice_table(main["sae_eval"]),
         "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
