@@ -50,8 +50,41 @@ def test_no_import_cycles():
 
 def test_config_is_the_ground_floor():
     graph = import_graph()
-    assert graph["darkmatter.config"] == {"darkmatter.errors"}
+    config = {m: deps for m, deps in graph.items() if m == "darkmatter.config" or m.startswith("darkmatter.config.")}
+    assert len(config) > 1
+    for module, deps in config.items():
+        assert all(d == "darkmatter.errors" or d.startswith("darkmatter.config.") for d in deps), (module, deps)
     assert graph["darkmatter.errors"] == set()
+
+
+def test_no_module_is_over_600_lines():
+    """Beyond ~600 lines a file stops being one idea."""
+    long = {str(p.relative_to(REPO)): n for p in (SRC / "darkmatter").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, long
+
+
+def _string_literals(path):
+    """The string constants of a module that are neither docstrings nor parts of a raised error."""
+    tree = ast.parse(path.read_text())
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node, clean=False):
+            skip.add(id(node.body[0].value))
+        if isinstance(node, ast.Raise):
+            skip |= {id(n) for n in ast.walk(node)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip]
+
+
+def test_the_paper_has_no_sentence_in_python():
+    """The paper's words live in paper/sections (templates); its Python builds numbers and verdict keys.
+    Three words in a row in a string literal is prose (or a table label) that belongs in a template."""
+    modules = [*(SRC / "darkmatter/paper/context").glob("*.py"), SRC / "darkmatter/paper/generate.py",
+               SRC / "darkmatter/paper/format.py"]
+    placeholders = {"(too few values for an interval)"}  # format.fmt_ci's cell where an interval is missing
+    prose = {f"{p.name}: {text!r}" for p in modules for text in _string_literals(p)
+             if re.search(r"[A-Za-z]{2,} [a-z]{2,} [a-z]{2,}", text) and text not in placeholders}
+    assert not prose, sorted(prose)
 
 
 def test_every_stage_module_exists_and_has_a_cli():
