@@ -14,6 +14,8 @@ from darkmatter.paper.build import build
 from darkmatter.paper.format import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig
 from darkmatter.paper.generate import generate
 
+#: The paper's templates (tests that copy only metrics/ render with the checkout's).
+SECTIONS = REPO / "paper" / "sections"
 #: Digits that may appear in hand-written LaTeX: names and definitions, never results.
 ALLOWED_DIGITS = [
     r"Gemma(~| )3", r"GPT-2", r"Q4\\_K\\_M", r"float32", r"R\^2", r"\^\{-1/2\}", r"\^\{1/2\}",
@@ -92,13 +94,13 @@ def test_a_ladder_row_appears_when_its_metrics_exist(workspace, tmp_path):
     metrics = tmp_path / "metrics"
     shutil.copytree(workspace / "metrics", metrics)
     out = tmp_path / "generated"
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
     assert "not run" in rows["GPT-2 small"] and "planned" in rows["Gemma 3 12B (262k)"]
     assert "\\newcommand{\\dmLadderDone}{0}" in (out / "macros.tex").read_text()
 
     shutil.copytree(metrics / "runs/gemma-3-270m-l9", metrics / "runs/gpt2-small")
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     rows = {line.split(" & ")[0]: line for line in (out / "tab_ladder.tex").read_text().splitlines() if " & " in line}
     assert "not run" not in rows["GPT-2 small"] and "not run" in rows["Gemma 3 1B (16k)"]
     assert "\\newcommand{\\dmLadderDone}{1}" in (out / "macros.tex").read_text()
@@ -118,7 +120,7 @@ def test_ica_verdicts_are_stated_only_where_every_fit_agrees(workspace, tmp_path
     compare["ica_fits"] = [fit("reference", 0.01), fit("seed 1", 0.02), fit("resample 1", 0.5)]
     path.write_text(json.dumps(compare))
     out = tmp_path / "generated"
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     macros = (out / "macros.tex").read_text()
     assert "\\newcommand{\\dmCloserVerdict}{not robustly closer to or farther from}" in macros
     assert ("\\newcommand{\\dmCloserFits}{the 3 ICA fits disagree (2 of 3 fits: closer to; "
@@ -129,7 +131,7 @@ def test_ica_verdicts_are_stated_only_where_every_fit_agrees(workspace, tmp_path
 
     compare["ica_fits"] = compare["ica_fits"][:1]
     path.write_text(json.dumps(compare))
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     macros = (out / "macros.tex").read_text()
     assert "\\newcommand{\\dmCloserVerdict}{closer to}" in macros
     assert "\\newcommand{\\dmCloserFits}{one ICA fit, not checked on restarts or resamples}" in macros
@@ -140,7 +142,7 @@ def test_missing_metrics_fail_clearly_and_write_nothing(tmp_path):
     out = tmp_path / "generated"
     with pytest.raises(UserError, match=r"metrics/runs/gemma-3-270m-l9/activations.json is missing; "
                                         r"run `dvc repro activations@gemma-3-270m-l9`"):
-        generate(load_params(REPO / "params.yaml"), tmp_path / "metrics", out)
+        generate(load_params(REPO / "params.yaml"), tmp_path / "metrics", out, sections=SECTIONS)
     assert not out.exists()
 
 
@@ -200,7 +202,7 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, 
     shutil.copytree(workspace / "metrics", metrics)
     (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(_autointerp_report(separates)))
     out = tmp_path / "generated"
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     table = (out / "tab_autointerp.tex").read_text()
     assert "0.71 [0.66, 0.76]" in table and "0.50 [0.45, 0.55]" in table and "not run" not in table
     assert "true explanations (ceiling) & 8 & 0.93 [0.88, 0.97]" in table
@@ -229,7 +231,7 @@ def test_a_judge_blind_even_to_true_explanations_is_called_so(workspace, tmp_pat
     report["tests"]["auc"]["given_vs_shuffled"] = {"difference": 0.02, "ci": [-0.1, 0.13], "p_permutation": 0.7, "n": 8}
     (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
     out = tmp_path / "generated"
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     prose = (out / "sec_autointerp.tex").read_text()
     assert "it does not demonstrably read the explanation" in prose
     assert "it cannot find structure that is known to be there" in prose and "do not carry" not in prose
@@ -271,7 +273,7 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     }
     (metrics / "runs/gemma-3-270m-l9/causal.json").write_text(json.dumps(report))
     out = tmp_path / "generated"
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     prose = (out / "sec_causal.tex").read_text()
     assert "ICA components matter more than their matched SAE features (mean paired difference 0.150" in prose
     assert "no differently from random directions (difference of means -0.010" in prose
@@ -282,7 +284,7 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     assert "1.500 [1.490, 1.510]" in table and "\n64 & 2.000" in table
     sub["64"]["ica_minus_random"] = same(0.05)  # a removal that is not the same subspace: a bug, said so
     (metrics / "runs/gemma-3-270m-l9/causal.json").write_text(json.dumps(report))
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     assert "DISAGREE, which signals a bug" in (out / "sec_causal.tex").read_text()
 
 
@@ -302,7 +304,7 @@ def test_probes_wording_follows_the_intervals(workspace, tmp_path):
         e1["controls"]["unseen_probe"] |= {"mean": unseen[0], "ci": list(unseen[1:])}
         e2["residual_minus_baseline"] |= {"difference": residual[0], "ci": list(residual[1:]), "p_permutation": 0.5}
         path.write_text(json.dumps(report))
-        generate(load_params(REPO / "params.yaml"), metrics, out)
+        generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
         return (out / "sec_probes.tex").read_text()
 
     prose = plant((-0.02, -0.03, -0.01), (0.52, 0.49, 0.55), (0.004, -0.01, 0.02))
@@ -324,6 +326,6 @@ def test_a_judge_without_log_probabilities_is_described_by_its_answers(workspace
     report["tests"] = {"balanced_accuracy": report["tests"]["auc"]}
     (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
     out = tmp_path / "generated"
-    generate(load_params(REPO / "params.yaml"), metrics, out)
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     prose = (out / "sec_autointerp.tex").read_text()
     assert "its answers are scored as given" in prose and "log P" not in prose and "run locally" not in prose

@@ -24,13 +24,13 @@ from pathlib import Path
 from darkmatter.errors import UserError, cli
 from darkmatter.interp.calibration import UNITS as CALIBRATION_UNITS
 from darkmatter.paper.format import ci_word, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig, p_word, table
-from darkmatter.paper.instrument import axes_table, curve_verdict, instrument_macros, splice_table
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
                                          resolve_figure, track)
 from darkmatter.paper.templates import SECTIONS, Templates
 from darkmatter.stats import CI_LEVEL
 from darkmatter.paper import context
 import darkmatter.paper.context.causal  # noqa: F401
+import darkmatter.paper.context.instrument  # noqa: F401
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
 LATER = ("autointerp", "probes", "causal")
@@ -743,15 +743,16 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
         corpus = track(json.loads(corpus_path.read_text()), _source(corpus_path))
     builders = {
         "macros.tex": lambda: macro_file({**macros(main, params.main, corpus), **ladder_macros(ladder),
-                                          **instrument_macros(main["sae_eval"], main["sae"], axes),
-                                          "SaeCurveVerdict": curve_verdict(main["sae_eval"])}),
+                                          **context.instrument.macro_numbers(main["sae_eval"], main["sae"], axes),
+                                          **templates.words("macros_instrument.tex.j2",
+                                                            context.instrument.macro_context(main["sae_eval"], main["sae"], axes))}),
         "tab_dark_matter.tex": lambda: dark_matter_table(main["residual"]),
         "tab_compare.tex": lambda: compare_table(main["compare"]),
         "tab_ladder.tex": lambda: ladder_table(MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, ladder,
                                                 controls),
         "tab_layers.tex": lambda: layers_table(layer_runs(params, metrics_root)),
-        "tab_sae.tex": lambda: axes_table(axes, main["sae_eval"], main["sae"]),
-        "tab_splice.tex": lambda: splice_table(main["sae_eval"]),
+        "tab_sae.tex": lambda: templates.render("tab_sae.tex.j2", context.instrument.axes_table(axes, main["sae_eval"], main["sae"])),
+        "tab_splice.tex": lambda: templates.render("tab_splice.tex.j2", context.instrument.splice_table(main["sae_eval"])),
         "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
         "sec_autointerp.tex": lambda: autointerp_section(main["autointerp"]),
         "sec_causal.tex": lambda: section("causal", main["causal"], context.causal.causal),
