@@ -1,45 +1,128 @@
-"""The instrument's wording: planted numbers give the verdicts they must."""
+"""The instrument's wording: planted numbers give the verdict keys they must, and the template words
+each key as it must (``macros_instrument.tex.j2`` rendered with the real metrics' context, the
+planted part replaced)."""
 
 from __future__ import annotations
 
-from darkmatter.paper.instrument import bar_word, curve_verdict, seed_spread_phrase, seed_verdicts
+import copy
+import json
+
+import pytest
+from conftest import REPO
+
+from darkmatter.paper.context.instrument import (bar, curve_state, macro_context, macro_numbers, seed_chain, seed_novelty,
+                                                 seed_spread)
+from darkmatter.paper.format import fmt_count
+from darkmatter.paper.templates import Templates
+
+RUN = REPO / "metrics/runs/gemma-3-270m-l9"
 
 
-def test_a_bar_is_met_only_with_its_whole_interval():
-    assert bar_word(0.5, [0.4, 0.59], 0.6) == "meets"
-    assert bar_word(0.5, [0.4, 0.65], 0.6) == "misses"  # the point meets it, the interval does not
-    assert bar_word(0.98, [0.975, 0.985], 0.97, below_is_good=False) == "meets"
-    assert bar_word(0.98, [0.965, 0.985], 0.97, below_is_good=False) == "misses"
-    assert bar_word(0.079, None, 0.08) == "meets" and bar_word(0.081, None, 0.08) == "misses"
+@pytest.fixture(scope="module")
+def metrics():
+    """``(sae_eval, sae, sae_axes)`` of the committed main run."""
+    return tuple(json.loads(path.read_text()) for path in (RUN / "sae_eval.json", RUN / "sae.json", REPO / "metrics/sae_axes.json"))
+
+
+@pytest.fixture(scope="module")
+def words(metrics):
+    """The words template rendered with the real context, ``planted`` entries replacing its own."""
+    templates = Templates(REPO / "paper/sections")
+    context = macro_context(*metrics)
+
+    def render(**planted):
+        return templates.words("macros_instrument.tex.j2", {**copy.deepcopy(context), **planted})
+    return render
+
+
+def test_a_bar_is_met_only_with_its_whole_interval(words):
+    assert bar(0.5, [0.4, 0.59], 0.6) == "meets"
+    assert bar(0.5, [0.4, 0.65], 0.6) == "misses"  # the point meets it, the interval does not
+    assert bar(0.98, [0.975, 0.985], 0.97, below_is_good=False) == "meets"
+    assert bar(0.98, [0.965, 0.985], 0.97, below_is_good=False) == "misses"
+    assert bar(0.079, None, 0.08) == "meets" and bar(0.081, None, 0.08) == "misses"
+    w = words(bars={"delta_loss": "misses", "recovered": "meets", "fvu": "misses", "dead": "meets"},
+              meets=["recovered", "dead"], misses=["delta_loss", "fvu"])
+    assert (w["SaeBarDeltaLoss"], w["SaeBarRecovered"]) == ("misses", "meets")
+    assert w["SaeBarsSummary"] == "meets the loss-recovered and dead-latent bars and misses the $\\Delta$LM and FVU bars"
+    assert words(meets=[], misses=["fvu"])["SaeBarsSummary"] == "misses every bar set for it"
+    assert words(meets=["fvu"], misses=[])["SaeBarsSummary"] == "meets every bar set for it"
 
 
 def _point(name, p, novel, null):
     return {"name": name, "ica_novel_p_two_sided": p, "ica_novel_fraction": novel, "ica_novel_null_mean": null}
 
 
-def test_seed_agreement_counts_each_verdict():
+def test_seed_agreement_counts_each_verdict(words):
     same = {"axes": {"seed": [_point("a", 0.4, 0.3, 0.35), _point("b", 0.6, 0.4, 0.35)]}, "seeds": {"points": ["a", "b"]}}
-    assert seed_verdicts(same)["SeedNovelAgreement"] == "the same for all 2 SAE seeds (does not differ significantly from)"
+    assert seed_novelty(same)["verdicts"] == ["neither", "neither"]
+    assert words(seed_novelty=seed_novelty(same))["SeedNovelAgreement"] == (
+        "the same for all 2 SAE seeds (does not differ significantly from)")
     split = {"axes": {"seed": [_point("a", 0.01, 0.5, 0.35), _point("b", 0.6, 0.4, 0.35), _point("c", 0.02, 0.1, 0.35)]},
              "seeds": {"points": ["a", "b", "c"]}}
-    assert seed_verdicts(split)["SeedNovelAgreement"] == (
+    assert seed_novelty(split)["verdicts"] == ["above", "neither", "below"]
+    assert words(seed_novelty=seed_novelty(split))["SeedNovelAgreement"] == (
         "not the same across SAE seeds (1 of 3: exceeds; 1 of 3: does not differ significantly from; 1 of 3: falls below)")
+    unmeasured = {"axes": {"seed": [_point("a", 0.4, 0.3, 0.35), {"name": "b"}]}, "seeds": {"points": ["a", "b"]}}
+    assert seed_novelty(unmeasured) is None
+    assert words(seed_novelty=None)["SeedNovelAgreement"] == "not measured (the seed axis's chain did not run)"
 
 
 def _curve_point(tokens, fvu, delta, ci):
     return {"tokens": tokens, "fvu": fvu, "delta_loss": delta, "delta_loss_ci": ci}
 
 
-def test_the_curve_says_whether_training_still_moves_the_sae():
+def test_the_curve_says_whether_training_still_moves_the_sae(words):
     moving = {"training_curve": [_curve_point(10**6, 0.10, 0.6, [0.5, 0.7]), _curve_point(2 * 10**6, 0.09, 0.5, [0.4, 0.6])]}
-    assert curve_verdict(moving).startswith("still improving")
+    assert curve_state(moving)["state"] == "improving"
+    assert words(curve=curve_state(moving))["SaeCurveVerdict"] == (
+        "still improving: from 1{,}000{,}000 to 2{,}000{,}000 training tokens FVU moves from 0.100 to 0.090 and "
+        "$\\Delta$LM from 0.60 to 0.50")
     flat = {"training_curve": [_curve_point(10**6, 0.090, 0.45, [0.35, 0.55]), _curve_point(2 * 10**6, 0.089, 0.44, [0.34, 0.54])]}
-    assert curve_verdict(flat).startswith("close to converged")
-    assert curve_verdict({}) == "no training curve was recorded"
+    assert curve_state(flat)["state"] == "converged"
+    assert words(curve=curve_state(flat))["SaeCurveVerdict"].startswith("close to converged")
+    assert curve_state({}) is None
+    assert words(curve=curve_state({}))["SaeCurveVerdict"] == "no training curve was recorded"
 
 
-def test_a_seed_spread_is_printed_as_its_range_or_as_absent():
+def test_a_seed_spread_is_printed_as_its_range_or_as_absent(words):
     spread = {"fvu": {"n": 3, "mean": 0.13, "sd": 0.036, "min": 0.10, "max": 0.17}, "ica_novel_fraction": {"n": 0}}
-    assert seed_spread_phrase(spread, "fvu", 500000) == "the recipe after 500{,}000 training tokens, 3 SAE seeds: 0.100--0.170"
-    assert seed_spread_phrase(spread, "ica_novel_fraction", 500000) == "no SAE-seed spread in this build"
-    assert seed_spread_phrase(None, "fvu", 500000) == "no SAE-seed spread in this build"
+    assert seed_spread(spread, "fvu", 3) == {"n": "3", "span": "0.100--0.170"}
+    assert seed_spread(spread, "ica_novel_fraction", 2) is None and seed_spread(None, "fvu", 3) is None
+    w = words(axes_tokens=fmt_count(500000), seed_spread={"fvu": seed_spread(spread, "fvu", 3),
+                                                          "kurt_r": seed_spread(spread, "ica_novel_fraction", 2),
+                                                          "novel": seed_spread(None, "fvu", 3)})
+    assert w["SeedSpreadFvu"] == "the recipe after 500{,}000 training tokens, 3 SAE seeds: 0.100--0.170"
+    assert w["SeedSpreadKurtR"] == "no SAE-seed spread in this build"
+    assert w["SeedSpreadNovel"] == "no SAE-seed spread in this build"
+
+
+def test_the_seed_chain_words_follow_how_far_it_ran(metrics):
+    ev, train, axes = metrics
+    templates = Templates(REPO / "paper/sections")
+    stats = {"n": 3, "min": 0.1, "max": 0.2}
+    for spread, chain, headline in (
+            ({"fvu": stats, "dark_matter_fraction": stats, "ica_novel_fraction": stats, "ica_stable_restarts": stats}, "ica",
+             "the dark-matter headlines below carry the same seed spread, and the ICA novelty verdict is"),
+            ({"fvu": stats, "dark_matter_fraction": stats, "ica_novel_fraction": {"n": 0}}, "residual",
+             "the FVU and kurtosis headlines below carry the same seed spread (ICA's do not"),
+            (None, "none", "the dark-matter headlines below carry no seed spread")):
+        assert seed_chain(spread) == chain
+        planted = copy.deepcopy(axes)
+        planted["seeds"]["spread"] = spread
+        w = templates.words("macros_instrument.tex.j2", macro_context(ev, train, planted))
+        assert w["SeedHeadlineSentence"].startswith(headline)
+        assert (w["SeedStableSentence"] != "") == (chain == "ica")
+        assert (w["SeedRangeSaeFvu"] == "(not measured)") == (spread is None)
+        assert not set(w) & set(macro_numbers(ev, train, planted))  # a macro is a number or words, not both
+
+
+def test_the_diagnosis_macros_exist_only_with_a_diagnosis(metrics):
+    ev, train, axes = metrics
+    templates = Templates(REPO / "paper/sections")
+    assert "NoiseIsoVerdict" in templates.words("macros_instrument.tex.j2", macro_context(ev, train, axes))
+    planted = copy.deepcopy(ev)
+    del planted["lm"]["diagnosis"]
+    w = templates.words("macros_instrument.tex.j2", macro_context(planted, train, axes))
+    assert not {"NoiseIsoVerdict", "KLExponentVerdict", "PartsVerdict"} & set(w)
+    assert "NoiseCovP" not in macro_numbers(planted, train, axes)

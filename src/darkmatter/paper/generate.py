@@ -24,7 +24,6 @@ from pathlib import Path
 from darkmatter.errors import UserError, cli
 from darkmatter.interp.calibration import UNITS as CALIBRATION_UNITS
 from darkmatter.paper.format import ci_word, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig, p_word, table
-from darkmatter.paper.instrument import axes_table, curve_verdict, instrument_macros, splice_table
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
                                          resolve_figure, track)
 from darkmatter.paper.templates import SECTIONS, Templates
@@ -32,6 +31,7 @@ from darkmatter.stats import CI_LEVEL
 from darkmatter.paper import context
 import darkmatter.paper.context.causal  # noqa: F401
 import darkmatter.paper.context.headline  # noqa: F401
+import darkmatter.paper.context.instrument  # noqa: F401
 import darkmatter.paper.context.tables  # noqa: F401
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
@@ -66,6 +66,19 @@ def _source(path: Path) -> str:
 
 
 # ---- macros and tables ------------------------------------------------------------------------
+
+def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list, axes: dict) -> dict[str, str]:
+    """Every ``\\dm`` macro: the numbers, and the wordings the ``macros_*.tex.j2`` templates choose."""
+    ev, train = main["sae_eval"], main["sae"]
+    numbers = {**context.headline.macro_numbers(main, params.main, corpus), **context.headline.ladder_numbers(ladder),
+               **context.instrument.macro_numbers(ev, train, axes)}
+    words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main)),
+             **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes))}
+    both = sorted(numbers.keys() & words.keys())
+    if both:
+        raise ValueError(f"macros {both} are defined both as numbers and in a template; keep one")
+    return numbers | words
+
 
 def tex_escape(text: str) -> str:
     return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
@@ -463,18 +476,14 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
             raise UserError(f"{corpus_path} is missing; run `dvc repro corpus@{params.main_run}` before generating the paper")
         corpus = track(json.loads(corpus_path.read_text()), _source(corpus_path))
     builders = {
-        "macros.tex": lambda: templates.render("macros.tex.j2", {"macros": {**context.headline.macro_numbers(main, params.main, corpus),
-                                          **templates.words("macros_headline.tex.j2", context.headline.macro_context(main)),
-                                          **context.headline.ladder_numbers(ladder),
-                                          **instrument_macros(main["sae_eval"], main["sae"], axes),
-                                          "SaeCurveVerdict": curve_verdict(main["sae_eval"])}}),
+        "macros.tex": lambda: templates.render("macros.tex.j2", {"macros": macros(templates, params, main, corpus, ladder, axes)}),
         "tab_dark_matter.tex": lambda: templates.render("tab_dark_matter.tex.j2", context.tables.dark_matter(main["residual"])),
         "tab_compare.tex": lambda: templates.render("tab_compare.tex.j2", context.tables.compare(main["compare"])),
         "tab_ladder.tex": lambda: templates.render("tab_ladder.tex.j2", context.tables.ladder(
             MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, [*controls, *ladder])),
         "tab_layers.tex": lambda: templates.render("tab_layers.tex.j2", context.tables.layers(layer_runs(params, metrics_root))),
-        "tab_sae.tex": lambda: axes_table(axes, main["sae_eval"], main["sae"]),
-        "tab_splice.tex": lambda: splice_table(main["sae_eval"]),
+        "tab_sae.tex": lambda: templates.render("tab_sae.tex.j2", context.instrument.axes_table(axes, main["sae_eval"], main["sae"])),
+        "tab_splice.tex": lambda: templates.render("tab_splice.tex.j2", context.instrument.splice_table(main["sae_eval"])),
         "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
         "sec_autointerp.tex": lambda: autointerp_section(main["autointerp"]),
         "sec_causal.tex": lambda: section("causal", main["causal"], context.causal.causal),
