@@ -22,7 +22,6 @@ import json
 from pathlib import Path
 
 from darkmatter.errors import UserError, cli
-from darkmatter.interp.calibration import UNITS as CALIBRATION_UNITS
 from darkmatter.paper.format import ci_word, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig, p_word, table
 from darkmatter.paper.instrument import axes_table, curve_verdict, instrument_macros, splice_table
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
@@ -30,6 +29,7 @@ from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, n
 from darkmatter.paper.templates import SECTIONS, Templates
 from darkmatter.stats import CI_LEVEL
 from darkmatter.paper import context
+import darkmatter.paper.context.autointerp  # noqa: F401
 import darkmatter.paper.context.causal  # noqa: F401
 
 REQUIRED = ("activations", "sae", "sae_eval", "residual", "ica", "compare")
@@ -370,113 +370,12 @@ def layers_table(runs: dict[int, dict | None]) -> str:
     return table("rrrrrr", ["layer", "FVU", "$R^2$", "median kurt.\\ $r$", "stable", "novel"], rows)
 
 
-AUTOINTERP_GROUPS = (("ica", "ICA components"), ("ica_stable", "\\quad stable only"),
-                     ("sae", "SAE features (density-matched)"), ("random", "random whitened units"),
-                     ("calibration", "calibration units, judge's explanations"),
-                     ("calibration_given", "calibration units, true explanations (ceiling)"),
-                     ("calibration_shuffled", "calibration units, another unit's explanation"))
-AUTOINTERP_METRICS = (("auc", "AUC"), ("balanced_accuracy_calibrated", "bal.\\ acc.\\ (calibrated)"),
-                      ("balanced_accuracy", "bal.\\ acc.\\ (as answered)"))
-
-
 def ci_cell(entry: dict | None, digits: int = 2, no_ci: str = "(too few)") -> str:
     """``mean [lo, hi]`` of a ``mean_with_ci`` entry (``no_ci`` in place of the interval when there
     is none); ``--`` when missing."""
     if not entry or entry.get("mean") is None:
         return "--"
     return f"{fmt_fixed(entry['mean'], digits)} {fmt_ci(entry['ci'], digits) if entry['ci'] else no_ci}".strip()
-
-
-def autointerp_table(ai: dict | None) -> str:
-    """One row per group; a metric column only where some group has it (a likelihood judge gives
-    no answers, so no balanced accuracy "as answered")."""
-    if ai is None:
-        header = ["units", "$n$", *(label for _, label in AUTOINTERP_METRICS)]
-        return table("lrrrr", header, [[label, NOT_RUN, "", "", ""] for _, label in AUTOINTERP_GROUPS])
-    groups = [(k, label) for k, label in AUTOINTERP_GROUPS if k in ai["groups"]]
-    metrics = [(m, label) for m, label in AUTOINTERP_METRICS if any(ai["groups"][k].get(m) for k, _ in groups)]
-    rows = [[label, fmt_count(ai["groups"][k]["n_units"]), *(ci_cell(ai["groups"][k].get(m)) for m, _ in metrics)]
-            for k, label in groups]
-    return table("lr" + "r" * len(metrics), ["units", "$n$", *(label for _, label in metrics)], rows)
-
-
-SCORERS = {
-    "likelihood": ("The score of a context is the judge's mean log-probability per token of the explanation written after "
-                   "the excerpt and the name of its marked token (a likelihood judge, read as a language model rather than "
-                   "asked a question; centred on each unit's own contexts, labels unseen)."),
-    "yes_no": ("The judge is asked whether the unit fires on the marked token, which the prompt names; the score is "
-               "$\\log P(\\text{Yes}) - \\log P(\\text{No})$ of the answer token."),
-}
-
-
-def autointerp_section(ai: dict | None) -> str:
-    """Results prose for autointerp, worded from the numbers. The judge's ceiling comes first; the
-    groups are ranked only when the judge separates calibration units from random ones."""
-    if ai is None:
-        return not_run_section("autointerp")
-    metric = ai["primary_metric"]
-    name = {"auc": "AUC", "balanced_accuracy_calibrated": "calibrated balanced accuracy",
-            "balanced_accuracy": "balanced accuracy"}[metric]
-    tests, g = ai["tests"][metric], ai["groups"]
-
-    def diff(test: dict, how: str) -> str:
-        ci = (f"{fmt_pct(CI_LEVEL, 0)} CI [{fmt_fixed(test['ci'][0], 3)}, {fmt_fixed(test['ci'][1], 3)}]" if test["ci"]
-              else "too few units for an interval")
-        return f"{how} {fmt_fixed(test['difference'], 3)}, {ci}, permutation $p={fmt_p(test['p_permutation'])}$"
-
-    def contrast(test: dict, other: str, how: str) -> str:
-        if test["difference"] is None:
-            return f"there are no {other} to compare with"
-        significant = test["p_permutation"] < 0.05
-        direction = "better than" if test["difference"] > 0 else "worse than"
-        verdict = f"detected {direction}" if significant else "not detected significantly differently from"
-        return f"ICA components are {verdict} {other} ({diff(test, how)})"
-
-    explainer, detector = ai.get("explainer", ai["model"]), ai["model"]
-    judge = (f"Explanations are written by {explainer} and detection is judged by {detector}"
-             if explainer != detector else f"The judge is {detector}")
-    judge = judge.replace("_", "-") + (", run locally on CPU. " if ai["backend"] in ("local", "replay of local") else ". ")
-    reads = tests.get("given_vs_shuffled")
-    shuffled = ((f"Given another calibration unit's explanation on the same contexts it scores AUC "
-                 f"{ci_cell(g['calibration_shuffled']['auc'])} ({diff(reads, 'mean paired difference')}): "
-                 + ("it reads the explanation. " if reads["ci"] and reads["ci"][0] > 0 and reads["p_permutation"] < 0.05
-                    else "it does not demonstrably read the explanation. "))
-                if reads and reads["difference"] is not None and metric == "auc" else "")
-    ceiling = (f"On calibration units, token classes of known meaning built from the corpus "
-               f"({', '.join(u.label for u in CALIBRATION_UNITS)}; {fmt_count(g['calibration_given']['n_units'])} units "
-               f"found in this run's text), given their true explanations and scored on "
-               f"{fmt_count(g['calibration_given']['contexts_per_unit'])} held-out contexts each (the other groups on "
-               f"{fmt_count(g['ica']['contexts_per_unit'])}), the "
-               f"judge reaches AUC {ci_cell(g['calibration_given']['auc'])} and balanced accuracy "
-               f"{ci_cell(g['calibration_given']['balanced_accuracy_calibrated'])} at a cut-off chosen on the other "
-               f"calibration units: the ceiling of what this judge can see. {shuffled}With its own explanations of the same "
-               f"units: AUC {ci_cell(g['calibration']['auc'])}. ") if g["calibration_given"]["auc"] else ""
-    scorer = SCORERS[ai.get("scorer", "yes_no")] if metric != "balanced_accuracy" else (
-        "The judge is asked whether the unit fires on the marked token, which the prompt names; its answers are scored "
-        "as given (the backend gives no log-probabilities).")
-    gate = tests["calibration_vs_random"]
-    if ai["judge_separates_calibration"]:
-        verdict = (f"It separates the calibration units it explained from random units ({diff(gate, 'difference of mean ' + name)}), "
-                   "so its scores can rank groups. "
-                   f"{contrast(tests['ica_vs_random'], 'random units of the same whitened space', 'difference of mean ' + name)}; "
-                   f"{contrast(tests['ica_vs_sae'], 'their density-matched SAE features', 'mean paired difference over ' + fmt_count(tests['ica_vs_sae']['n']) + ' pairs')}. ")
-    else:
-        ceiling_ci = (g["calibration_given"].get("auc") or {}).get("ci")
-        why = ("the detection judge sees known structure when it is told what it is, but the explanations written for "
-               "it do not carry that structure"
-               if ceiling_ci and ceiling_ci[0] > 0.5 else "it cannot find structure that is known to be there")
-        verdict = ("It does not separate the calibration units it explained from random units "
-                   f"({diff(gate, 'difference of mean ' + name)}): {why}, so we "
-                   "do not rank the groups by its scores. The group means in Table~\\ref{tab:autointerp} are reported, not "
-                   f"interpreted (ICA $-$ random: {fmt_fixed(tests['ica_vs_random']['difference'], 3)}; ICA $-$ SAE, paired: "
-                   f"{fmt_fixed(tests['ica_vs_sae']['difference'], 3)}). ")
-    return ("% Generated by darkmatter.paper from the autointerp metrics.\n"
-            f"{judge}Each unit is explained from its top contexts in the train rows and scored by detection on held-out rows "
-            "(activating contexts across the quantiles of the held-out activations, and non-activating ones; no detection "
-            f"context shares a row, a document or a window with a shown one). {scorer} "
-            "Chance is 0.5 for every column of "
-            f"Table~\\ref{{tab:autointerp}}. {ceiling}{verdict}"
-            f"Figure~\\ref{{fig:autointerp}} shows each unit's {name}.\n")
 
 
 def causal_table(c: dict | None) -> str:
@@ -752,8 +651,9 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
         "tab_layers.tex": lambda: layers_table(layer_runs(params, metrics_root)),
         "tab_sae.tex": lambda: axes_table(axes, main["sae_eval"], main["sae"]),
         "tab_splice.tex": lambda: splice_table(main["sae_eval"]),
-        "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
-        "sec_autointerp.tex": lambda: autointerp_section(main["autointerp"]),
+        "tab_autointerp.tex": lambda: templates.render("tab_autointerp.tex.j2",
+                                                       context.autointerp.autointerp_table(main["autointerp"])),
+        "sec_autointerp.tex": lambda: section("autointerp", main["autointerp"], context.autointerp.autointerp),
         "sec_causal.tex": lambda: section("causal", main["causal"], context.causal.causal),
         "tab_causal.tex": lambda: section("causal", main["causal"], context.causal.causal_table, table=True),
         "sec_probes.tex": lambda: probes_section(main["probes"]),
