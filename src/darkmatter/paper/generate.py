@@ -22,13 +22,13 @@ import json
 from pathlib import Path
 
 from darkmatter.errors import UserError, cli
-from darkmatter.interp.calibration import UNITS as CALIBRATION_UNITS
 from darkmatter.paper.format import ci_word, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig, p_word, table
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
                                          resolve_figure, track)
 from darkmatter.paper.templates import SECTIONS, Templates
 from darkmatter.stats import CI_LEVEL
 from darkmatter.paper import context
+import darkmatter.paper.context.autointerp  # noqa: F401
 import darkmatter.paper.context.causal  # noqa: F401
 import darkmatter.paper.context.headline  # noqa: F401
 import darkmatter.paper.context.instrument  # noqa: F401
@@ -104,13 +104,6 @@ def control_rows(params, metrics_root: Path) -> list[tuple[str, None, dict | Non
             for name, d in params.run_definitions.items() if MODELS[d.subject.model].random_weights_seed is not None]
 
 
-AUTOINTERP_GROUPS = (("ica", "ICA components"), ("ica_stable", "\\quad stable only"),
-                     ("sae", "SAE features (density-matched)"), ("random", "random whitened units"),
-                     ("calibration", "calibration units, judge's explanations"),
-                     ("calibration_given", "calibration units, true explanations (ceiling)"),
-                     ("calibration_shuffled", "calibration units, another unit's explanation"))
-AUTOINTERP_METRICS = (("auc", "AUC"), ("balanced_accuracy_calibrated", "bal.\\ acc.\\ (calibrated)"),
-                      ("balanced_accuracy", "bal.\\ acc.\\ (as answered)"))
 
 
 def ci_cell(entry: dict | None, digits: int = 2, no_ci: str = "(too few)") -> str:
@@ -119,163 +112,6 @@ def ci_cell(entry: dict | None, digits: int = 2, no_ci: str = "(too few)") -> st
     if not entry or entry.get("mean") is None:
         return "--"
     return f"{fmt_fixed(entry['mean'], digits)} {fmt_ci(entry['ci'], digits) if entry['ci'] else no_ci}".strip()
-
-
-def autointerp_table(ai: dict | None) -> str:
-    """One row per group; a metric column only where some group has it (a likelihood judge gives
-    no answers, so no balanced accuracy "as answered")."""
-    if ai is None:
-        header = ["units", "$n$", *(label for _, label in AUTOINTERP_METRICS)]
-        return table("lrrrr", header, [[label, NOT_RUN, "", "", ""] for _, label in AUTOINTERP_GROUPS])
-    groups = [(k, label) for k, label in AUTOINTERP_GROUPS if k in ai["groups"]]
-    metrics = [(m, label) for m, label in AUTOINTERP_METRICS if any(ai["groups"][k].get(m) for k, _ in groups)]
-    rows = [[label, fmt_count(ai["groups"][k]["n_units"]), *(ci_cell(ai["groups"][k].get(m)) for m, _ in metrics)]
-            for k, label in groups]
-    return table("lr" + "r" * len(metrics), ["units", "$n$", *(label for _, label in metrics)], rows)
-
-
-SCORERS = {
-    "likelihood": ("The score of a context is the judge's mean log-probability per token of the explanation written after "
-                   "the excerpt and the name of its marked token (a likelihood judge, read as a language model rather than "
-                   "asked a question; centred on each unit's own contexts, labels unseen)."),
-    "yes_no": ("The judge is asked whether the unit fires on the marked token, which the prompt names; the score is "
-               "$\\log P(\\text{Yes}) - \\log P(\\text{No})$ of the answer token."),
-}
-
-
-def autointerp_section(ai: dict | None) -> str:
-    """Results prose for autointerp, worded from the numbers. The judge's ceiling comes first; the
-    groups are ranked only when the judge separates calibration units from random ones."""
-    if ai is None:
-        return not_run_section("autointerp")
-    metric = ai["primary_metric"]
-    name = {"auc": "AUC", "balanced_accuracy_calibrated": "calibrated balanced accuracy",
-            "balanced_accuracy": "balanced accuracy"}[metric]
-    tests, g = ai["tests"][metric], ai["groups"]
-
-    def diff(test: dict, how: str) -> str:
-        ci = (f"{fmt_pct(CI_LEVEL, 0)} CI [{fmt_fixed(test['ci'][0], 3)}, {fmt_fixed(test['ci'][1], 3)}]" if test["ci"]
-              else "too few units for an interval")
-        return f"{how} {fmt_fixed(test['difference'], 3)}, {ci}, permutation $p={fmt_p(test['p_permutation'])}$"
-
-    def contrast(test: dict, other: str, how: str) -> str:
-        if test["difference"] is None:
-            return f"there are no {other} to compare with"
-        significant = test["p_permutation"] < 0.05
-        direction = "better than" if test["difference"] > 0 else "worse than"
-        verdict = f"detected {direction}" if significant else "not detected significantly differently from"
-        return f"ICA components are {verdict} {other} ({diff(test, how)})"
-
-    explainer, detector = ai.get("explainer", ai["model"]), ai["model"]
-    judge = (f"Explanations are written by {explainer} and detection is judged by {detector}"
-             if explainer != detector else f"The judge is {detector}")
-    judge = judge.replace("_", "-") + (", run locally on CPU. " if ai["backend"] in ("local", "replay of local") else ". ")
-    reads = tests.get("given_vs_shuffled")
-    shuffled = ((f"Given another calibration unit's explanation on the same contexts it scores AUC "
-                 f"{ci_cell(g['calibration_shuffled']['auc'])} ({diff(reads, 'mean paired difference')}): "
-                 + ("it reads the explanation. " if reads["ci"] and reads["ci"][0] > 0 and reads["p_permutation"] < 0.05
-                    else "it does not demonstrably read the explanation. "))
-                if reads and reads["difference"] is not None and metric == "auc" else "")
-    ceiling = (f"On calibration units, token classes of known meaning built from the corpus "
-               f"({', '.join(u.label for u in CALIBRATION_UNITS)}; {fmt_count(g['calibration_given']['n_units'])} units "
-               f"found in this run's text), given their true explanations and scored on "
-               f"{fmt_count(g['calibration_given']['contexts_per_unit'])} held-out contexts each (the other groups on "
-               f"{fmt_count(g['ica']['contexts_per_unit'])}), the "
-               f"judge reaches AUC {ci_cell(g['calibration_given']['auc'])} and balanced accuracy "
-               f"{ci_cell(g['calibration_given']['balanced_accuracy_calibrated'])} at a cut-off chosen on the other "
-               f"calibration units: the ceiling of what this judge can see. {shuffled}With its own explanations of the same "
-               f"units: AUC {ci_cell(g['calibration']['auc'])}. ") if g["calibration_given"]["auc"] else ""
-    scorer = SCORERS[ai.get("scorer", "yes_no")] if metric != "balanced_accuracy" else (
-        "The judge is asked whether the unit fires on the marked token, which the prompt names; its answers are scored "
-        "as given (the backend gives no log-probabilities).")
-    gate = tests["calibration_vs_random"]
-    if ai["judge_separates_calibration"]:
-        verdict = (f"It separates the calibration units it explained from random units ({diff(gate, 'difference of mean ' + name)}), "
-                   "so its scores can rank groups. "
-                   f"{contrast(tests['ica_vs_random'], 'random units of the same whitened space', 'difference of mean ' + name)}; "
-                   f"{contrast(tests['ica_vs_sae'], 'their density-matched SAE features', 'mean paired difference over ' + fmt_count(tests['ica_vs_sae']['n']) + ' pairs')}. ")
-    else:
-        ceiling_ci = (g["calibration_given"].get("auc") or {}).get("ci")
-        why = ("the detection judge sees known structure when it is told what it is, but the explanations written for "
-               "it do not carry that structure"
-               if ceiling_ci and ceiling_ci[0] > 0.5 else "it cannot find structure that is known to be there")
-        verdict = ("It does not separate the calibration units it explained from random units "
-                   f"({diff(gate, 'difference of mean ' + name)}): {why}, so we "
-                   "do not rank the groups by its scores. The group means in Table~\\ref{tab:autointerp} are reported, not "
-                   f"interpreted (ICA $-$ random: {fmt_fixed(tests['ica_vs_random']['difference'], 3)}; ICA $-$ SAE, paired: "
-                   f"{fmt_fixed(tests['ica_vs_sae']['difference'], 3)}). ")
-    return ("% Generated by darkmatter.paper from the autointerp metrics.\n"
-            f"{judge}Each unit is explained from its top contexts in the train rows and scored by detection on held-out rows "
-            "(activating contexts across the quantiles of the held-out activations, and non-activating ones; no detection "
-            f"context shares a row, a document or a window with a shown one). {scorer} "
-            "Chance is 0.5 for every column of "
-            f"Table~\\ref{{tab:autointerp}}. {ceiling}{verdict}"
-            f"Figure~\\ref{{fig:autointerp}} shows each unit's {name}.\n")
-
-
-def causal_table(c: dict | None) -> str:
-    """Loss ratio (ablated / clean, held-out rows) of removing m dimensions: ICA, PCA, random."""
-    if c is None:
-        return table("l", ["causal stage not run"], [])
-
-    def cell(entry: dict) -> str:
-        return f"{fmt_fixed(entry['value'], 3)} {fmt_ci(entry['ci'], 3)}".strip()
-
-    rows = [[fmt_count(int(m)), *(cell(c["subspaces"][m][kind]["loss_ratio"]) for kind in ("ica", "pca", "random"))]
-            for m in sorted(c["subspaces"], key=int)]
-    return table("rrrr", ["$m$", "ICA (most kurtotic $m$)", "PCA (top $m$)", "random ($m$-dim)"], rows)
-
-
-def causal_section(c: dict | None) -> str:
-    """Results prose for the causal stage, worded from its intervals."""
-    if c is None:
-        return not_run_section("causal")
-
-    def mean_ci(entry: dict, digits: int = 3) -> str:
-        return f"{fmt_fixed(entry['mean'], digits)} {fmt_ci(entry['ci'], digits)}".strip()
-
-    def than(test: dict, other: str, how: str) -> str:
-        verb = ci_word(test, "more than", "less than", "no differently from")
-        return (f"{verb} {other} ({how} {fmt_fixed(test['difference'], 3)} {fmt_ci(test['ci'], 3)}, "
-                f"permutation $p={fmt_p(test['p_permutation'])}$)")
-
-    g, t, rows = c["exact_groups"], c["tests"], c["rows"]
-    sizes = sorted(c["subspaces"], key=int)
-    k = sizes[-1]
-    partial = [m for m in sizes if m != k]
-    sub = c["subspaces"]
-    vs_pca = "; ".join(f"$m={m}$: ICA {ci_word(sub[m]['ica_minus_pca'], 'above', 'below', 'not different from')} PCA, "
-                       f"{ci_word(sub[m]['ica_minus_random'], 'above', 'below', 'not different from')} random" for m in partial)
-    identity = all(sub[k][f"ica_minus_{kind}"].get("agree", False) for kind in ("pca", "random"))
-    e = c["error_node_split"]
-    share = e["ica_share"]
-    att = c["attribution"]["groups"]
-    att_words = ", ".join(f"{name} {fmt_pct(att[key]['share_of_top_k'], 0)}" for key, name in
-                          (("ica", "ICA"), ("sae", "SAE"), ("random", "random")))
-    ablation = {"mean": "mean-ablating", "project": "projecting out"}[c["ablation"]]
-    return (
-        "% Generated by darkmatter.paper from the causal metrics.\n"
-        f"On {fmt_count(rows['exact'])} held-out rows ({fmt_count(rows['positions_per_row'])} predictions read out per row; "
-        f"special tokens out of every edit and of the loss; clean loss {mean_ci(c['clean_loss'], 2)} nats), "
-        f"{ablation} one direction at the SAE's layer raises the next-token loss by {mean_ci(g['ica'])} nats for ICA "
-        f"components, {mean_ci(g['sae'])} for their density-matched SAE features and {mean_ci(g['random'])} for random "
-        f"directions of the same whitened space (per group the {fmt_count(g['ica']['n'])} units with the largest "
-        "attribution-patching estimate and a random sample of the rest; intervals over units). "
-        f"ICA components matter {than(t['ica_vs_sae'], 'their matched SAE features', 'mean paired difference')} and "
-        f"{than(t['ica_vs_random'], 'random directions', 'difference of means')}. The cheap ranking agreed with the exact ablations "
-        f"(Spearman $\\rho={fmt_fixed(c['ranking_agreement']['spearman'], 2)}$ over {fmt_count(c['ranking_agreement']['n_units'])} units).\n\n"
-        f"Removing subspaces together (Table~\\ref{{tab:causal}}, the form of Deng et al.): {vs_pca} (paired over rows). "
-        f"At $m=k={k}$ the three removals are the same subspace, since ICA only rotates inside the top-$k$ principal "
-        f"subspace; their loss ratios {'agree, as they must' if identity else 'DISAGREE, which signals a bug'}.\n\n"
-        f"Error nodes~\\citep{{marks2024sparse}}: replacing $x$ by $\\mathrm{{SAE}}(x)$ raises the loss by {mean_ci(e['sae_only'])} nats; "
-        f"$\\mathrm{{SAE}}(x)+r$ restores it ({mean_ci(e['sae_plus_r'], 4)}, the check); removing only the ICA part of $r$ "
-        f"(its top-$k$ principal subspace) raises it by {mean_ci(e['minus_ica_part'])}, a share "
-        f"{fmt_fixed(share['value'], 3)} {fmt_ci(share['ci'], 3)} of the dark matter's effect. "
-        f"Attribution (activation $\\times$ gradient of the loss) puts the top-{c['attribution']['top_k']} units per row "
-        f"in the groups as {att_words}, against {fmt_pct(att['ica']['share_of_units'], 0)} each by chance. "
-        "Attribution is a first-order, local estimate: it ranks where the loss is sensitive, not what removing a unit does, "
-        "and its signed sum nearly cancels for directions a calibrated model uses; the exact ablations carry the claims. "
-        "Steering continuations are in the run's dashboard, not quantified here (Figure~\\ref{fig:causal}).\n")
 
 
 # ---- dataset-geometry probes ----------------------------------------------------------------
@@ -484,8 +320,9 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
         "tab_layers.tex": lambda: templates.render("tab_layers.tex.j2", context.tables.layers(layer_runs(params, metrics_root))),
         "tab_sae.tex": lambda: templates.render("tab_sae.tex.j2", context.instrument.axes_table(axes, main["sae_eval"], main["sae"])),
         "tab_splice.tex": lambda: templates.render("tab_splice.tex.j2", context.instrument.splice_table(main["sae_eval"])),
-        "tab_autointerp.tex": lambda: autointerp_table(main["autointerp"]),
-        "sec_autointerp.tex": lambda: autointerp_section(main["autointerp"]),
+        "tab_autointerp.tex": lambda: templates.render("tab_autointerp.tex.j2",
+                                                       context.autointerp.autointerp_table(main["autointerp"])),
+        "sec_autointerp.tex": lambda: section("autointerp", main["autointerp"], context.autointerp.autointerp),
         "sec_causal.tex": lambda: section("causal", main["causal"], context.causal.causal),
         "tab_causal.tex": lambda: section("causal", main["causal"], context.causal.causal_table, table=True),
         "sec_probes.tex": lambda: probes_section(main["probes"]),
