@@ -97,6 +97,7 @@ def pipeline(tmp_path_factory):
     (ws / "paper").mkdir()
     for name in ("main.tex", "refs.bib"):
         shutil.copy(REPO / "paper" / name, ws / "paper" / name)
+    shutil.copytree(REPO / "paper" / "sections", ws / "paper" / "sections")
     (ws / "touch.py").write_text(TOUCH)
     stubbed = _stub(yaml.safe_load((REPO / "dvc.yaml").read_text()), yaml.safe_load((REPO / "params.yaml").read_text()))
     (ws / "dvc.yaml").write_text(yaml.safe_dump(stubbed, sort_keys=False))

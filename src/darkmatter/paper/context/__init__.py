@@ -4,3 +4,7 @@ A context holds numbers already formatted (:mod:`darkmatter.paper.format`), inte
 verdicts as enumerated keys whose wordings live in the templates. No sentence of the paper is
 written here.
 """
+
+from darkmatter.paper.context import autointerp, causal, headline, instrument, probes, tables
+
+__all__ = ["autointerp", "causal", "headline", "instrument", "probes", "tables"]
