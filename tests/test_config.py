@@ -129,3 +129,35 @@ def test_stage_cli_fails_fast_on_bad_params(tmp_path, module, args):
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"error: {bad}: {MAIN}.subject: layer 99 out of range for gemma-3-270m; allowed: 0..17"]
     assert not (tmp_path / "ok").exists()
+
+
+# ---- sizes against data (the validate stage) ----------------------------------------------------
+
+def test_every_run_definition_fits_its_cache():
+    """Listed or not: a ladder row's sizes are checked before its chain starts."""
+    from darkmatter.validate import check_sizes, size_problem
+
+    params = load_params(REPO / "params.yaml")
+    assert {name: size_problem(params.run(name)) for name in params.run_definitions} == dict.fromkeys(params.run_definitions)
+    check_sizes(params, "params.yaml")
+
+
+@pytest.mark.parametrize("section, overrides, expected", [
+    # the audit's finding: 64 + 64 causal rows against the 102 held-out rows of 1,024 rows of context 1,024
+    ("causal", {"attribution_rows": 64, "rows": 64},
+     r"run gemma-3-270m-gs2-16k: causal.attribution_rows \+ causal.rows = 128 exceeds the 102 held-out rows; lower them"),
+    ("sae_eval", {"lm_rows": 103}, r"run gemma-3-270m-gs2-16k: sae_eval.lm_rows 103 exceeds the 102 held-out rows"),
+    # GPT-2 small, the first `*full` row, at its context 128: 8,192 rows, 819 held out
+    ("probes", {"n_tokens": 1048576}, r"run gpt2-small: probes.n_tokens asks for 6554 training and 1638 validation rows, "
+                                      r"but the cache has 7373 train and 819 held-out rows; lower probes.n_tokens"),
+    ("ica", {"max_tokens": 400000}, r"run gpt2-small: ica.max_tokens 400000 .* asks 1200000 train tokens, "
+                                    r"the train rows hold at most 943744; lower ica.max_tokens"),
+])
+def test_a_size_the_cache_cannot_hold_is_one_line(section, overrides, expected):
+    from darkmatter.validate import check_sizes
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["size_profiles"]["full"][section] = {**raw["size_profiles"]["full"][section], **overrides}  # every `*full` row
+    with pytest.raises(ConfigError, match=expected) as info:
+        check_sizes(parse_params(raw), "params.yaml")
+    assert "\n" not in str(info.value)
