@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import kurtosis, mannwhitneyu
 
-from darkmatter.analysis.compare import (bins, fit_checks, kurtosis_gap, max_abs_cos, median_gap, rotation_null_directions,
+from darkmatter.analysis.compare import (bins, cosine_blocks, fit_checks, kurtosis_gap, max_abs_cos, median_gap, rotation_null_directions,
                                          rotation_test)
 from darkmatter.config import CompareConfig
 from darkmatter.stats import random_rotation
@@ -17,16 +17,31 @@ def test_chunked_max_cos_equals_dense():
     dirs = rng.standard_normal((7, 20))
     decoder = torch.from_numpy(rng.standard_normal((1000, 20)).astype(np.float32) * rng.uniform(0.1, 5, (1000, 1)).astype(np.float32))
     dense = np.abs((dirs / np.linalg.norm(dirs, axis=1, keepdims=True)) @ (decoder.numpy() / np.linalg.norm(decoder.numpy(), axis=1, keepdims=True)).T)
-    for chunk in (1, 33, 1000, 5000):
-        best, arg = max_abs_cos(dirs, decoder, chunk)
+    for rows in (1, 33, 1000, 5000):  # decoder rows per block (cosine_blocks: 8 B per row and dimension)
+        best, arg = max_abs_cos(dirs, decoder, 8 * 20 * rows)
         np.testing.assert_allclose(best, dense.max(1), rtol=1e-5)
         np.testing.assert_array_equal(arg, dense.argmax(1))
+
+
+def test_the_cosine_blocks_stay_within_the_budget():
+    """Both temporaries of max_abs_cos fit half the budget each, at a 262k width and 128,000 null directions."""
+    for n, rows, d, budget in ((128_000, 262_144, 1152, 2 << 30), (128_000, 262_144, 2560, 256 << 20), (7, 10, 20, 1)):
+        block_rows, per = cosine_blocks(n, rows, d, budget)
+        assert 1 <= block_rows <= rows and 1 <= per <= n
+        if budget > 8 * d:
+            assert block_rows * d * 4 <= budget / 2 and per * block_rows * 4 <= budget / 2
+    rng = np.random.default_rng(3)  # many direction blocks and decoder blocks: the same answer as one block
+    dirs, decoder = rng.standard_normal((500, 20)), rng.standard_normal((1000, 20)).astype(np.float32)
+    assert cosine_blocks(500, 1000, 20, 8 * 20 * 100) == (100, 20)
+    small, whole = max_abs_cos(dirs, decoder, 8 * 20 * 100), max_abs_cos(dirs, decoder, 1 << 30)
+    np.testing.assert_allclose(small[0], whole[0], rtol=1e-6)
+    np.testing.assert_array_equal(small[1], whole[1])
 
 
 def test_a_decoder_row_is_found_and_sign_does_not_matter():
     rng = np.random.default_rng(1)
     decoder = rng.standard_normal((300, 16)).astype(np.float32)
-    best, arg = max_abs_cos(-3.0 * decoder[[17, 250]], decoder, 64)
+    best, arg = max_abs_cos(-3.0 * decoder[[17, 250]], decoder, 8 * 16 * 64)
     np.testing.assert_allclose(best, 1.0, rtol=1e-5)
     assert arg.tolist() == [17, 250]
 
@@ -42,7 +57,7 @@ def test_random_directions_are_far_from_a_small_dictionary_in_high_dimension():
     from darkmatter.stats import random_unit_directions
 
     decoder = torch.from_numpy(random_unit_directions(4096, 640, 1).astype(np.float32))
-    best, _ = max_abs_cos(random_unit_directions(200, 640, 2), decoder, 1024)
+    best, _ = max_abs_cos(random_unit_directions(200, 640, 2), decoder, 1 << 20)
     assert best.max() < 0.3 and best.min() > 0.05
 
 
@@ -61,11 +76,11 @@ def test_the_rotation_null_carries_the_whitening_weight():
     basis, scale, decoder = _anisotropic_world()
     k = len(scale)
     nothing = (random_rotation(k, np.random.default_rng(99)) * scale[None, :]) @ basis.T
-    ica_cos = max_abs_cos(nothing, decoder, 128)[0]
+    ica_cos = max_abs_cos(nothing, decoder, 1 << 16)[0]
     g = np.random.default_rng(5).standard_normal((1000, k)) @ basis.T
-    old_baseline = max_abs_cos(g, decoder, 128)[0]
+    old_baseline = max_abs_cos(g, decoder, 1 << 16)[0]
     assert mannwhitneyu(ica_cos, old_baseline, alternative="greater").pvalue < 0.01, "the old test is fooled"
-    null = max_abs_cos(rotation_null_directions(basis, scale, 400, 7), decoder, 128)[0].reshape(400, k)
+    null = max_abs_cos(rotation_null_directions(basis, scale, 400, 7), decoder, 1 << 16)[0].reshape(400, k)
     test = rotation_test(ica_cos, null, novel_below=0.3)
     assert test["median_max_cos"]["p_two_sided"] > 0.05
     assert test["n_rotations"] == 400 and 0 < test["median_max_cos"]["p_closer"] <= 1
@@ -76,8 +91,8 @@ def test_the_rotation_test_finds_directions_that_sit_on_the_dictionary():
     k = len(scale)
     inside = np.random.default_rng(2).standard_normal((k, k)) @ basis.T  # directions in the searched subspace ...
     decoder = torch.cat([decoder, torch.from_numpy(inside.astype(np.float32))])  # ... that the SAE has
-    null = max_abs_cos(rotation_null_directions(basis, scale, 300, 3), decoder, 128)[0].reshape(300, k)
-    test = rotation_test(max_abs_cos(inside, decoder, 128)[0], null, novel_below=0.3)
+    null = max_abs_cos(rotation_null_directions(basis, scale, 300, 3), decoder, 1 << 16)[0].reshape(300, k)
+    test = rotation_test(max_abs_cos(inside, decoder, 1 << 16)[0], null, novel_below=0.3)
     assert test["median_max_cos"]["p_closer"] < 0.01 and test["median_max_cos"]["p_farther"] > 0.5
     assert test["median_max_cos"]["p_closer"] >= 1 / 301, "(1 + #) / (1 + B): never 0"
 
@@ -89,21 +104,21 @@ def test_each_ica_fit_gets_its_own_rotation_test_and_tail_test():
     inside = rng.standard_normal((k, k)) @ basis.T
     decoder = torch.cat([decoder, torch.from_numpy(inside.astype(np.float32))])
     nothing = (random_rotation(k, rng) * scale[None, :]) @ basis.T
-    null = max_abs_cos(rotation_null_directions(basis, scale, 300, 3), decoder, 128)[0].reshape(300, k)
-    cfg = CompareConfig(n_bootstrap=300, decoder_chunk=128)
+    null = max_abs_cos(rotation_null_directions(basis, scale, 300, 3), decoder, 1 << 16)[0].reshape(300, k)
+    cfg = CompareConfig(n_bootstrap=300)
     random_kurtosis = rng.normal(0, 0.1, 200)
     heavy, gaussian = rng.normal(5, 1, k), rng.normal(0, 0.1, k)
-    reference = {"rotation_null": rotation_test(max_abs_cos(inside, decoder, 128)[0], null, cfg.novel_below),
+    reference = {"rotation_null": rotation_test(max_abs_cos(inside, decoder, 1 << 16)[0], null, cfg.novel_below),
                  "kurtosis_gap": {"ica_vs_random_whitened": median_gap(heavy, random_kurtosis, cfg.n_bootstrap, rng)}}
     components = {"other_fits": np.array(["seed 1"]), "other_mixing": nothing[None], "other_kurtosis": gaussian[None],
                   "random_whitened_kurtosis": random_kurtosis}
-    ref, other = fit_checks(components, decoder, null, reference, cfg)
+    ref, other = fit_checks(components, decoder, null, reference, cfg, 1 << 16)
     assert (ref["fit"], other["fit"]) == ("reference", "seed 1")
     assert ref["median_max_cos"]["p_closer"] < 0.01 and other["median_max_cos"]["p_closer"] > 0.05
     assert ref["ica_vs_random_whitened"]["ci"][0] > 0 and other["ica_vs_random_whitened"]["ci"][0] < 0 < other["ica_vs_random_whitened"]["ci"][1]
     one_fit = {"other_fits": np.array([], dtype=str), "other_mixing": np.zeros((0, k, basis.shape[0])),
                "other_kurtosis": np.zeros((0, k)), "random_whitened_kurtosis": random_kurtosis}
-    assert fit_checks(one_fit, decoder, null, reference, cfg) == [ref], "one fit only (ica.seeds 1, no resamples)"
+    assert fit_checks(one_fit, decoder, null, reference, cfg, 1 << 16) == [ref], "one fit only (ica.seeds 1, no resamples)"
 
 
 def test_rotation_null_directions_are_mixing_directions_of_orthogonal_w():

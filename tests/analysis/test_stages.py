@@ -54,7 +54,7 @@ def small_params(path):
     raw["run_definitions"][raw["main_run"]]["subject"]["device"] = "cpu"
     raw["residual"] |= {"n_random_directions": 32}
     raw["ica"] |= {"n_components": 12, "seeds": 2, "max_tokens": 20000}
-    raw["compare"] |= {"n_random": 200, "decoder_chunk": 7}
+    raw["compare"] |= {"n_random": 200}
     raw["examples"] |= {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 3, "n_random_units": 3}
     raw["compare"] |= {"n_rotations": 200}
     path.write_text(yaml.safe_dump(raw))

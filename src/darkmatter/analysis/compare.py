@@ -1,9 +1,9 @@
 """Do the ICA components of the dark matter point where the SAE's decoder already points?
 
 For each ICA *mixing* direction (what a component writes; see ``darkmatter.analysis.ica``), the
-max |cos| over every SAE decoder row and the argmax feature, computed in blocks of
-``compare.decoder_chunk`` rows so a 1M-wide dictionary never sits in memory as one matrix
-product. Directions are binned as matched (> ``match_above``), partial, or novel
+max |cos| over every SAE decoder row and the argmax feature, computed in blocks of decoder rows
+and of directions within ``residual.latent_budget_mb``, so a 1M-wide dictionary never sits in
+memory as one matrix product. Directions are binned as matched (> ``match_above``), partial, or novel
 (< ``novel_below``).
 
 **The null is a random rotation, not random directions.** Every mixing direction carries the
@@ -48,25 +48,42 @@ from darkmatter.errors import UserError, cli
 from darkmatter.stats import monte_carlo_p, percentile_interval, unpaired_difference
 
 
-def max_abs_cos(directions: np.ndarray, decoder, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def cosine_blocks(n_directions: int, n_rows: int, d: int, budget_bytes: int) -> tuple[int, int]:
+    """(decoder rows, directions) per block of :func:`max_abs_cos`: the normalised decoder block
+    [rows, d] and the block of cosines [directions, rows] each take at most half of ``budget_bytes``
+    in float32 (at least one of each)."""
+    rows = max(1, min(n_rows, budget_bytes // (2 * 4 * d)))
+    return rows, max(1, min(n_directions, budget_bytes // (2 * 4 * rows)))
+
+
+def max_abs_cos(directions: np.ndarray, decoder, budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Max |cos| of each row of ``directions`` over the rows of ``decoder``, and the argmax row.
 
-    ``decoder`` may be a torch tensor or array [d_sae, d]; it is read ``chunk`` rows at a time.
+    ``decoder`` may be a torch tensor (on any device: the cosines are computed there) or an array
+    [d_sae, d]. It is read in blocks of rows and the directions in blocks (:func:`cosine_blocks`),
+    so the temporaries stay within ``budget_bytes`` (``residual.latent_budget_mb``, the chunk budget
+    of every stage) whatever the width: 1,000 rotations × 128 components against a 262k-row decoder
+    would otherwise be a 134-GB matrix of cosines.
     """
     import torch
 
-    dirs = torch.as_tensor(directions, dtype=torch.float32)
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    best = torch.full((len(dirs),), -1.0)
-    arg = torch.zeros(len(dirs), dtype=torch.int64)
-    for lo in range(0, decoder.shape[0], chunk):
-        block = torch.as_tensor(decoder[lo : lo + chunk]).detach().float().cpu()
-        block = block / block.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        sims = (dirs @ block.T).abs()
-        value, index = sims.max(dim=1)
-        better = value > best
-        best[better], arg[better] = value[better], index[better] + lo
-    return best.numpy().astype(np.float64), arg.numpy()
+    device = decoder.device if torch.is_tensor(decoder) else torch.device("cpu")
+    with torch.no_grad():
+        dirs = torch.as_tensor(directions, dtype=torch.float32).to(device)
+        dirs = dirs / dirs.norm(dim=1, keepdim=True)
+        n, d = dirs.shape
+        rows, per = cosine_blocks(n, decoder.shape[0], d, budget_bytes)
+        best = torch.full((n,), -1.0, device=device)
+        arg = torch.zeros(n, dtype=torch.int64, device=device)
+        for lo in range(0, decoder.shape[0], rows):
+            block = torch.as_tensor(decoder[lo : lo + rows]).detach().to(device, torch.float32)
+            block = block / block.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            for start in range(0, n, per):
+                value, index = (dirs[start : start + per] @ block.T).abs_().max(dim=1)
+                better = value > best[start : start + per]
+                best[start : start + per][better] = value[better]
+                arg[start : start + per][better] = index[better] + lo
+    return best.cpu().numpy().astype(np.float64), arg.cpu().numpy()
 
 
 def bins(max_cos: np.ndarray, novel_below: float, match_above: float) -> dict:
@@ -145,21 +162,21 @@ def kurtosis_gap(components: dict, stats: dict, active: np.ndarray, cfg) -> dict
     return out
 
 
-def fit_checks(components: dict, decoder, null_cos: np.ndarray, reference: dict, cfg) -> list[dict]:
+def fit_checks(components: dict, decoder, null_cos: np.ndarray, reference: dict, cfg, budget_bytes: int) -> list[dict]:
     """The rotation tests and the ICA-vs-random kurtosis gap for every ICA fit, ``reference``'s first."""
     rot = reference["rotation_null"]
     out = [{"fit": "reference", "median_max_cos": rot["median_max_cos"], "novel_fraction": rot["novel_fraction"],
             "ica_vs_random_whitened": reference["kurtosis_gap"]["ica_vs_random_whitened"]}]
     for name, mixing, kurt in zip(components["other_fits"].tolist(), components["other_mixing"], components["other_kurtosis"]):
-        test = rotation_test(max_abs_cos(mixing, decoder, cfg.decoder_chunk)[0], null_cos, cfg.novel_below)
+        test = rotation_test(max_abs_cos(mixing, decoder, budget_bytes)[0], null_cos, cfg.novel_below)
         out.append({"fit": name, "median_max_cos": test["median_max_cos"], "novel_fraction": test["novel_fraction"],
                     "ica_vs_random_whitened": median_gap(kurt, components["random_whitened_kurtosis"], cfg.n_bootstrap,
                                                          np.random.default_rng(cfg.seed))})
     return out
 
 
-def compare(components: dict, decoder, stats: dict, cfg) -> tuple[dict, dict]:
-    """Metrics and per-direction arrays."""
+def compare(components: dict, decoder, stats: dict, cfg, budget_bytes: int) -> tuple[dict, dict]:
+    """Metrics and per-direction arrays (``budget_bytes`` bounds the cosine blocks: :func:`max_abs_cos`)."""
     from darkmatter.stats import random_unit_directions
 
     mixing = components["mixing"]
@@ -169,11 +186,11 @@ def compare(components: dict, decoder, stats: dict, cfg) -> tuple[dict, dict]:
     if decoder.shape[1] != d:
         raise UserError(f"SAE decoder has d_in {decoder.shape[1]} but the ICA directions have {d}; they come from different runs")
     live = np.flatnonzero(stats["latent_fires_heldout"] > 0)
-    ica_cos, ica_arg = max_abs_cos(mixing, decoder, cfg.decoder_chunk)
-    live_cos, _ = max_abs_cos(mixing, decoder[live], cfg.decoder_chunk) if len(live) else (np.zeros(k), None)
-    rand_cos, _ = max_abs_cos(random_unit_directions(cfg.n_random, d, cfg.seed), decoder, cfg.decoder_chunk)
+    ica_cos, ica_arg = max_abs_cos(mixing, decoder, budget_bytes)
+    live_cos, _ = max_abs_cos(mixing, decoder[live], budget_bytes) if len(live) else (np.zeros(k), None)
+    rand_cos, _ = max_abs_cos(random_unit_directions(cfg.n_random, d, cfg.seed), decoder, budget_bytes)
     null_dirs = rotation_null_directions(components["pca_basis"], components["pca_scale"], cfg.n_rotations, cfg.seed + 1)
-    null_cos = max_abs_cos(null_dirs, decoder, cfg.decoder_chunk)[0].reshape(cfg.n_rotations, k)
+    null_cos = max_abs_cos(null_dirs, decoder, budget_bytes)[0].reshape(cfg.n_rotations, k)
     active = stats["latent_frequency"] > cfg.active_frequency
     report = {
         "thresholds": {"novel_below": cfg.novel_below, "match_above": cfg.match_above},
@@ -187,7 +204,7 @@ def compare(components: dict, decoder, stats: dict, cfg) -> tuple[dict, dict]:
                           **rotation_test(ica_cos, null_cos, cfg.novel_below)},
         "kurtosis_gap": kurtosis_gap(components, stats, active, cfg),
     }
-    report["ica_fits"] = fit_checks(components, decoder, null_cos, report, cfg)
+    report["ica_fits"] = fit_checks(components, decoder, null_cos, report, cfg, budget_bytes)
     arrays = {
         "ica_max_cos": ica_cos, "ica_nearest_feature": ica_arg, "ica_max_cos_live": live_cos,
         "random_max_cos": rand_cos, "rotation_null_max_cos": null_cos,
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"{path} not found; run the {stage} stage first (`dvc repro {stage}@{run.name}`)")
     stats, components = dict(np.load(args.stats)), dict(np.load(args.components))
     sae = load_sae(args.sae)
-    report, arrays = compare(components, sae.W_dec, stats, run.compare)
+    report, arrays = compare(components, sae.W_dec, stats, run.compare, run.residual.latent_budget_mb << 20)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "comparison.npz", **arrays)
     plot(arrays, components, stats, run.compare, args.figures)

@@ -152,8 +152,9 @@ class SAEEvalConfig:
 class ResidualConfig:
     """The dark-matter pass: r = x − SAE(x) streamed over the cache (``darkmatter.analysis.residual``)."""
 
-    #: Cap on one chunk of SAE latents (tokens × d_sae × 4 B, twice for encode temporaries), so
-    #: 262k and 1M widths stream in small token chunks instead of an N × d_sae matrix.
+    #: The chunk budget of every stage: a chunk of SAE latents (tokens × d_sae × 4 B, twice for encode
+    #: temporaries), or compare's block of decoder cosines, stays under it, so 262k and 1M widths stream
+    #: in small chunks instead of an N × d_sae matrix.
     latent_budget_mb: Annotated[int, Field(gt=0)] = 2048
     #: Random unit directions: the Gaussian-projection baseline for kurtosis.
     n_random_directions: Annotated[int, Field(gt=0)] = 256
@@ -214,8 +215,6 @@ class CompareConfig:
     n_bootstrap: Annotated[int, Field(gt=0)] = 2000
     #: An SAE feature is "active" if it fires on more than this fraction of held-out analysed tokens.
     active_frequency: Fraction = 0.001
-    #: Decoder rows per block of the cosine computation (bounds memory at 1M widths).
-    decoder_chunk: Annotated[int, Field(gt=0)] = 65536
     seed: int = 0
 
     @model_validator(mode="after")
