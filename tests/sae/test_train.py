@@ -184,7 +184,7 @@ def test_reconstruction_stats_match_a_direct_computation():
     special = np.zeros(500, bool)
     special[::50] = True
     index = np.arange(500)
-    stats = reconstruction_stats(sae, x, special, index, dense_threshold=0.5, chunk=64)
+    stats = reconstruction_stats(sae, x, special, index, dense_threshold=0.5, chunk_tokens=64)
     with torch.no_grad():
         f = sae.encode(torch.from_numpy(x))
         x_hat = sae.decode(f).numpy()

@@ -126,11 +126,15 @@ def lm_report(effects: dict, clusters: np.ndarray, n_boot: int, seed: int, posit
     return report
 
 
-def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_threshold: float) -> dict:
+def evaluate(sae, cache: ActivationCache, heldout_fraction: float, dense_threshold: float, budget_bytes: int) -> dict:
+    """The reconstruction statistics on the held-out rows, in chunks whose latents fit ``budget_bytes``."""
+    from darkmatter.analysis.stream import latent_chunk_tokens
+
     check_compatible(sae, cache)
     index = heldout_tokens(cache, heldout_fraction)
     special = np.asarray(cache.special)
-    return reconstruction_stats(sae, cache.acts, special, index, dense_threshold)
+    return reconstruction_stats(sae, cache.acts, special, index, dense_threshold,
+                                latent_chunk_tokens(sae.cfg.d_sae, budget_bytes))
 
 
 def error_geometry_on_train(sae, cache: ActivationCache, heldout_fraction: float, threshold: float,
@@ -208,7 +212,8 @@ def evaluate_saes(subject, saes: dict, cache: ActivationCache, run, full: str | 
     """Each SAE's reconstruction on every held-out token, and its LM loss spliced in (:func:`evaluate_lm`)."""
     lm = evaluate_lm(subject, saes, cache, run, full, lm_rows_override)
     return {name: {"hook_name": cache.meta["hook_name"], "d_sae": sae.cfg.d_sae}
-            | evaluate(sae, cache, run.sae.heldout_fraction, run.sae_eval.dense_threshold) | {"lm": lm[name]}
+            | evaluate(sae, cache, run.sae.heldout_fraction, run.sae_eval.dense_threshold,
+                       run.residual.latent_budget_mb << 20) | {"lm": lm[name]}
             for name, sae in saes.items()}
 
 

@@ -32,31 +32,38 @@ class _Moments:
         return self.err / variance
 
 
-def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.ndarray, dense_threshold: float, chunk: int = 8192) -> dict:
-    """FVU, L0 and feature-frequency statistics streamed over ``index``."""
+def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.ndarray, dense_threshold: float,
+                         chunk_tokens: int = 8192) -> dict:
+    """FVU, L0 and feature-frequency statistics streamed over ``index``, ``chunk_tokens`` at a time
+    (size it with :func:`darkmatter.analysis.stream.latent_chunk_tokens`: a chunk's latents are
+    ``chunk_tokens × d_sae`` floats). Firing counts and L0 are reduced on the SAE's device; only
+    token-sized vectors and the reconstructions come back to the host."""
     import torch
 
+    device = sae.W_dec.device
     moments = {"all": _Moments(acts.shape[1]), "nonspecial": _Moments(acts.shape[1])}
-    fires = np.zeros(sae.cfg.d_sae, dtype=np.int64)
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device)
     l0_nonspecial = []
     l0_all_sum = 0
-    for lo in tqdm(range(0, len(index), chunk), desc="SAE eval", unit="chunk"):
-        ids = index[lo : lo + chunk]
+    for lo in tqdm(range(0, len(index), chunk_tokens), desc="SAE eval", unit="chunk"):
+        ids = index[lo : lo + chunk_tokens]
         x = np.asarray(acts[ids], dtype=np.float32)
+        keep = ~special[ids]
         with torch.no_grad():
-            feats = sae.encode(torch.from_numpy(x).to(sae.W_dec.device))
+            feats = sae.encode(torch.from_numpy(x).to(device))
             x_hat = sae.decode(feats).cpu().numpy()
-        active = (feats > 0).cpu().numpy()
+            active = feats > 0
+            del feats
+            fires += active[torch.from_numpy(keep).to(device)].sum(dim=0)
+            l0 = active.sum(dim=1).cpu().numpy()
         if not np.isfinite(x_hat).all():
             raise NonFiniteError(f"NaN/inf in SAE reconstructions of held-out tokens {ids[0]}..{ids[-1]}")
         err = ((x.astype(np.float64) - x_hat) ** 2).sum(axis=1)
-        keep = ~special[ids]
         moments["all"].add(x, err)
         moments["nonspecial"].add(x[keep], err[keep])
-        l0 = active.sum(axis=1)
         l0_all_sum += int(l0.sum())
         l0_nonspecial.append(l0[keep])
-        fires += active[keep].sum(axis=0)
+    fires = fires.cpu().numpy()
     l0s = np.concatenate(l0_nonspecial)
     n_nonspecial = moments["nonspecial"].n
     frequency = fires / n_nonspecial
