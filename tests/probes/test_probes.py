@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import random_jumprelu_sae, write_cache
 
-from darkmatter.config import ConfigError, ProbesConfig, SAEConfig, load_params, parse_params
+from darkmatter.config import ConfigError, ProbesConfig, ResidualConfig, SAEConfig, load_params, parse_params
 from darkmatter.errors import UserError
 from darkmatter.probes.affine import fit_adam, fit_ridge, predict, r_squared, token_means
 from darkmatter.probes.controls import Lookup, ProbeInputs, balanced, eligible_features, fit_logistic, probe_features, standardise
 from darkmatter.probes.paired import capture, previous_ids, probe_rows, split_tokens
-from darkmatter.probes.stage import (accuracy_summary, check_requested, choose_features, match_density, run_probes,
-                                     split_per_feature)
+from darkmatter.probes.stage import (accuracy_summary, check_requested, choose_features, latent_columns, latent_counts,
+                                     match_density, run_probes, split_per_feature)
 
 VOCAB, CONTEXT, ROWS = 60, 32, 400
 
@@ -135,11 +135,30 @@ def test_bad_features_fail_by_name():
     fires[:50, 0] = True
     fires[:2, 1] = True
     split = SimpleNamespace(train=np.arange(80), val=np.arange(40, 100))
-    counts = eligible_features(fires, split, min_positives=5, min_val_positives=5)
+    counts = eligible_features(fires[split.train].sum(0), fires[split.val].sum(0), len(split.train), len(split.val),
+                               min_positives=5, min_val_positives=5)
     assert counts["eligible"].tolist() == [0] and counts["n_dead"] == 1 and counts["n_too_few"] == 1
     with pytest.raises(UserError, match=r"without enough positives .*: 1 \(2 train / 0 validation positives\)"):
         choose_features(counts, 10, (0, 1), 5, 5, np.random.default_rng(0))
     assert choose_features(counts, 10, (), 5, 5, np.random.default_rng(0)).tolist() == [0]
+
+
+def test_streamed_counts_and_columns_equal_the_dense_latents():
+    """Any chunk size gives the counts, validation L0 and feature columns of one dense encode."""
+    import torch
+
+    sae = random_jumprelu_sae(d_in=16, d_sae=64, seed=1)
+    x = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+    split = SimpleNamespace(train=np.arange(0, 220, 2), val=np.arange(230, 300))
+    with torch.no_grad():
+        fires = (sae.encode(torch.from_numpy(x)) > 0).numpy()
+    assert 0 < fires.mean() < 1
+    for chunk in (7, 64, 1000):
+        counts = latent_counts(sae, x, split, chunk)
+        np.testing.assert_array_equal(counts["train_positives"], fires[split.train].sum(0))
+        np.testing.assert_array_equal(counts["val_positives"], fires[split.val].sum(0))
+        assert counts["l0_val"] == fires[split.val].sum(1).mean()
+        np.testing.assert_array_equal(latent_columns(sae, x, np.array([5, 0, 63]), chunk), fires[:, [5, 0, 63]])
 
 
 def test_density_matching_pairs_each_target_with_the_nearest_free_rate():
@@ -177,7 +196,7 @@ def test_the_stage_runs_both_experiments_end_to_end(tmp_path, tiny_subject):
     cfg = ProbesConfig(extra_layers=(2,), n_tokens=160 * context, n_features=5, min_positives=10, min_val_positives=5,
                        max_positives=200, sae_width=64, sae_train_tokens=2048, batch_size=32, n_bootstrap=100)
     run = SimpleNamespace(name="tiny", layer=1, probes=cfg, model=SimpleNamespace(name="tiny"),
-                          subject=SimpleNamespace(site="resid_post"),
+                          subject=SimpleNamespace(site="resid_post"), residual=ResidualConfig(latent_budget_mb=1),
                           sae=SAEConfig(width=32, train_tokens=2048, batch_size=256, compile=False, heldout_fraction=0.25,
                                         l0_warm_up_tokens=512, lr_warm_up_tokens=256))
     out = tmp_path / "out"

@@ -248,15 +248,15 @@ def probe_features(inputs: ProbeInputs, fires: np.ndarray, split, cfg, rng: np.r
     return rows
 
 
-def eligible_features(fires: np.ndarray, split, min_positives: int, min_val_positives: int) -> dict:
-    """Per-feature positive counts on the training and validation tokens, and who qualifies.
+def eligible_features(train_pos: np.ndarray, val_pos: np.ndarray, n_train: int, n_val: int, min_positives: int,
+                      min_val_positives: int) -> dict:
+    """Who qualifies, from per-feature positive counts on the ``n_train`` training and ``n_val``
+    validation tokens (:func:`darkmatter.probes.stage.latent_counts`).
 
     A feature qualifies with at least the minimum positives in both and fewer positives than
     tokens (a feature firing everywhere has no negatives to balance against).
     """
-    train_pos = fires[split.train].sum(axis=0)
-    val_pos = fires[split.val].sum(axis=0)
-    everywhere = (train_pos == len(split.train)) | (val_pos == len(split.val))
+    everywhere = (train_pos == n_train) | (val_pos == n_val)
     ok = (train_pos >= min_positives) & (val_pos >= min_val_positives) & ~everywhere
     dead = (train_pos == 0) & (val_pos == 0)
     return {"train_positives": train_pos, "val_positives": val_pos, "eligible": np.flatnonzero(ok),

@@ -64,15 +64,43 @@ def choose_features(counts: dict, n_features: int, requested: tuple[int, ...], m
     return np.sort(rng.choice(eligible, min(n_features, len(eligible)), replace=False))
 
 
-def latent_fires(sae, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """``[N, d_sae]`` bool: where each SAE latent is active."""
+def latent_counts(sae, x: np.ndarray, split, chunk_tokens: int) -> dict:
+    """Per-feature firing counts on the split's training and validation tokens, and the mean L0 of
+    the validation tokens: the SAE encodes ``chunk_tokens`` rows of ``x`` at a time on its device and
+    only d_sae-sized counts come back (never an [N, d_sae] array: 12.9 GB at 49k tokens × 262k)."""
     import torch
 
-    out = np.empty((len(x), sae.cfg.d_sae), dtype=bool)
+    device = sae.W_dec.device
+    masks = {}
+    for name in ("train", "val"):
+        mask = np.zeros(len(x), dtype=bool)
+        mask[getattr(split, name)] = True
+        masks[name] = torch.from_numpy(mask)
+    counts = {name: torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device) for name in masks}
+    l0_val = 0
     with torch.no_grad():
-        for start in range(0, len(x), chunk):
-            block = torch.as_tensor(x[start:start + chunk], dtype=torch.float32)
-            out[start:start + chunk] = (sae.encode(block) > 0).numpy()
+        for start in range(0, len(x), chunk_tokens):
+            active = sae.encode(torch.as_tensor(x[start:start + chunk_tokens], dtype=torch.float32).to(device)) > 0
+            for name, mask in masks.items():
+                rows = mask[start:start + chunk_tokens].to(device)
+                counts[name] += active[rows].sum(dim=0)
+            l0_val += int(active[masks["val"][start:start + chunk_tokens].to(device)].sum())
+    return {"train_positives": counts["train"].cpu().numpy(), "val_positives": counts["val"].cpu().numpy(),
+            "l0_val": l0_val / len(split.val)}
+
+
+def latent_columns(sae, x: np.ndarray, features: np.ndarray, chunk_tokens: int) -> np.ndarray:
+    """``[N, len(features)]`` bool: where each of ``features`` fires (a second pass over ``x``, after
+    :func:`latent_counts` chose them)."""
+    import torch
+
+    device = sae.W_dec.device
+    columns = torch.as_tensor(np.asarray(features, dtype=np.int64), device=device)
+    out = np.empty((len(x), len(columns)), dtype=bool)
+    with torch.no_grad():
+        for start in range(0, len(x), chunk_tokens):
+            latents = sae.encode(torch.as_tensor(x[start:start + chunk_tokens], dtype=torch.float32).to(device))
+            out[start:start + chunk_tokens] = (latents[:, columns] > 0).cpu().numpy()
     return out
 
 
@@ -101,17 +129,21 @@ def match_density(target_rates: np.ndarray, rates: np.ndarray, eligible: np.ndar
     return chosen
 
 
-def probe_sae(name: str, sae, acts: np.ndarray, inputs, split, cfg, rng, requested=(), controls=True,
+def probe_sae(name: str, sae, acts: np.ndarray, inputs, split, cfg, rng, budget_bytes: int, requested=(), controls=True,
               match_rates: np.ndarray | None = None) -> dict:
     """Experiment 1's protocol on one SAE's features: per-feature results and their summaries.
 
     ``match_rates``: pick, instead of a random sample, features density-matched to these firing rates.
+    ``budget_bytes``: what a chunk of latents may take (``residual.latent_budget_mb``).
     """
+    from darkmatter.analysis.stream import latent_chunk_tokens
     from darkmatter.probes.controls import CONTROLS, eligible_features, probe_features
     from darkmatter.stats import paired_difference
 
-    fires = latent_fires(sae, acts)
-    counts = eligible_features(fires, split, cfg.min_positives, cfg.min_val_positives)
+    chunk_tokens = latent_chunk_tokens(sae.cfg.d_sae, budget_bytes)
+    fired = latent_counts(sae, acts, split, chunk_tokens)
+    counts = eligible_features(fired["train_positives"], fired["val_positives"], len(split.train), len(split.val),
+                               cfg.min_positives, cfg.min_val_positives)
     rates = counts["train_positives"] / len(split.train)
     if match_rates is not None:
         chosen = match_density(match_rates[: len(counts["eligible"])], rates, counts["eligible"], rng)
@@ -119,7 +151,8 @@ def probe_sae(name: str, sae, acts: np.ndarray, inputs, split, cfg, rng, request
         chosen = choose_features(counts, cfg.n_features, requested, cfg.min_positives, cfg.min_val_positives, rng)
     print(f"probes: {name}: {len(chosen)} features, {'probe and controls' if controls else 'probe and lookups'}")
     rows = [{"feature": int(j), "firing_rate": float(rates[j]), **r}
-            for j, r in zip(chosen, probe_features(inputs, fires[:, chosen], split, cfg, rng, controls))]
+            for j, r in zip(chosen, probe_features(inputs, latent_columns(sae, acts, chosen, chunk_tokens), split, cfg, rng,
+                                                   controls))]
     column = {key: [r.get(key) for r in rows] for key in ("probe", "unseen_probe", "unseen_token_lookup", *CONTROLS)}
     n_boot = cfg.n_bootstrap
     result = {
@@ -127,7 +160,7 @@ def probe_sae(name: str, sae, acts: np.ndarray, inputs, split, cfg, rng, request
                      "fire_everywhere": counts["n_everywhere"], "eligible": int(len(counts["eligible"])),
                      "probed": len(rows), "requested": bool(requested),
                      # sparsity on the validation tokens, and how often the probed features fire
-                     "l0_val": float(fires[split.val].sum(axis=1).mean()),
+                     "l0_val": float(fired["l0_val"]),
                      "probed_firing_rate_median": float(np.median(rates[chosen]))},
         "probe": accuracy_summary(column["probe"], n_boot, rng),
         "train_loss": _mean_std([r["train_loss"] for r in rows]),
@@ -230,6 +263,7 @@ def run_probes(run, cache, subject, run_sae, scratch: Path, out: Path) -> dict:
                        "tokens_unseen_types": int(len(split.unseen)), "token_types": split.n_types,
                        "heldout_types": int(len(split.heldout_types))},
               "layers": {}, "seed_claims": SEED_CLAIMS}
+    budget = run.residual.latent_budget_mb << 20
     for layer in layers:
         y = paired[layer]
         meta = {"model_name": cache.meta["model"], "hook_name": f"blocks.{layer}.hook_{run.subject.site}",
@@ -242,10 +276,10 @@ def run_probes(run, cache, subject, run_sae, scratch: Path, out: Path) -> dict:
                                             identity | {"on": "residual"}, meta | {"input": "layer-L minus affine(layer 0)"}, device)
         own = layer == run.layer
         exp1 = probe_sae(f"layer {layer} {'run SAE' if own else 'SAE'}", run_sae if own else baseline, y, inputs, split, cfg,
-                         rng, cfg.features if own else ())
-        base = probe_sae(f"layer {layer} baseline", baseline, y, inputs, split, cfg, rng, controls=False) if own else dict(exp1)
+                         rng, budget, cfg.features if own else ())
+        base = probe_sae(f"layer {layer} baseline", baseline, y, inputs, split, cfg, rng, budget, controls=False) if own else dict(exp1)
         base_rates = np.array([r["firing_rate"] for r in base["per_feature"]])
-        resid = probe_sae(f"layer {layer} residual", resid_sae, residual, inputs, split, cfg, rng, controls=False,
+        resid = probe_sae(f"layer {layer} residual", resid_sae, residual, inputs, split, cfg, rng, budget, controls=False,
                           match_rates=base_rates)
         n_pairs = len(resid["per_feature"])
         accuracy = {k: np.array([r["probe"] for r in d["per_feature"][:n_pairs]]) for k, d in (("baseline", base), ("residual", resid))}
