@@ -57,10 +57,10 @@ def build_units(components: dict, stats: dict, sae, target: str, sae_ids: np.nda
     q = random_unit_directions(n_random, components["pca_basis"].shape[1], seed)
     scale, basis = components["pca_scale"], components["pca_basis"]
     feats = torch.as_tensor(sae_ids, device=device)
-    w_dec = sae.W_dec.detach().double().cpu().numpy()
+    w_dec = sae.W_dec.detach()[feats].double().cpu().numpy()  # the chosen rows only: 5.4 GB whole at 4B-262k
     return {
         "ica": UnitGroup("ica", np.arange(len(components["mixing"])), components["mixing"], sources(components["unmixing"])),
-        "sae": UnitGroup("sae", np.asarray(sae_ids), w_dec[sae_ids],
+        "sae": UnitGroup("sae", np.asarray(sae_ids), w_dec,
                          lambda x, r: sae.encode(x.reshape(-1, x.shape[-1]))[:, feats].reshape(*x.shape[:-1], -1)),
         "random": UnitGroup("random", np.arange(n_random), (q * scale[None, :]) @ basis.T,
                             sources((q / scale[None, :]) @ basis.T)),

@@ -101,10 +101,11 @@ def unit_activations(sae, cache, components: dict, target: str, stats: dict, fea
     out = np.full((n, len(filters) + len(features)), np.nan, dtype=np.float32)
     k = len(components["unmixing"])
     mean = torch.as_tensor(components["mean"])
-    feats = torch.as_tensor(features, dtype=torch.int64)
+    feats = torch.as_tensor(features, dtype=torch.int64, device=sae.W_dec.device)
     for chunk in stream(sae, cache.acts, index, chunk_tokens, desc="unit activations"):
         read = ((ica_target(chunk, target, stats).cpu() - mean) @ filters.T).float()
-        out[chunk.ids] = torch.cat([read[:, :k], chunk.latents.cpu()[:, feats], read[:, k:]], dim=1).numpy()
+        picked = chunk.latents[:, feats].cpu()  # the units' latents only leave the device, not the whole width
+        out[chunk.ids] = torch.cat([read[:, :k], picked, read[:, k:]], dim=1).numpy()
     return out
 
 
