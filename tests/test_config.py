@@ -161,3 +161,14 @@ def test_a_size_the_cache_cannot_hold_is_one_line(section, overrides, expected):
     with pytest.raises(ConfigError, match=expected) as info:
         check_sizes(parse_params(raw), "params.yaml")
     assert "\n" not in str(info.value)
+
+
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_cpu():
+    from darkmatter.data.models import resolve_dtype
+
+    params = load_params(REPO / "params.yaml")
+    gemma_rows = [n for n, d in params.run_definitions.items() if d.subject.model.startswith("google/gemma")]
+    assert gemma_rows and all(params.run_definitions[n].subject.dtype == "auto" for n in gemma_rows)
+    assert resolve_dtype("auto", "cuda") == "bfloat16" and resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float32", "cuda") == "float32"
+    parse_params(_with(f"{MAIN}.subject.dtype", "auto"))  # allowed on any device: float32 where there is no GPU

@@ -35,12 +35,12 @@ SMALL = {
 
 
 def workspace(tmp_path, runs, edit=None):
-    """A copy of the pipeline (dvc.yaml, params.yaml with ``runs`` added at small sizes, src, metrics)."""
+    """A copy of the pipeline (dvc.yaml, params.yaml with ``runs`` added at small sizes, src, metrics, the paper's templates)."""
     ws = tmp_path / "ws"
     ws.mkdir()
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, ws / name)
-    for name in ("src", "metrics"):
+    for name in ("src", "metrics", "paper/sections"):
         shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["runs"] = [raw["main_run"], *runs]
@@ -152,9 +152,14 @@ def test_gemma_scope_2_ladder_row_on_real_gemma_3_270m_weights(tmp_path, gemma_w
     text_dataset(cache, "HuggingFaceFW/fineweb", n_docs=200, config_dir="sample/10BT")
 
     def tiny(raw):
+        """Three rows of context 1,024, two held out: the fewest that every stage's sizes fit (validate
+        checks the whole run, though only residual and eval_sae run here)."""
         sizes = raw["run_definitions"]["gemma-3-270m-gs2-16k"]["sizes"]
-        sizes["activations"] = {"n_tokens": 2048, "chunk_tokens": 2048, "batch_size": 1}
+        sizes["activations"] = {"n_tokens": 3072, "chunk_tokens": 3072, "batch_size": 1}
+        sizes["sae"] = {"heldout_fraction": 0.67}
         sizes["sae_eval"] = {"lm_rows": 1, "lm_batch_rows": 1}
+        sizes["ica"] |= {"max_tokens": 400}
+        sizes["causal"] |= {"rows": 1}
 
     ws = workspace(tmp_path, ["gemma-3-270m-gs2-16k"], tiny)
     dvc_repro(ws, _env(tmp_path, cache), "residual@gemma-3-270m-gs2-16k", "eval_sae@gemma-3-270m-gs2-16k")
@@ -162,7 +167,7 @@ def test_gemma_scope_2_ladder_row_on_real_gemma_3_270m_weights(tmp_path, gemma_w
     loaded = json.loads((metrics / "sae.json").read_text())
     assert (loaded["d_in"], loaded["d_sae"], loaded["hook_name"]) == (640, 16384, "blocks.9.hook_resid_post")
     meta = json.loads((ws / "data/runs/gemma-3-270m-gs2-16k/activations/meta.json").read_text())
-    assert meta["model"] == "google/gemma-3-270m" and meta["context_length"] == 1024 and meta["n_rows"] == 2
+    assert meta["model"] == "google/gemma-3-270m" and meta["context_length"] == 1024 and meta["n_rows"] == 3
     residual = json.loads((metrics / "residual.json").read_text())
     assert np.isfinite(residual["dark_matter_fraction"]) and residual["dark_matter_fraction"] > 0
     assert np.isfinite(json.loads((metrics / "sae_eval.json").read_text())["lm"]["loss_clean"])

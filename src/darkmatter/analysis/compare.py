@@ -250,7 +250,7 @@ def plot(arrays: dict, components: dict, stats: dict, cfg, out_dir: Path) -> Non
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import add_run_arguments, run_from_args
-    from darkmatter.sae.io import load_sae
+    from darkmatter.sae.io import load_sae, to_device
 
     parser = argparse.ArgumentParser(description="Compare ICA mixing directions with the SAE dictionary; kurtosis gap.")
     add_run_arguments(parser)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         if not path.exists():
             raise UserError(f"{path} not found; run the {stage} stage first (`dvc repro {stage}@{run.name}`)")
     stats, components = dict(np.load(args.stats)), dict(np.load(args.components))
-    sae = load_sae(args.sae)
+    sae = to_device(load_sae(args.sae), run.subject.device)  # the cosines run where the decoder is
     report, arrays = compare(components, sae.W_dec, stats, run.compare, run.residual.latent_budget_mb << 20)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "comparison.npz", **arrays)

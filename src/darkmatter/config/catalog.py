@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field
 
 STRICT = ConfigDict(extra="forbid")
 Device = Literal["auto", "cpu", "cuda"]
-WeightDtype = Literal["float32", "bfloat16", "float16"]
+WeightDtype = Literal["float32", "bfloat16", "float16", "auto"]  # auto: bfloat16 on CUDA, float32 on CPU
 StoreDtype = Literal["float32", "float16"]
 HookSite = Literal["resid_pre", "resid_post"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -91,7 +91,9 @@ class Subject:
     layer: Annotated[int, Field(ge=0)]
     site: HookSite = "resid_post"
     device: Device = "auto"
-    #: Weight dtype. bf16/fp16 are allowed only on CUDA: on these CPUs bf16 is ~6x slower.
+    #: Weight dtype. bf16/fp16 are allowed only on CUDA: on CPUs without bf16 units bf16 is ~6x slower.
+    #: ``auto``: bfloat16 on CUDA (the Gemma rows: the dtype Gemma was trained and Gemma Scope's
+    #: activations were taken in), float32 on CPU.
     dtype: WeightDtype = "float32"
     #: Extra ``HookedTransformer.from_pretrained`` kwargs. A pretrained SAE only fits the model
     #: processed the way it was trained on (``center_writing_weights`` for gpt2-small-res-jb); the
@@ -110,7 +112,7 @@ class Subject:
         n_layers = MODELS[self.model].n_layers
         if self.layer >= n_layers:
             raise ValueError(f"layer {self.layer} out of range for {self.model}; allowed: 0..{n_layers - 1}")
-        if self.dtype != "float32" and self.device == "cpu":
+        if self.dtype not in ("float32", "auto") and self.device == "cpu":
             raise ValueError(f"dtype {self.dtype} on cpu is slow and lossy; use float32 on cpu")
         return self
 

@@ -40,14 +40,26 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` means CUDA when present, else CPU."""
+    """``auto`` means CUDA when present, else CPU. On CUDA, float32 matmuls (the SAE's, the cosines,
+    the splices' continued forward of a float32 model) use TF32 tensor cores: ~1e-3 relative error
+    per product, far below the statistics' intervals, at several times the speed."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
         raise UserError("subject.device is 'cuda' but torch sees no GPU; set it to auto or cpu")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bfloat16 on CUDA, float32 on CPU (``device`` already resolved)."""
+    if dtype == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return dtype
 
 
 def spec_for(name: str) -> ModelSpec:
@@ -436,6 +448,7 @@ def load_subject(
     from transformer_lens import HookedTransformer
 
     device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     torch_dtype = getattr(torch, DTYPES[dtype])
     if torch_dtype != torch.float32 and device == "cpu":
         raise UserError(f"dtype {dtype} on cpu is slow and lossy; use float32 on cpu")
