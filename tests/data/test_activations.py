@@ -108,6 +108,39 @@ def test_killed_run_resumes_bit_identical(tiny_subject, tmp_path):
     assert list((tmp_path / "scratch").iterdir()) == []  # chunks are removed once finalised
 
 
+def test_finalise_moves_chunk_by_chunk_and_resumes(tiny_subject, tmp_path, monkeypatch):
+    """The disk holds the cache once plus one chunk while finalising (not twice), and a killed
+    finalise resumes without recomputing the chunks it had already moved into the array."""
+    from dataclasses import replace
+
+    from darkmatter.data.activations import ChunkStore
+
+    rows = pack_rows(_docs(400), 16, 200, BOS, EOS)
+    spec = replace(SPEC, chunk_tokens=640)  # five chunks large enough that filesystem blocks do not dominate
+    build_cache(tiny_subject, rows, [BOS, EOS], spec, tmp_path / "clean", tmp_path / "scratch-clean")
+    final = (tmp_path / "clean/acts.npy").stat().st_size
+    peaks, remove = [], ChunkStore.remove
+
+    def remove_then_maybe_die(store, index):  # blocks in use: the array is sparse until written
+        peaks.append(sum(p.stat().st_blocks * 512 for p in store.root.iterdir()))
+        remove(store, index)
+        if index == 2:
+            raise Killed
+
+    monkeypatch.setattr(ChunkStore, "remove", remove_then_maybe_die)
+    with pytest.raises(Killed):
+        build_cache(tiny_subject, rows, [BOS, EOS], spec, tmp_path / "out", tmp_path / "scratch")
+    monkeypatch.setattr(ChunkStore, "remove", remove)
+    assert not (tmp_path / "out/acts.npy").exists()
+    # the array so far plus the chunks not yet moved: the cache plus one chunk (a fifth) and a few
+    # filesystem blocks of seals and headers, where copying before deleting needed twice the cache
+    assert len(peaks) == 3 and peaks == sorted(peaks, reverse=True) and max(peaks) < 1.5 * final, (peaks, final)
+    metrics = build_cache(tiny_subject, rows, [BOS, EOS], spec, tmp_path / "out", tmp_path / "scratch")
+    assert metrics["throughput"]["chunks_computed"] == 0 and metrics["throughput"]["chunks_reused"] == 5
+    assert _digests(tmp_path / "out") == _digests(tmp_path / "clean")
+    assert not (tmp_path / "scratch").exists() or list((tmp_path / "scratch").iterdir()) == []
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "unsealed"])
 def test_damaged_chunk_is_detected_and_redone(tiny_subject, tmp_path, damage):
     rows = _rows()
