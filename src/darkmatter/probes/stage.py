@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import add_run_arguments, run_from_args
     from darkmatter.data.activations import ActivationCache
     from darkmatter.data.models import load_run_subject
-    from darkmatter.sae.io import check_compatible, load_sae
+    from darkmatter.sae.io import check_compatible, load_sae, to_device
 
     parser = argparse.ArgumentParser(description="Dataset-geometry probes: layer-L SAE features from layer 0, with controls.")
     add_run_arguments(parser)
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     check_compatible(run_sae, cache)
     check_requested(run.probes.features, run_sae.cfg.d_sae)
     subject = load_run_subject(run, args.weights)
+    run_sae = to_device(run_sae, run.subject.device)  # its firing counts stream on the device (latent_counts)
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     report = run_probes(run, cache, subject, run_sae, args.scratch / run.name, args.out)
