@@ -270,7 +270,9 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     steer_tokens = ca.n_steer * 2 * len(ca.steer_alphas) * sum(ca.steer_prompt_tokens + t for t in range(ca.steer_new_tokens))
     causal_flops = 3 * ca.attribution_rows * per_row + n_edits * ca.rows * per_row
     causal_flops += steer_tokens * (to_layer + rest + unembed_row)
-    host, dev = mem(sae_bytes + 3 * k * d * 4 * 3, forward_work(ca.batch_rows) * 3 + k * d * 4 * 3, True)
+    # the SAE units' activations and r come from a full-width encode of a batch of rows (pre-activations + latents)
+    batch_latents = ca.batch_rows * T * W * 4 * 2
+    host, dev = mem(sae_bytes + 3 * k * d * 4 * 3, forward_work(ca.batch_rows) * 3 + k * d * 4 * 3 + batch_latents, True)
     costs.append(StageCost("causal", host, dev, 0.0, load_model + load_sae + causal_flops / rates.forward
                            + ca.rows * T * sae_pass / rates.sae))
 
