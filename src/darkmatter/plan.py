@@ -46,10 +46,12 @@ GIB = 1 << 30
 BASE_HOST = {"cpu": 0.5 * GIB, "cuda": 1.5 * GIB}
 #: GPU memory the CUDA context and the allocator's slack take before any tensor.
 BASE_GPU = 0.75 * GIB
-#: Peak host RSS while TransformerLens loads a model, per byte of the HookedTransformer's weights:
-#: the Hugging Face model and its converted state dict are alive together (1.96 measured loading
-#: gemma-3-270m, 1.66 GiB of weights, peak 3.26 GiB above the base).
-MODEL_LOAD_FACTOR = 1.96
+#: Bytes per parameter of the checkpoint TransformerLens reads: the Hub's Gemma checkpoints are
+#: bfloat16, GPT-2's and the offline default's float32 copy are float32. While TransformerLens
+#: loads, the Hugging Face model (in the checkpoint's dtype) and the HookedTransformer's weights
+#: are alive together: gemma-3-270m measured 2.97 GiB above the base (1.63 GiB of weights + a
+#: 1.0 GiB float32 checkpoint: 2.63 predicted); the 1B simulation, bench/RESULTS.md.
+CHECKPOINT_BYTES = {"google/": 2, "": 4}
 #: Fraction of the GEMM rate each kind of work reaches (bench/RESULTS.md, AVX2 EPYC): the layer
 #: forward (activation caching / roofline), the SAE encode + decode (residual pass / roofline),
 #: SAE training.
@@ -83,6 +85,10 @@ class ModelShape:
     def layer_flops(self, context: int) -> float:
         """Multiply-add FLOPs of one block per token: its weights, and attention over ``context`` keys."""
         return 2 * self.n_params / self.n_layers + 4 * context * self.n_heads * self.d_head
+
+    def checkpoint_params(self) -> int:
+        """Parameters of the Hugging Face checkpoint: blocks plus one (tied) embedding."""
+        return self.n_params + self.d_vocab * self.d_model
 
     def weight_count(self) -> int:
         """Parameters of the HookedTransformer: blocks plus an embedding and an (untied) unembedding."""
@@ -191,7 +197,8 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
 
     load_model = model_bytes / LOAD_BYTES_PER_S
     load_sae = sae_bytes / LOAD_BYTES_PER_S
-    model_host = MODEL_LOAD_FACTOR * model_bytes
+    checkpoint = next(b for prefix, b in CHECKPOINT_BYTES.items() if run.model.name.startswith(prefix))
+    model_host = model_bytes + shape.checkpoint_params() * checkpoint
     # on CUDA the weights and hot tensors live on the GPU; the host holds the load transient only
     def mem(host_extra: float, device_extra: float, with_model: bool) -> tuple[float, float]:
         if gpu:
