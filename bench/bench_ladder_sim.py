@@ -37,6 +37,7 @@ by more than ±30%; it says which.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -248,17 +249,13 @@ class GpuPeak:
 def run_stage(cmd: list[str], cwd: Path, env: dict, log: Path, gpu: bool) -> dict:
     """Run one stage; its wall seconds, peak RSS (bytes) and, on CUDA, peak GPU memory."""
     start = time.perf_counter()
-    with log.open("w") as out:
-        monitor = GpuPeak() if gpu else None
-        if monitor:
-            monitor.__enter__()
+    monitor = GpuPeak() if gpu else contextlib.nullcontext()
+    with log.open("w") as out, monitor:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if monitor:
-            monitor.__exit__()
     result = {"seconds": time.perf_counter() - start, "peak_rss_bytes": usage.ru_maxrss * 1024, "returncode": proc.returncode}
-    if monitor:
+    if gpu:
         result["peak_gpu_bytes"] = monitor.bytes
     return result
 

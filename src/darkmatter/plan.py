@@ -28,7 +28,6 @@ and time (bench/RESULTS.md, "Ladder simulation").
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import re
 import time
