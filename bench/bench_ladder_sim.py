@@ -47,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +58,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 
-from hub_fixtures import gemma_scope_2_sae, snapshot, text_dataset  # noqa: E402
+from hub_fixtures import gemma_scope_2_sae, hub_copy_of, snapshot, text_dataset  # noqa: E402
 
-RUN = "gemma-3-1b-262k"
-MODEL = "google/gemma-3-1b-pt"
-SAE_REPO, SAE_FOLDER = "google/gemma-scope-2-1b-pt", "resid_post/layer_13_width_262k_l0_medium"
-LAYER, D_MODEL, WIDTH = 13, 1152, 262144
 TARGET_L0 = 65
 #: Stages of the chain in dvc.yaml's order (autointerp left out: module docstring).
 CHAIN = ("corpus", "model", "activations", "sae", "eval_sae", "residual", "ica", "compare", "examples",
@@ -71,17 +68,45 @@ TOLERANCE = 0.30
 GIB = 1 << 30
 
 
-# ---- the hand-made HF cache ---------------------------------------------------------------------
+# ---- what is simulated ------------------------------------------------------------------------------
 
-def gemma_3_1b_config(tokenizer_dir: Path) -> dict:
-    """Gemma 3 1B's text config (TransformerLens's hard-coded dimensions), on the 270M file's keys."""
-    config = json.loads((tokenizer_dir / "config.json").read_text())
+@dataclass(frozen=True)
+class Shape:
+    """One ladder row's model and SAE, as the hand-made HF cache holds them."""
+
+    run: str
+    model: str
+    sae_repo: str
+    sae_folder: str
+    layer: int
+    d_model: int
+    width: int
+    #: Overrides of the 270M config.json that give the model's shape (TransformerLens hard-codes each
+    #: Gemma's dimensions, so random weights must have them); None: the real 270M weights, linked.
+    config: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return f"`{self.run}` ({self.model}, SAE width {self.width:,})"
+
+
+def _gemma_3_1b_config() -> dict:
     n_layers = 26
-    config.update({"_model_name_or_path": MODEL, "hidden_size": D_MODEL, "intermediate_size": 6912,
-                   "num_hidden_layers": n_layers, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
-                   "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)],
-                   "dtype": "bfloat16"})
-    return config
+    return {"_model_name_or_path": "google/gemma-3-1b-pt", "hidden_size": 1152, "intermediate_size": 6912,
+            "num_hidden_layers": n_layers, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)],
+            "dtype": "bfloat16"}
+
+
+#: The benchmark: Gemma 3 1B's shape on random weights, Gemma Scope 2's 262k SAE at layer 13.
+GEMMA_3_1B_262K = Shape("gemma-3-1b-262k", "google/gemma-3-1b-pt", "google/gemma-scope-2-1b-pt",
+                        "resid_post/layer_13_width_262k_l0_medium", 13, 1152, 262144, _gemma_3_1b_config())
+#: The tests' size-reduced chain: the real Gemma 3 270M weights and a 16k SAE (tests/test_ladder_sim.py).
+GEMMA_3_270M_16K = Shape("gemma-3-270m-gs2-16k", "google/gemma-3-270m", "google/gemma-scope-2-270m-pt",
+                         "resid_post/layer_9_width_16k_l0_medium", 9, 640, 16384)
+
+
+# ---- the hand-made HF cache ---------------------------------------------------------------------
 
 
 def tokenizer_source() -> Path:
@@ -99,28 +124,33 @@ def tokenizer_source() -> Path:
     return carried
 
 
-def build_model(cache: Path, seed: int = 0) -> Path:
-    """The random-weight 1B snapshot (idempotent)."""
+def build_model(cache: Path, shape: Shape, weights: Path | None = None, seed: int = 0) -> Path:
+    """The model's snapshot (idempotent): random weights of ``shape.config``, or links to ``weights``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    snap = snapshot(cache, MODEL)
+    if shape.config is None:
+        if weights is None:
+            raise SystemExit(f"{shape.run}: the real weights' folder is needed (the tests' gemma_weights fixture)")
+        return hub_copy_of(cache, shape.model, weights)
+    snap = snapshot(cache, shape.model)
     if (snap / "model.safetensors").exists() or (snap / "model.safetensors.index.json").exists():
         return snap
     source = tokenizer_source()
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(source / name, snap / name)
-    (snap / "config.json").write_text(json.dumps(gemma_3_1b_config(source), indent=2))
+    config_json = json.dumps(json.loads((source / "config.json").read_text()) | shape.config, indent=2)
+    (snap / "config.json").write_text(config_json)
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(snap)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.to(torch.bfloat16).save_pretrained(snap)
-    (snap / "config.json").write_text(json.dumps(gemma_3_1b_config(source), indent=2))  # save_pretrained rewrote it
+    (snap / "config.json").write_text(config_json)  # save_pretrained rewrote it
     return snap
 
 
-def layer_activations(snap: Path, texts: list[str], n_tokens: int) -> np.ndarray:
-    """The random model's layer-13 residual (after block 13) on ``n_tokens`` non-initial tokens."""
+def layer_activations(snap: Path, layer: int, texts: list[str], n_tokens: int) -> np.ndarray:
+    """The model's residual after block ``layer`` on ``n_tokens`` non-initial tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,7 +158,7 @@ def layer_activations(snap: Path, texts: list[str], n_tokens: int) -> np.ndarray
     model = AutoModelForCausalLM.from_pretrained(snap, dtype=torch.float32)
     ids = tokenizer(" ".join(texts), return_tensors="pt").input_ids[:, : n_tokens + 1]
     with torch.inference_mode():
-        hidden = model(ids, output_hidden_states=True).hidden_states[LAYER + 1][0, 1:]
+        hidden = model(ids, output_hidden_states=True).hidden_states[layer + 1][0, 1:]
     return hidden.numpy()
 
 
@@ -138,25 +168,25 @@ def threshold_for_l0(acts: np.ndarray, w_enc: np.ndarray, b_enc: np.ndarray, l0:
     return float(np.quantile(pre, 1.0 - l0 / pre.shape[1]))
 
 
-def build_cache(cache: Path, n_docs: int = 2000) -> dict:
+def build_cache(cache: Path, shape: Shape = GEMMA_3_1B_262K, weights: Path | None = None, n_docs: int = 2000) -> dict:
     """Model, SAE and FineWeb-shaped text in ``cache`` (idempotent); returns the SAE's calibration."""
     from safetensors.numpy import load_file, save_file
 
-    snap = build_model(cache)
+    snap = build_model(cache, shape, weights)
     shard = text_dataset(cache, "HuggingFaceFW/fineweb", n_docs=n_docs, config_dir="sample/10BT")
-    folder = snapshot(cache, SAE_REPO) / SAE_FOLDER
+    folder = snapshot(cache, shape.sae_repo) / shape.sae_folder
     record = folder / "calibration.json"
     if record.exists():
         return json.loads(record.read_text())
-    gemma_scope_2_sae(cache, repo_id=SAE_REPO, folder=SAE_FOLDER, d_in=D_MODEL, d_sae=WIDTH)
+    gemma_scope_2_sae(cache, repo_id=shape.sae_repo, folder=shape.sae_folder, d_in=shape.d_model, d_sae=shape.width)
     params = load_file(str(folder / "params.safetensors"))
     import pyarrow.parquet as pq
 
     texts = pq.read_table(next(shard.glob("*.parquet"))).column("text").to_pylist()[:40]
-    acts = layer_activations(snap, texts, 512)
-    params["b_enc"] = np.zeros(WIDTH, np.float32)
+    acts = layer_activations(snap, shape.layer, texts, 512)
+    params["b_enc"] = np.zeros(shape.width, np.float32)
     threshold = threshold_for_l0(acts, params["w_enc"], params["b_enc"], TARGET_L0)
-    params["threshold"] = np.full(WIDTH, threshold, np.float32)
+    params["threshold"] = np.full(shape.width, threshold, np.float32)
     save_file(params, str(folder / "params.safetensors"))
     fired = ((acts @ params["w_enc"]) > threshold).sum(1)
     calibration = {"threshold": threshold, "l0_on_calibration_tokens": float(fired.mean()), "tokens": len(acts),
@@ -167,9 +197,8 @@ def build_cache(cache: Path, n_docs: int = 2000) -> dict:
 
 # ---- the workspace and the chain --------------------------------------------------------------------
 
-def sim_sizes(tokens: int) -> dict:
+def sim_sizes(tokens: int, context: int = 1024) -> dict:
     """The run's sizes at ``tokens`` (module docstring: what is reduced and why)."""
-    context = 1024
     rows = tokens // context
     heldout = 0.25
     train_tokens = (rows - int(np.ceil(rows * heldout))) * context
@@ -189,7 +218,7 @@ def sim_sizes(tokens: int) -> dict:
     }
 
 
-def workspace(work: Path, tokens: int, device: str) -> Path:
+def workspace(work: Path, tokens: int, device: str, shape: Shape = GEMMA_3_1B_262K, context: int = 1024) -> Path:
     """A fresh pipeline workspace: params.yaml with the run resized and on ``device``, the paper's folders."""
     ws = work / "ws"
     shutil.rmtree(ws, ignore_errors=True)
@@ -197,20 +226,21 @@ def workspace(work: Path, tokens: int, device: str) -> Path:
     shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
     shutil.copytree(REPO / "metrics", ws / "metrics")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["runs"] = [raw["main_run"], RUN]
-    definition = raw["run_definitions"][RUN]
-    definition["sizes"] = copy.deepcopy(sim_sizes(tokens))
+    raw["runs"] = [raw["main_run"], shape.run]
+    definition = raw["run_definitions"][shape.run]
+    definition["sizes"] = copy.deepcopy(sim_sizes(tokens, context))
     definition["subject"]["device"] = device
+    definition["data"]["context_length"] = context
     raw["corpora"]["fineweb"]["n_docs"] = 2000
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return ws
 
 
-def stage_command(stage: str) -> list[str]:
-    """``stage``'s command for the run, from dvc.yaml (``python`` is this interpreter)."""
+def stage_command(stage: str, run: str) -> list[str]:
+    """``stage``'s command for ``run``, from dvc.yaml (``python`` is this interpreter)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     spec = stages[stage].get("do", stages[stage])
-    words = shlex.split(spec["cmd"].replace("${item}", RUN))
+    words = shlex.split(spec["cmd"].replace("${item}", run))
     return [sys.executable if w == "python" else w for w in words]
 
 
@@ -246,21 +276,30 @@ class GpuPeak:
         return self.peak - self.base
 
 
+#: Runs argv[2:] and writes [exit code, its ru_maxrss in KiB] to argv[1]. A process's ru_maxrss starts
+#: at its parent's peak RSS (the kernel keeps the high-water mark across fork and exec), so a stage
+#: spawned by a large parent (a test process holding a model) would read the parent's peak; this
+#: launcher is small, and its child's count starts from it.
+LAUNCHER = ("import json, os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
+            "open(sys.argv[1], 'w').write(json.dumps([os.waitstatus_to_exitcode(s), u.ru_maxrss]))")
+
+
 def run_stage(cmd: list[str], cwd: Path, env: dict, log: Path, gpu: bool) -> dict:
     """Run one stage; its wall seconds, peak RSS (bytes) and, on CUDA, peak GPU memory."""
     start = time.perf_counter()
     monitor = GpuPeak() if gpu else contextlib.nullcontext()
+    usage = log.with_suffix(".rusage")
     with log.open("w") as out, monitor:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    result = {"seconds": time.perf_counter() - start, "peak_rss_bytes": usage.ru_maxrss * 1024, "returncode": proc.returncode}
+        subprocess.run([sys.executable, "-c", LAUNCHER, str(usage), *cmd], cwd=cwd, env=env, stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
+    returncode, maxrss_kib = json.loads(usage.read_text())
+    result = {"seconds": time.perf_counter() - start, "peak_rss_bytes": maxrss_kib * 1024, "returncode": returncode}
     if gpu:
         result["peak_gpu_bytes"] = monitor.bytes
     return result
 
 
-def run_chain(ws: Path, cache: Path, stages=CHAIN, gpu: bool = False, echo=print) -> dict:
+def run_chain(ws: Path, cache: Path, shape: Shape = GEMMA_3_1B_262K, stages=CHAIN, gpu: bool = False, echo=print) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
            "HF_HOME": str(ws / "hf-home"), "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "TQDM_DISABLE": "1"}
@@ -269,7 +308,7 @@ def run_chain(ws: Path, cache: Path, stages=CHAIN, gpu: bool = False, echo=print
     measured = {}
     for stage in ("validate", *stages):
         cmd = [sys.executable, "-m", "darkmatter.validate", "--params", "params.yaml", "--out", "data/params.valid"] \
-            if stage == "validate" else stage_command(stage)
+            if stage == "validate" else stage_command(stage, shape.run)
         result = run_stage(cmd, ws, env, logs / f"{stage}.log", gpu)
         measured[stage] = result
         echo(f"{stage:12s} {result['seconds']:8.1f} s  peak RSS {result['peak_rss_bytes'] / GIB:6.2f} GiB"
@@ -323,7 +362,7 @@ def markdown(rows: list[dict], info: dict, failures: list[str], gpu: bool) -> st
     return "\n".join([
         f"Device: {info['device']}.", "",
         f"`lscpu` flags: {info['flags']}", "",
-        f"Run `{RUN}` at {info['tokens']:,} tokens (context 1,024), width {WIDTH:,}, ICA k = 128; the SAE's one threshold "
+        f"Run `{info['run']}` at {info['tokens']:,} tokens (context {info['context']:,}), width {info['width']:,}, ICA k = 128; the SAE's one threshold "
         f"{info['calibration']['threshold']:.3f} fires {info['calibration']['l0_on_calibration_tokens']:.1f} latents per token "
         f"on the random model's layer-13 activations ({info['calibration']['tokens']} tokens). Sizes: `bench/bench_ladder_sim.py` "
         f"(`sim_sizes`). Predictions: `darkmatter.plan` for the same params"
@@ -358,34 +397,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "ladder_sim.json")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     parser.add_argument("--section-out", type=Path, help="write the RESULTS.md section here instead (a GPU machine's copy)")
+    parser.add_argument("--replan", action="store_true",
+                        help="compare the plan with the measurements of the last run in --work (no stage runs)")
     parser.add_argument("--build-cache", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.tokens % 1024 or args.tokens < 8192:
-        raise SystemExit(f"--tokens {args.tokens}: use a multiple of 1024, at least 8192 (rows for causal and the held-out splices)")
+    if args.tokens % 1024 or args.tokens < 12288:
+        raise SystemExit(f"--tokens {args.tokens}: use a multiple of 1024, at least 12288 (a quarter of the rows, held out, "
+                         "must hold causal's 3)")
 
-    cache = args.work / "hf-cache"
+    shape, cache = GEMMA_3_1B_262K, args.work / "hf-cache"
     if args.build_cache:
         print(json.dumps(build_cache(cache)))
         return 0
-    if not args.keep:
-        shutil.rmtree(args.work, ignore_errors=True)
-    # Built in a child process: a stage's peak RSS (ru_maxrss) counts its parent's pages until exec,
-    # so this process stays small (no model, no torch) until every stage has run.
-    built = subprocess.run([sys.executable, __file__, "--build-cache", "--work", str(args.work)], capture_output=True, text=True)
-    if built.returncode != 0:
-        raise SystemExit(f"building the HF cache failed:\n{built.stderr[-3000:]}")
-    calibration = json.loads(built.stdout.strip().splitlines()[-1])
-    print(f"SAE threshold {calibration['threshold']:.4f}: L0 {calibration['l0_on_calibration_tokens']:.1f} on calibration tokens")
-    ws = workspace(args.work, args.tokens, args.device)
-    measured = run_chain(ws, cache, gpu=args.device == "cuda")
-
     from darkmatter import plan
 
-    gemm = plan.measured_gemm_flops() if args.device == "cpu" else None
-    predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", RUN, args.device, gemm_flops=gemm)}
+    ws, record = args.work / "ws", args.work / "measured.json"
+    if args.replan:
+        saved = json.loads(record.read_text())
+        calibration, measured, args.tokens, gemm = saved["calibration"], saved["measured"], saved["tokens"], saved["gemm"]
+    else:
+        if not args.keep:
+            shutil.rmtree(args.work, ignore_errors=True)
+        # Built in a child process, so that this one stays small (no model, no torch) while the stages run.
+        built = subprocess.run([sys.executable, __file__, "--build-cache", "--work", str(args.work)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise SystemExit(f"building the HF cache failed:\n{built.stderr[-3000:]}")
+        calibration = json.loads(built.stdout.strip().splitlines()[-1])
+        print(f"SAE threshold {calibration['threshold']:.4f}: L0 {calibration['l0_on_calibration_tokens']:.1f} on calibration tokens")
+        ws = workspace(args.work, args.tokens, args.device, shape)
+        measured = run_chain(ws, cache, shape, gpu=args.device == "cuda")
+        gemm = plan.measured_gemm_flops() if args.device == "cpu" else None  # this CPU's rate, in the same run
+        record.write_text(json.dumps({"calibration": calibration, "measured": measured, "tokens": args.tokens, "gemm": gemm}))
+
+    predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", shape.run, args.device, gemm_flops=gemm)}
     rows, failures = compare(measured, predicted, args.ram_gib * GIB)
-    info = machine_info(args.device) | {"tokens": args.tokens, "calibration": calibration, "ram_gib": args.ram_gib,
-                                         "gemm_gflops": gemm / 1e9 if gemm else None}
+    info = machine_info(args.device) | {"run": shape.run, "width": shape.width, "tokens": args.tokens, "context": 1024, "calibration": calibration,
+                                         "ram_gib": args.ram_gib, "gemm_gflops": gemm / 1e9 if gemm else None}
     args.out.write_text(json.dumps({"info": info, "stages": rows, "failures": failures}, indent=1) + "\n")
     body = markdown(rows, info, failures, args.device == "cuda")
     print(body)

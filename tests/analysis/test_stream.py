@@ -82,11 +82,43 @@ def test_stream_yields_x_latents_and_dark_matter_in_order():
     sae = random_sae("jumprelu")
     acts = np.random.default_rng(0).standard_normal((100, D)).astype(np.float32)
     index = np.array([5, 2, 90, 41, 7])
-    chunks = list(stream(sae, acts, index, chunk_tokens=2, preacts=True))
-    assert [c.ids.tolist() for c in chunks] == [[5, 2], [90, 41], [7]]
+    kept, seen = [], []
+    for c in stream(sae, acts, index, chunk_tokens=2, preacts=True):
+        seen.append(c)
+        kept.append((c.ids, c.x.clone(), c.preacts.clone(), c.r.clone()))
+    assert [ids.tolist() for ids, *_ in kept] == [[5, 2], [90, 41], [7]]
+    # one chunk's latent-sized tensors alive at a time: each is released when the next is asked for
+    assert all(c.latents is None and c.preacts is None and c.x is None for c in seen)
     x = torch.from_numpy(acts[index])
     with torch.no_grad():
         pre, _, recon = saelens_forward(sae, x)
-    torch.testing.assert_close(torch.cat([c.x for c in chunks]), x)
-    torch.testing.assert_close(torch.cat([c.preacts for c in chunks]), pre)
-    torch.testing.assert_close(torch.cat([c.r for c in chunks]), x - recon, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([k[1] for k in kept]), x)
+    torch.testing.assert_close(torch.cat([k[2] for k in kept]), pre)
+    torch.testing.assert_close(torch.cat([k[3] for k in kept]), x - recon, rtol=1e-5, atol=1e-5)
+
+
+def test_reconstruct_and_latent_subset_agree_with_saelens_in_any_chunking():
+    """The budgeted helpers the causal, probes and splice code use: SAE(x) and chosen latents of a batch
+    [rows, T, d], whatever the chunk size, equal SAELens's whole-batch encode/decode; the shifted encoder
+    is built once per SAE and rebuilt when a parameter changes in place."""
+    from darkmatter.analysis.stream import DEFAULT_LATENT_BUDGET, forward_of, latent_subset, reconstruct
+    from darkmatter.config.sections import ResidualConfig
+
+    assert DEFAULT_LATENT_BUDGET == ResidualConfig().latent_budget_mb << 20
+    sae = random_sae("jumprelu")
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 7, D)).astype(np.float32))
+    feats = torch.tensor([0, 5, 3])
+    with torch.no_grad():
+        latents = sae.encode(x.reshape(-1, D))
+        whole = sae.decode(latents).reshape(x.shape)
+    for chunk in (1, 4, 21, 100):
+        torch.testing.assert_close(reconstruct(sae, x, chunk), whole, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(latent_subset(sae, x, feats, chunk), latents[:, feats].reshape(3, 7, 3), rtol=1e-5, atol=1e-5)
+    first = forward_of(sae)
+    assert forward_of(sae) is first
+    with torch.no_grad():
+        sae.b_enc += 1.0
+    assert forward_of(sae) is not first
+    with torch.no_grad():
+        shifted = sae.decode(sae.encode(x.reshape(-1, D))).reshape(x.shape)
+    torch.testing.assert_close(reconstruct(sae, x, 4), shifted, rtol=1e-5, atol=1e-5)

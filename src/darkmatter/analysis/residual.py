@@ -95,14 +95,15 @@ class GroupedPowerSums:
         if self.sums is None:
             self.sums = torch.zeros((N_GROUPS, k, d), dtype=torch.float64, device=values.device)
         shift = torch.as_tensor(self.shift, dtype=values.dtype, device=values.device)
+        dtype = values.dtype
         if k == 4 and values.numel():  # a bound on |v − shift| from the extremes, without a |v − shift| pass
             v_min, v_max = values.aminmax()
             if max(v_max - shift.min(), shift.max() - v_min) >= FLOAT32_POWERS_BELOW:
-                values, onehot, shift = values.double(), onehot.double(), shift.double()
-        block = max(1, POWER_BLOCK_BYTES // (k * d * values.element_size()))
+                dtype, onehot, shift = torch.float64, onehot.double(), shift.double()
+        block = max(1, POWER_BLOCK_BYTES // (k * d * torch.finfo(dtype).bits // 8))
         for lo in range(0, len(values), block):
-            part = values[lo : lo + block]
-            powers = torch.empty((len(part), k, d), dtype=values.dtype, device=values.device)
+            part = values[lo : lo + block].to(dtype)  # block by block: a float64 copy of the whole chunk is latent-sized
+            powers = torch.empty((len(part), k, d), dtype=dtype, device=values.device)
             y = torch.sub(part, shift, out=powers[:, 0])
             torch.mul(y, y, out=powers[:, 1])
             if k == 4:
@@ -276,6 +277,12 @@ def token_norms(acts: np.ndarray, block: int = 65536) -> np.ndarray:
                            for i in range(0, len(acts), block)])
 
 
+def float64_column_sums(values) -> np.ndarray:
+    """Column sums in float64, row block by row block (a float64 copy of a latent-sized chunk is twice its size)."""
+    block = max(1, POWER_BLOCK_BYTES // (values.shape[1] * 8))
+    return sum(values[lo : lo + block].double().sum(0).cpu().numpy() for lo in range(0, len(values), block))
+
+
 def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_tokens: int | None = None) -> ResidualStats:
     """The one streaming pass over every token of the cache."""
     import torch
@@ -296,8 +303,10 @@ def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_
     first = np.flatnonzero(classes[:chunk_tokens] == ORDINARY)[:SHIFT_TOKENS]
     if not len(first):
         raise UserError(f"the first {chunk_tokens} cached tokens hold no ordinary token; the cache is not usable")
-    chunk0 = next(stream(sae, acts, first, SHIFT_TOKENS, desc="shifts", preacts=True))
-    shift_x, shift_r, shift_pre = (t.double().mean(0).cpu().numpy() for t in (chunk0.x, chunk0.r, chunk0.preacts))
+    sums = [0.0, 0.0, 0.0]
+    for chunk in stream(sae, acts, first, chunk_tokens, desc="shifts", preacts=True):  # within the latent budget
+        sums = [s + float64_column_sums(t) for s, t in zip(sums, (chunk.x, chunk.r, chunk.preacts))]
+    shift_x, shift_r, shift_pre = (s / len(first) for s in sums)
     stats = ResidualStats(
         classes=classes, class_rule=rule, heldout=heldout, analysed=analysed,
         x_sq=GroupedPowerSums(shift_x, powers=2), r_sq=GroupedPowerSums(shift_r, powers=2),

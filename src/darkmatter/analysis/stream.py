@@ -26,6 +26,8 @@ from darkmatter.errors import NonFiniteError
 #: Latent-sized float32 buffers alive at once in the encode (pre-activations, latents).
 LATENT_COPIES = 2
 MAX_CHUNK_TOKENS = 8192
+#: ``residual.latent_budget_mb``'s default, for callers given no run (tests/analysis/test_stream.py holds them equal).
+DEFAULT_LATENT_BUDGET = 2048 << 20
 #: Decode from the non-zero latents below this density; a dense GEMM is faster above (~5% measured).
 SPARSE_DECODE_BELOW = 0.02
 
@@ -106,7 +108,9 @@ class SAEForward:
             return pre, latents, latents.nonzero(as_tuple=True)
         sae_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
         latents = torch.cat([sae_in, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1) @ self.w_enc_shifted
-        pre = latents[preact_rows] + self.floor if preact_rows is not None else None
+        pre = latents[preact_rows] if preact_rows is not None else None  # a copy: add the floor in place
+        if pre is not None:
+            pre += self.floor
         F.threshold_(latents, 0.0, 0.0)
         active = latents.nonzero(as_tuple=True)
         latents[active] += self.floor[active[1]]
@@ -135,18 +139,60 @@ class SAEForward:
         return pre, latents, self.decode(latents, active, sparse_below=sparse_below)
 
 
+def forward_of(sae) -> SAEForward:
+    """The :class:`SAEForward` of ``sae``, built once (its shifted encoder is a d × width copy) and kept
+    on the SAE; built again if a parameter changed in place since (their version counters)."""
+    versions = tuple((t.data_ptr(), t._version) for t in (*sae.parameters(), *sae.buffers()))
+    cached = sae.__dict__.get("_darkmatter_forward")
+    if cached is None or cached[0] != versions:
+        cached = (versions, SAEForward(sae))
+        sae.__dict__["_darkmatter_forward"] = cached
+    return cached[1]
+
+
+def reconstruct(sae, x, chunk_tokens: int):
+    """SAE(x) for x [..., d], in the SAE's dtype, ``chunk_tokens`` rows at a time (the latent budget:
+    :func:`latent_chunk_tokens`), so a whole batch of rows never becomes one [tokens, width] array."""
+    import torch
+
+    forward = forward_of(sae)
+    flat = x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)
+    out = torch.empty_like(flat)
+    with torch.no_grad():
+        for lo in range(0, len(flat), chunk_tokens):
+            _, latents, active = forward.encode(flat[lo : lo + chunk_tokens])
+            out[lo : lo + chunk_tokens] = forward.decode(latents, active)
+            del latents, active
+    return out.reshape(x.shape)
+
+
+def latent_subset(sae, x, features, chunk_tokens: int):
+    """The latents ``features`` (a 1-d index tensor) of x [..., d]: [..., len(features)], encoded in
+    ``chunk_tokens`` rows at a time."""
+    import torch
+
+    forward = forward_of(sae)
+    flat = x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)
+    out = torch.empty((len(flat), len(features)), dtype=flat.dtype, device=flat.device)
+    with torch.no_grad():
+        for lo in range(0, len(flat), chunk_tokens):
+            out[lo : lo + chunk_tokens] = forward.encode(flat[lo : lo + chunk_tokens])[1][:, features]
+    return out.reshape(*x.shape[:-1], len(features))
+
+
 def stream(sae, acts: np.ndarray, index: np.ndarray, chunk_tokens: int, desc: str = "residual",
            preacts: bool | np.ndarray = False) -> Iterator[Chunk]:
     """Yield x, SAE latents and r = x − SAE(x) for the tokens ``index``, chunk by chunk.
 
     With ``preacts`` (True, or a bool mask over ``acts``' tokens) the chunk also carries the SAE's
-    pre-activations (SAELens's ``hook_sae_acts_pre``) of its tokens (those in the mask). Raises
+    pre-activations (SAELens's ``hook_sae_acts_pre``) of its tokens (those in the mask). A chunk's
+    tensors are released when the next chunk is asked for: copy what must outlive it. Raises
     :class:`NonFiniteError` naming the token range if x or r holds NaN/inf.
     """
     import torch
 
     device = sae.W_dec.device
-    forward = SAEForward(sae)
+    forward = forward_of(sae)
     for lo in tqdm(range(0, len(index), chunk_tokens), desc=desc, unit="chunk"):
         ids = index[lo : lo + chunk_tokens]
         x = torch.from_numpy(np.asarray(acts[ids], dtype=np.float32)).to(device)
@@ -161,4 +207,9 @@ def stream(sae, acts: np.ndarray, index: np.ndarray, chunk_tokens: int, desc: st
                 f"NaN/inf in the {where} of tokens {ids[0]}..{ids[-1]}; "
                 "rebuild the cache (`dvc repro -s -f activations@<run>`) or check the SAE weights"
             )
-        yield Chunk(ids, x, latents, r, pre, active)
+        chunk = Chunk(ids, x, latents, r, pre, active)
+        yield chunk
+        # Valid until the next chunk is asked for: released before it is computed, so that one chunk's
+        # latent-sized tensors are alive at a time (the consumer's loop variable would keep them otherwise).
+        chunk.x = chunk.latents = chunk.r = chunk.preacts = chunk.active = None
+        del x, pre, latents, active, r, chunk

@@ -219,16 +219,19 @@ def predicted_effects(g: Gradients, directions: np.ndarray, mean: np.ndarray | N
     return np.concatenate(signed), np.concatenate(magnitude)
 
 
-def attributions(g: Gradients, group, sae) -> np.ndarray:
+def attributions(g: Gradients, group, sae, chunk_tokens: int) -> np.ndarray:
     """Activation × gradient per row and unit: Σ_p f_u(p) (g_p · w_u), with f_u what unit u reads
-    from (x, r = x − SAE(x)) and w_u what it writes (``darkmatter.causal.units``)."""
+    from (x, r = x − SAE(x)) and w_u what it writes (``darkmatter.causal.units``); the SAE runs
+    ``chunk_tokens`` rows at a time."""
     import torch
+
+    from darkmatter.analysis.stream import reconstruct
 
     out = []
     for batch, grad in zip(g.batches, g.grads):
         with torch.no_grad():
             flat = batch.resid.reshape(-1, batch.resid.shape[-1])
-            r = flat - sae.decode(sae.encode(flat))
+            r = flat - reconstruct(sae, flat, chunk_tokens)
             acts = group.read(flat, r).reshape(*batch.resid.shape[:2], -1)
             w = torch.as_tensor(group.write, dtype=grad.dtype, device=grad.device)
             out.append((acts * batch.edit[..., None] * (grad @ w.T)).sum(1).cpu().numpy())

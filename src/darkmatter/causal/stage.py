@@ -164,12 +164,12 @@ def plot(report: dict, predicted: dict, exact: dict, out_dir: Path) -> None:
     save_figure(fig, out_dir / "ablation")
 
 
-def error_node_edits(sae, components: dict, stats: dict, target: str, device: str) -> dict:
+def error_node_edits(sae, components: dict, stats: dict, target: str, device: str, chunk_tokens: int) -> dict:
     """x → SAE(x); x → SAE(x) + r (= x, the check); x → x − V Vᵀ (t − μ) (the ICA part of r removed)."""
     import torch
 
     from darkmatter.analysis.ica import ica_target
-    from darkmatter.analysis.stream import Chunk
+    from darkmatter.analysis.stream import Chunk, reconstruct
 
     basis = torch.as_tensor(components["pca_basis"], dtype=torch.float32, device=device)
     mean = torch.as_tensor(components["mean"], dtype=torch.float32, device=device)
@@ -177,7 +177,7 @@ def error_node_edits(sae, components: dict, stats: dict, target: str, device: st
     def splice(kind):
         def edit(resid, batch):
             flat = resid.reshape(-1, resid.shape[-1])
-            recon = sae.decode(sae.encode(flat))
+            recon = reconstruct(sae, flat, chunk_tokens)
             if kind == "sae_only":
                 new = recon
             elif kind == "sae_plus_r":
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from scipy.stats import spearmanr
 
+    from darkmatter.analysis.stream import latent_chunk_tokens, reconstruct
     from darkmatter.causal.edits import subspaces
     from darkmatter.causal.effects import attributions, batches, edit_effects, gradients, predicted_effects, scored_positions
     from darkmatter.causal.steer import logit_lens, steer
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(cfg.seed)
     attribution_rows = held_rows[: cfg.attribution_rows]
     exact_rows = held_rows[cfg.attribution_rows : cfg.attribution_rows + cfg.rows]
-    groups = build_units(components, stats, sae, run.ica.target, sae_ids, k, cfg.seed + 1)
+    chunk_tokens = latent_chunk_tokens(sae.cfg.d_sae, run.residual.latent_budget_mb << 20)
+    groups = build_units(components, stats, sae, run.ica.target, sae_ids, k, cfg.seed + 1, chunk_tokens)
     mean_x = train_mean(cache, stats, run.sae.heldout_fraction) if cfg.ablation == "mean" else None
     mean_t = torch.zeros(1, device=device) if mean_x is None else torch.as_tensor(mean_x, dtype=torch.float32, device=device)
 
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     first_order = {g: predicted_effects(grads, group.directions, mean_x) for g, group in groups.items()}
     predicted = {g: magnitude.mean(0) for g, (_, magnitude) in first_order.items()}
     predicted_signed = {g: signed.mean(0) for g, (signed, _) in first_order.items()}
-    attribution = {g: attributions(grads, group, sae) for g, group in groups.items()}
+    attribution = {g: attributions(grads, group, sae, chunk_tokens) for g, group in groups.items()}
 
     # 2. exact ablations on other held-out rows: top and sampled ICA units with their partners; random units
     exact_data = list(batches(cache, exact_rows, cfg.batch_rows, positions, device))
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                  for m in sizes for kind, bases in subspaces(components, m, cfg.n_random_subspaces if m < k else 1, cfg.seed + m).items()
                  for i, basis in enumerate(bases)}
     more = edit_effects(subject, layer, site, exact_data,
-                        sub_edits | error_node_edits(sae, components, stats, run.ica.target, device), "subspaces, error nodes")
+                        sub_edits | error_node_edits(sae, components, stats, run.ica.target, device, chunk_tokens), "subspaces, error nodes")
     more.pop("clean_loss")
 
     # 5. steering: the components with the largest predicted effect (or those asked for) and their partners
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         def read(seq):
             with torch.inference_mode():
                 x = subject.activations(torch.from_numpy(seq.astype(np.int64))[None], layer, site)[0].to(sae.W_dec.device)
-                return group.read(x, x - sae.decode(sae.encode(x)))[:, j].float().cpu().numpy()
+                return group.read(x, x - reconstruct(sae, x, chunk_tokens))[:, j].float().cpu().numpy()
         return read
 
     steering = []

@@ -36,11 +36,13 @@ class UnitGroup:
         return [f"{self.kind}-{int(i)}" for i in ids]
 
 
-def build_units(components: dict, stats: dict, sae, target: str, sae_ids: np.ndarray, n_random: int, seed: int) -> dict[str, UnitGroup]:
+def build_units(components: dict, stats: dict, sae, target: str, sae_ids: np.ndarray, n_random: int, seed: int,
+                chunk_tokens: int) -> dict[str, UnitGroup]:
+    """The three groups; the SAE units' latents are encoded ``chunk_tokens`` rows at a time (the latent budget)."""
     import torch
 
     from darkmatter.analysis.ica import ica_target
-    from darkmatter.analysis.stream import Chunk
+    from darkmatter.analysis.stream import Chunk, latent_subset
     from darkmatter.stats import random_unit_directions
 
     device = sae.W_dec.device
@@ -61,7 +63,7 @@ def build_units(components: dict, stats: dict, sae, target: str, sae_ids: np.nda
     return {
         "ica": UnitGroup("ica", np.arange(len(components["mixing"])), components["mixing"], sources(components["unmixing"])),
         "sae": UnitGroup("sae", np.asarray(sae_ids), w_dec,
-                         lambda x, r: sae.encode(x.reshape(-1, x.shape[-1]))[:, feats].reshape(*x.shape[:-1], -1)),
+                         lambda x, r: latent_subset(sae, x, feats, chunk_tokens)),
         "random": UnitGroup("random", np.arange(n_random), (q * scale[None, :]) @ basis.T,
                             sources((q / scale[None, :]) @ basis.T)),
     }

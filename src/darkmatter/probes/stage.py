@@ -70,7 +70,9 @@ def latent_counts(sae, x: np.ndarray, split, chunk_tokens: int) -> dict:
     only d_sae-sized counts come back (never an [N, d_sae] array: 12.9 GB at 49k tokens × 262k)."""
     import torch
 
-    device = sae.W_dec.device
+    from darkmatter.analysis.stream import forward_of
+
+    forward, device = forward_of(sae), sae.W_dec.device
     masks = {}
     for name in ("train", "val"):
         mask = np.zeros(len(x), dtype=bool)
@@ -80,7 +82,7 @@ def latent_counts(sae, x: np.ndarray, split, chunk_tokens: int) -> dict:
     l0_val = 0
     with torch.no_grad():
         for start in range(0, len(x), chunk_tokens):
-            active = sae.encode(torch.as_tensor(x[start:start + chunk_tokens], dtype=torch.float32).to(device)) > 0
+            active = forward.encode(torch.as_tensor(x[start:start + chunk_tokens], dtype=torch.float32).to(device))[1] > 0
             for name, mask in masks.items():
                 rows = mask[start:start + chunk_tokens].to(device)
                 counts[name] += active[rows].sum(dim=0)
@@ -94,13 +96,14 @@ def latent_columns(sae, x: np.ndarray, features: np.ndarray, chunk_tokens: int) 
     :func:`latent_counts` chose them)."""
     import torch
 
+    from darkmatter.analysis.stream import latent_subset
+
     device = sae.W_dec.device
     columns = torch.as_tensor(np.asarray(features, dtype=np.int64), device=device)
     out = np.empty((len(x), len(columns)), dtype=bool)
-    with torch.no_grad():
-        for start in range(0, len(x), chunk_tokens):
-            latents = sae.encode(torch.as_tensor(x[start:start + chunk_tokens], dtype=torch.float32).to(device))
-            out[start:start + chunk_tokens] = (latents[:, columns] > 0).cpu().numpy()
+    for start in range(0, len(x), chunk_tokens):
+        chunk = torch.as_tensor(x[start:start + chunk_tokens], dtype=torch.float32).to(device)
+        out[start:start + chunk_tokens] = (latent_subset(sae, chunk, columns, chunk_tokens) > 0).cpu().numpy()
     return out
 
 

@@ -182,10 +182,11 @@ def evaluate_lm(subject, saes: dict, cache: ActivationCache, run, full: str | No
         chunk = latent_chunk_tokens(saes[full].cfg.d_sae, run.residual.latent_budget_mb * 2**20)
         geometry = error_geometry_on_train(saes[full], cache, run.sae.heldout_fraction, threshold, cfg.geometry_tokens,
                                            cfg.seed, chunk)
+    budget = run.residual.latent_budget_mb << 20
     edits = {"zero": splice_edits(next(iter(saes.values())), None, threshold, cfg.seed, ("zero",))["zero"]}
     for name, sae in saes.items():
         variants = tuple(v for v in VARIANTS if v != "zero") if name == full else ("nonspecial",)
-        edits |= {f"{name}/{v}": edit for v, edit in splice_edits(sae, geometry, threshold, cfg.seed, variants).items()}
+        edits |= {f"{name}/{v}": edit for v, edit in splice_edits(sae, geometry, threshold, cfg.seed, variants, budget).items()}
     positions = scored_positions(cache.meta["context_length"], cfg.positions_per_row)
     data = list(batches(cache, rows, cfg.lm_batch_rows, positions, subject.device))
     effects = prediction_effects(subject, run.layer, run.subject.site, data, edits, "LM loss with the SAEs spliced in")

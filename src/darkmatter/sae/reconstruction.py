@@ -40,6 +40,9 @@ def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.n
     token-sized vectors and the reconstructions come back to the host."""
     import torch
 
+    from darkmatter.analysis.stream import forward_of
+
+    forward = forward_of(sae)  # SAELens's encode/decode on our arithmetic (one latent-sized buffer, sparse decode)
     device = sae.W_dec.device
     moments = {"all": _Moments(acts.shape[1]), "nonspecial": _Moments(acts.shape[1])}
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device)
@@ -50,10 +53,10 @@ def reconstruction_stats(sae, acts: np.ndarray, special: np.ndarray, index: np.n
         x = np.asarray(acts[ids], dtype=np.float32)
         keep = ~special[ids]
         with torch.no_grad():
-            feats = sae.encode(torch.from_numpy(x).to(device))
-            x_hat = sae.decode(feats).cpu().numpy()
+            _, feats, nonzero = forward.encode(torch.from_numpy(x).to(device))
+            x_hat = forward.decode(feats, nonzero).cpu().numpy()
             active = feats > 0
-            del feats
+            del feats, nonzero
             fires += active[torch.from_numpy(keep).to(device)].sum(dim=0)
             l0 = active.sum(dim=1).cpu().numpy()
         if not np.isfinite(x_hat).all():

@@ -76,18 +76,19 @@ def error_geometry(sae, acts: np.ndarray, index: np.ndarray, chunk_tokens: int) 
 
 
 def splice_edits(sae, geometry: ErrorGeometry | None, outlier_threshold: float, seed: int,
-                 names: tuple[str, ...] = VARIANTS) -> dict[str, Edit]:
+                 names: tuple[str, ...] = VARIANTS, budget_bytes: int | None = None) -> dict[str, Edit]:
     """The named variants as edits of a batch's layer-L residual (``batch.edit``: its non-special positions).
 
     ``outlier_threshold``: a non-special token with ‖x‖ above it is a high-norm outlier
     (:func:`darkmatter.analysis.tokens.classify`). ``geometry`` is needed by the noise and
-    error-part variants only.
+    error-part variants only. ``budget_bytes`` bounds the latents of the SAE's pass over a batch
+    (``residual.latent_budget_mb``; None: its default).
     """
     import torch
 
-    from darkmatter.analysis.stream import SAEForward
+    from darkmatter.analysis.stream import DEFAULT_LATENT_BUDGET, latent_chunk_tokens, reconstruct
 
-    forward = SAEForward(sae)
+    chunk_tokens = latent_chunk_tokens(sae.cfg.d_sae, budget_bytes or DEFAULT_LATENT_BUDGET)
     device = sae.W_dec.device
 
     def tensor(a):
@@ -100,9 +101,7 @@ def splice_edits(sae, geometry: ErrorGeometry | None, outlier_threshold: float, 
 
     def error(resid):
         flat = resid.reshape(-1, resid.shape[-1]).to(device)
-        with torch.no_grad():
-            _, latents, active = forward.encode(flat)
-            return (flat - forward.decode(latents, active)).reshape(resid.shape)
+        return (flat - reconstruct(sae, flat, chunk_tokens)).reshape(resid.shape)
 
     def same_norm(resid, r, batch, shaped: bool):
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(batch.rows[0]))
