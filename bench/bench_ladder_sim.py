@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replan:
         saved = json.loads(record.read_text())
         calibration, measured, args.tokens, gemm = saved["calibration"], saved["measured"], saved["tokens"], saved["gemm"]
+        startup = saved.get("startup") or plan.measured_startup_seconds()
     else:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
@@ -426,10 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SAE threshold {calibration['threshold']:.4f}: L0 {calibration['l0_on_calibration_tokens']:.1f} on calibration tokens")
         ws = workspace(args.work, args.tokens, args.device, shape)
         measured = run_chain(ws, cache, shape, gpu=args.device == "cuda")
-        gemm = plan.measured_gemm_flops() if args.device == "cpu" else None  # this CPU's rate, in the same run
-        record.write_text(json.dumps({"calibration": calibration, "measured": measured, "tokens": args.tokens, "gemm": gemm}))
+        # this machine's rates, in the same run: the CPU's GEMM, a stage's imports
+        gemm = plan.measured_gemm_flops() if args.device == "cpu" else None
+        startup = plan.measured_startup_seconds()
+        record.write_text(json.dumps({"calibration": calibration, "measured": measured, "tokens": args.tokens, "gemm": gemm,
+                                      "startup": startup}))
 
-    predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", shape.run, args.device, gemm_flops=gemm)}
+    predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", shape.run, args.device, gemm_flops=gemm,
+                                                    startup_seconds=startup)}
     rows, failures = compare(measured, predicted, args.ram_gib * GIB)
     info = machine_info(args.device) | {"run": shape.run, "width": shape.width, "tokens": args.tokens, "context": 1024, "calibration": calibration,
                                          "ram_gib": args.ram_gib, "gemm_gflops": gemm / 1e9 if gemm else None}

@@ -39,7 +39,7 @@ def test_the_simulated_chain_runs_every_stage_and_the_plan_bounds_its_peaks(tmp_
     assert json.loads((metrics / "compare.json").read_text())["ica"]["n"] == 128
     assert (ws / "reports/runs" / shape.run / "index.html").exists()
 
-    predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", shape.run, "cpu", gemm_flops=100e9)}
+    predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", shape.run, "cpu", gemm_flops=100e9, startup_seconds=10.0)}
     rows, _ = sim.compare(measured, predicted, 24 * GIB)
     modelled = {r["stage"]: r for r in rows if "predicted_host_bytes" in r}
     assert set(modelled) == set(sim.CHAIN) - {"corpus", "model"}

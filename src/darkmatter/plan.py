@@ -41,16 +41,33 @@ GIB = 1 << 30
 # ---- measured constants (each with where it was measured) -------------------------------------------
 
 #: RSS of a stage process once torch, TransformerLens and SAELens are imported (0.50 GiB measured,
-#: 2026-12-04, torch 2.13 CPU); CUDA adds its context on the host.
-BASE_HOST = {"cpu": 0.5 * GIB, "cuda": 1.5 * GIB}
+#: 2026-12-04, torch 2.13 CPU); with CUDA, the context's host side adds ~0.5 GiB (the 1B simulation's
+#: SAE-only stages on an H200: 3.2 GiB = this + the SAE's load).
+BASE_HOST = {"cpu": 0.5 * GIB, "cuda": 1.0 * GIB}
+#: RSS of a stage that imports neither torch nor the model libraries (the dashboard: 0.29-0.41 GiB measured).
+BASE_HOST_LIGHT = 0.4 * GIB
 #: GPU memory the CUDA context and the allocator's slack take before any tensor.
 BASE_GPU = 0.75 * GIB
 #: Bytes per parameter of the checkpoint TransformerLens reads: the Hub's Gemma checkpoints are
 #: bfloat16, GPT-2's and the offline default's float32 copy are float32. While TransformerLens
-#: loads, the Hugging Face model (in the checkpoint's dtype) and the HookedTransformer's weights
-#: are alive together: gemma-3-270m measured 2.97 GiB above the base (1.63 GiB of weights + a
-#: 1.0 GiB float32 checkpoint: 2.63 predicted); the 1B simulation, bench/RESULTS.md.
+#: loads, the Hugging Face model (in the checkpoint's dtype) and a float32 state dict of the
+#: HookedTransformer are alive together on the host, whatever the target dtype and device
+#: (gemma-3-270m: 2.97 GiB above the base, 2.76 predicted; the 1B shape on CUDA in bfloat16:
+#: 7.0 GiB above the base, 7.0 predicted).
 CHECKPOINT_BYTES = {"google/": 2, "": 4}
+#: Seconds of TransformerLens's load per HookedTransformer weight: its state-dict conversion runs on
+#: the host (22 s for gemma-3-270m's 0.45B weights on a loaded 2-core Xeon; ~55 s for the 1B shape's
+#: 1.35B on the H200 machine's host, bench/RESULTS.md).
+MODEL_LOAD_SECONDS_PER_WEIGHT = 45e-9
+#: Seconds to create the CUDA context and its first kernels in a stage process.
+CUDA_INIT_SECONDS = 5.0
+#: SAELens's ``run_evals`` (the eval_sae cross-check) on one row: copies of a [context, width or
+#: vocabulary] float32 array alive at its peak (its JumpReLU encode's temporaries, the dense
+#: decode's input, full-vocabulary logits and log-probabilities). 10 measured on the 270M / 262k
+#: row (a 14.2 GiB peak: 10.2 GiB above the model and the SAE); the latent budget does not bound it.
+CROSSCHECK_ROW_COPIES = 10
+#: The dashboard stage: reading the examples and writing HTML.
+DASHBOARD_SECONDS = 3.0
 #: Fraction of the GEMM rate each kind of work reaches (bench/RESULTS.md, AVX2 EPYC): the layer
 #: forward (activation caching / roofline), the SAE encode + decode (residual pass / roofline),
 #: SAE training.
@@ -133,21 +150,32 @@ class StageCost:
 
 @dataclass(frozen=True)
 class Rates:
-    """FLOP/s of each kind of work on the planned device."""
+    """FLOP/s of each kind of work on the planned device, and a stage process's start-up seconds."""
 
     forward: float
     sae: float
     train: float
+    startup: float = 0.0
 
     @classmethod
-    def cpu(cls, gemm_flops: float) -> Rates:
-        return cls(**{kind: gemm_flops * eff for kind, eff in CPU_EFFICIENCY.items()})
+    def cpu(cls, gemm_flops: float, startup: float = 0.0) -> Rates:
+        return cls(**{kind: gemm_flops * eff for kind, eff in CPU_EFFICIENCY.items()}, startup=startup)
 
     @classmethod
-    def gpu(cls, model_dtype: str, tflops: float | None) -> Rates:
+    def gpu(cls, model_dtype: str, tflops: float | None, startup: float = 0.0) -> Rates:
         fwd = tflops * 1e12 if tflops else GPU_PEAK[model_dtype] * GPU_UTILISATION
         sae = tflops * 1e12 if tflops else GPU_PEAK["float32"] * GPU_UTILISATION
-        return cls(forward=fwd, sae=sae, train=sae)
+        return cls(forward=fwd, sae=sae, train=sae, startup=startup)
+
+
+def measured_startup_seconds() -> float:
+    """Seconds a fresh interpreter here takes to import torch, TransformerLens and SAELens, as every stage does."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, transformer_lens, sae_lens"], check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def measured_gemm_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -166,7 +194,8 @@ def measured_gemm_flops(n: int = 1024, repeats: int = 5) -> float:
 
 def plan(run, device: str, rates: Rates) -> list[StageCost]:
     """Every per-run stage's cost for ``run`` on ``device`` (module docstring)."""
-    from darkmatter.analysis.stream import latent_chunk_tokens
+    from darkmatter.analysis.compare import cosine_blocks
+    from darkmatter.analysis.stream import LATENT_COPIES, latent_chunk_tokens
     from darkmatter.data.split import split_rows
     from darkmatter.sae.splice import VARIANTS
 
@@ -183,8 +212,11 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     chunk = latent_chunk_tokens(W, budget)
     store = 2 if run.activations.store_dtype == "float16" else 4
 
-    model_bytes = shape.weight_count() * wbytes
+    model_dev = shape.weight_count() * wbytes                      # the HookedTransformer's weights, where they run
+    checkpoint = next(b for prefix, b in CHECKPOINT_BYTES.items() if run.model.name.startswith(prefix))
+    load_host = shape.checkpoint_params() * checkpoint + shape.weight_count() * 4   # TransformerLens's load, on the host
     sae_bytes = (2 * d * W + 2 * W + d) * 4
+    encoder_copy = (d + 1) * W * 4                                 # SAEForward's shifted encoder (analysis.stream)
     to_layer = (L + 1) * shape.layer_flops(T)                      # per token, embedding to the hook
     rest = (shape.n_layers - L - 1) * shape.layer_flops(T)         # per token, hook to the last block
     unembed_row = 2 * shape.d_vocab * d                            # per read-out position
@@ -194,50 +226,59 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     def forward_work(rows: int) -> float:
         return rows * T * (4 * max(shape.d_mlp, d) + shape.n_heads * T) * wbytes * 2
 
-    load_model = model_bytes / LOAD_BYTES_PER_S
+    start = rates.startup + (CUDA_INIT_SECONDS if gpu else 0.0)
+    load_model = shape.weight_count() * MODEL_LOAD_SECONDS_PER_WEIGHT
     load_sae = sae_bytes / LOAD_BYTES_PER_S
-    checkpoint = next(b for prefix, b in CHECKPOINT_BYTES.items() if run.model.name.startswith(prefix))
-    model_host = model_bytes + shape.checkpoint_params() * checkpoint
-    # on CUDA the weights and hot tensors live on the GPU; the host holds the load transient only
-    def mem(host_extra: float, device_extra: float, with_model: bool) -> tuple[float, float]:
-        if gpu:
-            host = base_host + (model_host if with_model else 0.0) + host_extra
-            return host, base_gpu + (model_bytes if with_model else 0.0) + device_extra
-        return base_host + max(model_host if with_model else 0.0, (model_bytes if with_model else 0.0) + device_extra) + host_extra, 0.0
 
-    latent_chunk = chunk * W * 4 * 2 + chunk * d * 4 * 3          # the budgeted latents, x, r, the reconstruction
+    def footprint(host_work: float = 0.0, device_work: float = 0.0, model: bool = False, sae: bool = True,
+                  streams: bool = True) -> tuple[float, float]:
+        """(host, GPU) peak of a stage: its loads (the SAE first, then TransformerLens's model), then its
+        work beside what stays resident. On CUDA the loads pass through the host and the rest lives on the GPU."""
+        sae_resident = (sae_bytes + (encoder_copy if streams else 0.0)) if sae else 0.0
+        loading = max(load_host if model else 0.0, sae_bytes if sae else 0.0) if gpu else \
+            (sae_bytes if sae else 0.0) + (load_host if model else 0.0)
+        resident = (model_dev if model else 0.0) + sae_resident + device_work
+        if gpu:
+            return base_host + loading + host_work, base_gpu + resident
+        return base_host + max(loading, resident) + host_work, 0.0
+
+    latent_chunk = chunk * W * 4 * LATENT_COPIES + chunk * d * 4 * 3   # a stream chunk: latents, pre-activations, x, r
     costs: list[StageCost] = []
 
     # activations: the forward to the hook over every token, written chunk by chunk
     a = run.activations
-    host, dev = mem(a.chunk_tokens * d * 4, forward_work(a.batch_size), True)
+    host, dev = footprint(a.chunk_tokens * d * 4, forward_work(a.batch_size), model=True, sae=False)
     costs.append(StageCost("activations", host, dev, N * (d * store + 4 + 4 + 2 + 1) + a.chunk_tokens * d * store,
-                           load_model + N * to_layer / rates.forward))
+                           start + load_model + N * to_layer / rates.forward))
 
     # sae: trained here (the sae section), or the pretrained tensors copied into the run's folder
     if run.sae_source.source == "train":
         s = run.sae
-        host, dev = mem(sae_bytes * 4 + s.batch_size * W * 4 * 6, 0.0, False)
-        costs.append(StageCost("sae", host, sae_bytes * 4 + (base_gpu if gpu else 0), sae_bytes * (1 + len(s.curve_tokens)),
-                               s.train_tokens * 6 * d * W / rates.train))
-    else:
-        host, _ = mem(2 * sae_bytes, 0.0, False)
-        costs.append(StageCost("sae", host, 0.0, sae_bytes, 2 * load_sae, "pretrained: loaded through SAELens and saved"))
+        host, dev = footprint(s.batch_size * W * 4 * 6, sae_bytes * 3, streams=False)
+        costs.append(StageCost("sae", host, dev, sae_bytes * (1 + len(s.curve_tokens)),
+                               start + s.train_tokens * 6 * d * W / rates.train))
+    else:  # on the host only, whatever the device: loaded through SAELens and saved
+        costs.append(StageCost("sae", BASE_HOST["cpu"] + sae_bytes, 0.0, sae_bytes, rates.startup + 2 * load_sae,
+                               "pretrained: loaded through SAELens and saved"))
 
-    # eval_sae: reconstruction over the held-out tokens, the geometry tokens, LM splices on lm_rows
+    # eval_sae: reconstruction over the held-out tokens, the geometry tokens, LM splices on lm_rows, and
+    # SAELens's own evaluation of whole rows (the cross-check), whose temporaries the latent budget does not bound
     e = run.sae_eval
     lm_rows = min(e.lm_rows, len(held_rows))
     lm_flops = lm_rows * (1 + len(VARIANTS)) * (T * rest + e.positions_per_row * unembed_row)
     lm_flops += e.crosscheck_rows * 4 * (T * (to_layer + rest) + T * unembed_row)  # SAELens's run_evals: full forwards
-    host, dev = mem(latent_chunk + min(e.geometry_tokens, n_train) * d * 4 * 2, sae_bytes + latent_chunk
-                    + forward_work(e.lm_batch_rows), True)
-    costs.append(StageCost("eval_sae", host, dev, 0.0, load_model + load_sae
-                           + (n_held + min(e.geometry_tokens, n_train)) * sae_pass / rates.sae + lm_flops / rates.forward))
+    crosscheck = min(e.crosscheck_rows, e.lm_batch_rows) * T * max(W, shape.d_vocab) * 4 * CROSSCHECK_ROW_COPIES
+    host, dev = footprint(min(e.geometry_tokens, n_train) * d * 4 * 2,
+                          max(latent_chunk, forward_work(e.lm_batch_rows), crosscheck), model=True)
+    costs.append(StageCost("eval_sae", host, dev, 0.0, start + load_model + load_sae
+                           + (n_held + min(e.geometry_tokens, n_train)) * sae_pass / rates.sae + lm_flops / rates.forward,
+                           f"SAELens cross-check on {e.crosscheck_rows} rows" if e.crosscheck_rows else ""))
 
     # residual: x and r streamed through the SAE; moments of [x, r] in float64
     moments = (2 * d) ** 2 * 8 * 2
-    host, dev = mem(moments, sae_bytes + latent_chunk, False)
-    costs.append(StageCost("residual", host, dev, 4 * d * d * 8, load_sae + N * (sae_pass + 2 * (2 * d) ** 2) / rates.sae))
+    host, dev = footprint(0.0, latent_chunk + moments)
+    costs.append(StageCost("residual", host, dev, 4 * d * d * 8,
+                           start + load_sae + N * (sae_pass + 2 * (2 * d) ** 2) / rates.sae))
 
     # ica: the target of the fit samples and the held-out tokens, whitened; parallel Picard fits
     i = run.ica
@@ -246,26 +287,29 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     workers = 1 if gpu else min(n_fits, 2)
     z = fit_tokens * k * 8
     ica_host = (1 + i.resamples) * z + n_held * k * 8 + workers * 6 * z
-    host, dev = mem(ica_host, sae_bytes + latent_chunk, False)
+    host, dev = footprint(ica_host, latent_chunk)
     iter_s = ICA_ITER_SECONDS * k ** 2 * fit_tokens ** ICA_ITER_EXPONENT
     if gpu:  # Picard on CUDA in float64: ~k² N FLOPs a few times per iteration, at float64 rates (~1/15 of TF32)
         iter_s = 20 * k * k * fit_tokens / (GPU_PEAK["float32"] / 15 * GPU_UTILISATION)
     ica_seconds = math.ceil(n_fits / workers) * min(i.max_iter, ICA_ITERATIONS) * iter_s
     costs.append(StageCost("ica", host, dev, k * d * 8 * 4 + n_held * k * 4,
-                           load_sae + ((1 + i.resamples) * fit_tokens + n_held) * sae_pass / rates.sae + ica_seconds,
+                           start + load_sae + ((1 + i.resamples) * fit_tokens + n_held) * sae_pass / rates.sae + ica_seconds,
                            f"ICA at {ICA_ITERATIONS} iterations per fit ({n_fits} fits)"))
 
-    # compare: max |cos| of the components, random directions and random rotations against every decoder row
+    # compare: max |cos| of the components, random directions and random rotations against every decoder row,
+    # a normalised block of decoder rows and a block of cosines at a time (within the budget)
     c = run.compare
     n_dirs = k + c.n_random + c.n_rotations * k
-    host, dev = mem(n_dirs * d * 8 * 2 + budget, sae_bytes + budget, False)
-    costs.append(StageCost("compare", host, dev, n_dirs * 8 * 2, load_sae + 2 * n_dirs * d * W / rates.sae))
+    block_rows, block_dirs = cosine_blocks(n_dirs, W, d, budget)
+    host, dev = footprint(n_dirs * d * 8 * 2, block_rows * (d + block_dirs) * 4, streams=False)
+    costs.append(StageCost("compare", host, dev, n_dirs * 8 * 2, start + load_sae + 2 * n_dirs * d * W / rates.sae))
 
     # examples: the units' activations over every token (ICA sources, SAE latents, random units)
     ex = run.examples
     units = k * 2 + ex.n_random_units
-    host, dev = mem(N * units * 4 * 2, sae_bytes + latent_chunk, False)
-    costs.append(StageCost("examples", host, dev, N * units * 2, load_sae + N * (sae_pass / 2 + 2 * d * units) / rates.sae))
+    host, dev = footprint(N * units * 4 * 2, latent_chunk)
+    costs.append(StageCost("examples", host, dev, N * units * 2,
+                           start + load_sae + N * (sae_pass / 2 + 2 * d * units) / rates.sae))
 
     # causal: a gradient pass, exact ablations and subspaces over rows (forwards from the hook), steering
     ca = run.causal
@@ -276,23 +320,21 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     steer_tokens = ca.n_steer * 2 * len(ca.steer_alphas) * sum(ca.steer_prompt_tokens + t for t in range(ca.steer_new_tokens))
     causal_flops = 3 * ca.attribution_rows * per_row + n_edits * ca.rows * per_row
     causal_flops += steer_tokens * (to_layer + rest + unembed_row)
-    # the SAE units' activations and r come from a full-width encode of a batch of rows (pre-activations + latents)
-    batch_latents = ca.batch_rows * T * W * 4 * 2
-    host, dev = mem(sae_bytes + 3 * k * d * 4 * 3, forward_work(ca.batch_rows) * 3 + k * d * 4 * 3 + batch_latents, True)
-    costs.append(StageCost("causal", host, dev, 0.0, load_model + load_sae + causal_flops / rates.forward
+    host, dev = footprint(3 * k * d * 4 * 3, forward_work(ca.batch_rows) * 3 + k * d * 4 * 3 + latent_chunk, model=True)
+    costs.append(StageCost("causal", host, dev, 0.0, start + load_model + load_sae + causal_flops / rates.forward
                            + ca.rows * T * sae_pass / rates.sae))
 
     # probes: its own small SAE trained on the cache, the run's SAE's firing counts, extra layers' forwards
     p = run.probes
     pw = p.sae_width
-    host, dev = mem(p.n_tokens * d * 4 * 3 + pw * d * 4 * 8, sae_bytes + latent_chunk + forward_work(a.batch_size), True)
-    costs.append(StageCost("probes", host, dev, pw * d * 4 * 2, load_model + load_sae
+    host, dev = footprint(p.n_tokens * d * 4 * 3, pw * d * 4 * 8 + latent_chunk + forward_work(a.batch_size), model=True)
+    costs.append(StageCost("probes", host, dev, pw * d * 4 * 2, start + load_model + load_sae
                            + p.sae_train_tokens * 6 * d * pw / rates.train + p.n_tokens * sae_pass / rates.sae
                            + len(p.extra_layers) * p.n_tokens * shape.n_layers * shape.layer_flops(T) / rates.forward))
 
     # dashboard and autointerp: the examples' text; the judge is not modelled
-    costs.append(StageCost("dashboard", base_host, 0.0, units * 200e3, 5.0))
-    costs.append(StageCost("autointerp", base_host, 0.0, 0.0, None, f"judge: backend {run.autointerp.backend}, not modelled"))
+    costs.append(StageCost("dashboard", BASE_HOST_LIGHT, 0.0, units * 200e3, DASHBOARD_SECONDS))
+    costs.append(StageCost("autointerp", BASE_HOST["cpu"], 0.0, 0.0, None, f"judge: backend {run.autointerp.backend}, not modelled"))
     return costs
 
 
@@ -308,13 +350,16 @@ def fits(costs: list[StageCost], device: str) -> list[str]:
 
 
 def plan_run(params: Path | str, run: str, device: str = "cpu", gpu_tflops: float | None = None,
-             gemm_flops: float | None = None) -> list[StageCost]:
-    """The plan of run ``run`` of ``params`` on ``device`` (``cpu`` measures this CPU's GEMM rate)."""
+             gemm_flops: float | None = None, startup_seconds: float | None = None) -> list[StageCost]:
+    """The plan of run ``run`` of ``params`` on ``device``: what is not given is measured here (this
+    CPU's GEMM rate, on ``cpu``; a stage's start-up, always)."""
     from darkmatter.config import load_params
 
     r = load_params(params).run(run, check_chunks=False)
     model_dtype = "bfloat16" if r.subject.dtype in ("auto", "bfloat16") else "float32"
-    rates = Rates.gpu(model_dtype, gpu_tflops) if device == "cuda" else Rates.cpu(gemm_flops or measured_gemm_flops())
+    startup = measured_startup_seconds() if startup_seconds is None else startup_seconds
+    rates = (Rates.gpu(model_dtype, gpu_tflops, startup) if device == "cuda"
+             else Rates.cpu(gemm_flops or measured_gemm_flops(), startup))
     return plan(r, device, rates)
 
 
@@ -350,19 +395,20 @@ def main(argv: list[str] | None = None) -> None:
     if not args.all and args.run not in params.run_definitions:
         raise UserError(f"unknown run {args.run!r}; allowed: {', '.join(params.run_definitions)}")
     gemm = measured_gemm_flops() if args.device == "cpu" else None
+    startup = measured_startup_seconds()
     where = (f"this CPU (fp32 GEMM {gemm / 1e9:.0f} GFLOP/s measured now)" if gemm else
              f"one H100 (assumed {args.gpu_tflops or GPU_UTILISATION * GPU_PEAK['bfloat16'] / 1e12:.0f} TFLOP/s reached)")
     if args.all:
         print(f"Per run on {where}: the largest stage's host RAM and GPU memory, total disk and time\n")
         print("| run | host RAM | GPU memory | disk | time | fits |\n|---|---|---|---|---|---|")
         for name in params.run_definitions:
-            costs = plan_run(args.params, name, args.device, args.gpu_tflops, gemm)
+            costs = plan_run(args.params, name, args.device, args.gpu_tflops, gemm, startup)
             known = sum(c.seconds for c in costs if c.seconds is not None)
             problems = fits(costs, args.device)
             print(f"| {name} | {max(c.host_bytes for c in costs) / GIB:.1f} GiB | {max(c.gpu_bytes for c in costs) / GIB:.1f} GiB "
                   f"| {sum(c.disk_bytes for c in costs) / GIB:.1f} GiB | {_fmt_seconds(known)} | {'; '.join(problems) or 'yes'} |")
         return
-    costs = plan_run(args.params, args.run, args.device, args.gpu_tflops, gemm)
+    costs = plan_run(args.params, args.run, args.device, args.gpu_tflops, gemm, startup)
     print(f"Run {args.run} on {where}:\n")
     print(table(costs))
     for line in fits(costs, args.device):

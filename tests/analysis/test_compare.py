@@ -162,3 +162,18 @@ def test_the_gap_is_a_difference_and_no_ratio_is_formed_across_zero():
     gap = kurtosis_gap(components, stats, np.ones(60, bool), CompareConfig(n_bootstrap=200))
     assert gap["seed_definition"]["median_b"] < 0 and gap["seed_definition"]["ratio_of_medians"] is None
     assert gap["like_for_like"]["difference"] > 0.8 and gap["like_for_like"]["ci"][0] > 0
+
+
+def test_max_abs_cos_among_a_subset_reads_it_block_by_block_and_equals_the_copy():
+    """compare's live-feature cosines: the rows ``among`` are read in blocks (no decoder-sized copy), with
+    the same maxima and argmax positions as a search of the copied subset."""
+    rng = np.random.default_rng(3)
+    decoder = torch.from_numpy(rng.standard_normal((500, 16)).astype(np.float32))
+    dirs = rng.standard_normal((7, 16))
+    among = np.sort(rng.choice(500, size=123, replace=False))
+    budget = 3 * 4 * 16 * 20  # blocks of a few dozen rows: several blocks over the subset
+    assert cosine_blocks(7, len(among), 16, budget)[0] < len(among)
+    cos, arg = max_abs_cos(dirs, decoder, budget, among=among)
+    cos_copy, arg_copy = max_abs_cos(dirs, decoder[among], budget)
+    np.testing.assert_allclose(cos, cos_copy, rtol=1e-6)
+    np.testing.assert_array_equal(arg, arg_copy)

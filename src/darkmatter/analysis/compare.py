@@ -56,8 +56,10 @@ def cosine_blocks(n_directions: int, n_rows: int, d: int, budget_bytes: int) -> 
     return rows, max(1, min(n_directions, budget_bytes // (2 * 4 * rows)))
 
 
-def max_abs_cos(directions: np.ndarray, decoder, budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Max |cos| of each row of ``directions`` over the rows of ``decoder``, and the argmax row.
+def max_abs_cos(directions: np.ndarray, decoder, budget_bytes: int,
+                among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Max |cos| of each row of ``directions`` over the rows of ``decoder`` (or the rows ``among``, read
+    block by block: a copy of them would be decoder-sized), and the argmax row (its position in ``among``).
 
     ``decoder`` may be a torch tensor (on any device: the cosines are computed there) or an array
     [d_sae, d]. It is read in blocks of rows and the directions in blocks (:func:`cosine_blocks`),
@@ -72,11 +74,13 @@ def max_abs_cos(directions: np.ndarray, decoder, budget_bytes: int) -> tuple[np.
         dirs = torch.as_tensor(directions, dtype=torch.float32).to(device)
         dirs = dirs / dirs.norm(dim=1, keepdim=True)
         n, d = dirs.shape
-        rows, per = cosine_blocks(n, decoder.shape[0], d, budget_bytes)
+        n_rows = decoder.shape[0] if among is None else len(among)
+        rows, per = cosine_blocks(n, n_rows, d, budget_bytes)
         best = torch.full((n,), -1.0, device=device)
         arg = torch.zeros(n, dtype=torch.int64, device=device)
-        for lo in range(0, decoder.shape[0], rows):
-            block = torch.as_tensor(decoder[lo : lo + rows]).detach().to(device, torch.float32)
+        for lo in range(0, n_rows, rows):
+            part = decoder[lo : lo + rows] if among is None else decoder[np.asarray(among[lo : lo + rows], dtype=np.int64)]
+            block = torch.as_tensor(part).detach().to(device, torch.float32)
             block = block / block.norm(dim=1, keepdim=True).clamp_min(1e-12)
             for start in range(0, n, per):
                 value, index = (dirs[start : start + per] @ block.T).abs_().max(dim=1)
@@ -187,7 +191,7 @@ def compare(components: dict, decoder, stats: dict, cfg, budget_bytes: int) -> t
         raise UserError(f"SAE decoder has d_in {decoder.shape[1]} but the ICA directions have {d}; they come from different runs")
     live = np.flatnonzero(stats["latent_fires_heldout"] > 0)
     ica_cos, ica_arg = max_abs_cos(mixing, decoder, budget_bytes)
-    live_cos, _ = max_abs_cos(mixing, decoder[live], budget_bytes) if len(live) else (np.zeros(k), None)
+    live_cos, _ = max_abs_cos(mixing, decoder, budget_bytes, among=live) if len(live) else (np.zeros(k), None)
     rand_cos, _ = max_abs_cos(random_unit_directions(cfg.n_random, d, cfg.seed), decoder, budget_bytes)
     null_dirs = rotation_null_directions(components["pca_basis"], components["pca_scale"], cfg.n_rotations, cfg.seed + 1)
     null_cos = max_abs_cos(null_dirs, decoder, budget_bytes)[0].reshape(cfg.n_rotations, k)
