@@ -277,10 +277,12 @@ def token_norms(acts: np.ndarray, block: int = 65536) -> np.ndarray:
                            for i in range(0, len(acts), block)])
 
 
-def float64_column_sums(values) -> np.ndarray:
-    """Column sums in float64, row block by row block (a float64 copy of a latent-sized chunk is twice its size)."""
+def float64_column_means(values) -> np.ndarray:
+    """Column means in float64, row block by row block (a float64 copy of a latent-sized chunk is twice its size)."""
     block = max(1, POWER_BLOCK_BYTES // (values.shape[1] * 8))
-    return sum(values[lo : lo + block].double().sum(0).cpu().numpy() for lo in range(0, len(values), block))
+    if len(values) <= block:
+        return values.double().mean(0).cpu().numpy()
+    return sum(values[lo : lo + block].double().sum(0).cpu().numpy() for lo in range(0, len(values), block)) / len(values)
 
 
 def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_tokens: int | None = None) -> ResidualStats:
@@ -303,10 +305,10 @@ def accumulate(sae, cache: ActivationCache, heldout_fraction: float, cfg, chunk_
     first = np.flatnonzero(classes[:chunk_tokens] == ORDINARY)[:SHIFT_TOKENS]
     if not len(first):
         raise UserError(f"the first {chunk_tokens} cached tokens hold no ordinary token; the cache is not usable")
-    sums = [0.0, 0.0, 0.0]
-    for chunk in stream(sae, acts, first, chunk_tokens, desc="shifts", preacts=True):  # within the latent budget
-        sums = [s + float64_column_sums(t) for s, t in zip(sums, (chunk.x, chunk.r, chunk.preacts))]
-    shift_x, shift_r, shift_pre = (s / len(first) for s in sums)
+    parts = [(len(chunk.ids), [float64_column_means(t) for t in (chunk.x, chunk.r, chunk.preacts)])
+             for chunk in stream(sae, acts, first, chunk_tokens, desc="shifts", preacts=True)]  # within the latent budget
+    shift_x, shift_r, shift_pre = parts[0][1] if len(parts) == 1 else (
+        sum(n_c * means[i] for n_c, means in parts) / len(first) for i in range(3))
     stats = ResidualStats(
         classes=classes, class_rule=rule, heldout=heldout, analysed=analysed,
         x_sq=GroupedPowerSums(shift_x, powers=2), r_sq=GroupedPowerSums(shift_r, powers=2),
