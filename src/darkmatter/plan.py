@@ -6,8 +6,18 @@
 The formulas come from the run's shapes: tokens N, context T, the model's dimensions (from
 TransformerLens's own config of the model; GPT-2's from a table, since TransformerLens reads it from
 the Hub), the SAE's width W (the run's ``sae.width``, or the Gemma Scope / jb id), the ICA
-components k and each stage's own sizes. Each term says what it counts. Time is work divided by a
-rate:
+components k and each stage's own sizes. Each term says what it counts.
+
+Memory is what a stage holds at its peak: the interpreter and libraries, the loads (TransformerLens
+builds a float32 state dict on the host beside the checkpoint, whatever the device), then the work
+beside what stays resident (the model, the SAE and its shifted encoder copy, one latent chunk of
+``residual.latent_budget_mb``, SAELens's cross-check rows). On CUDA the loads pass through the host
+and the rest is on the GPU; the plan counts tensors, so ``nvidia-smi``, which also counts PyTorch's
+cached blocks, can read higher.
+
+Time is a stage's start-up (a fresh interpreter importing torch, TransformerLens and SAELens, timed
+here when the plan runs; plus the CUDA context), its loads (TransformerLens's conversion, seconds per
+weight; the SAE at disk speed), and its work divided by a rate:
 
 - **CPU:** the fp32 GEMM rate is measured here, at plan time (~1 s), and each kind of work runs at
   a fraction of it measured in ``bench/RESULTS.md`` on the default run (activation caching 0.80 of
@@ -15,7 +25,7 @@ rate:
   tokens); ICA's time is iterations (a data property: the cap, ``ica.max_iter``, bounds it) times
   a per-iteration cost that grows as N^0.76 (``bench/bench_scaling.py``).
 - **CUDA:** assumed rates of one H100 (bfloat16 989 TFLOP/s dense, TF32 495), at an assumed 35% of
-  peak, not measured: no GPU has been lent to this project. ``--gpu-tflops`` replaces the assumption.
+  peak, not measured: ``--gpu-tflops`` replaces the assumption.
 
 What is not modelled is printed as such, never as zero: the judge's time (it is a server or a
 local model, ``autointerp.backend``), and the corpus download.
