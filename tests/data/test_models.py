@@ -227,3 +227,14 @@ def test_the_random_weights_control_keeps_the_architecture_and_tokenizer_and_not
     tokens = subject.tokenizer(SENTENCE, return_tensors="pt")["input_ids"]
     acts = subject.activations(tokens, 9)
     assert acts.shape == (1, tokens.shape[1], 640) and torch.isfinite(acts).all()
+
+
+@pytest.mark.real_model
+def test_the_subject_is_frozen_and_still_differentiable_in_its_residual(gemma):
+    """Attribution needs ∂loss/∂resid only: no weight of the loaded model takes a gradient (a backward
+    would otherwise keep one per weight after the hook), and the residual's gradient still flows."""
+    assert not any(p.requires_grad for p in gemma.model.parameters())
+    resid = torch.randn(1, 6, gemma.model.cfg.d_model, requires_grad=True)
+    gemma.logprobs_from(resid, 16, "resid_post", positions=torch.tensor([5]), grad=True)[0, 0, 7].backward()
+    assert resid.grad is not None and resid.grad[0, :5].abs().sum() > 0
+    assert all(p.grad is None for p in gemma.model.parameters())

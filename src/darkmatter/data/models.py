@@ -470,6 +470,10 @@ def load_subject(
                 spec.tl_name, device=device, dtype=torch_dtype, **(from_pretrained_kwargs or {})
             )
     model.eval()
+    # Frozen: attribution differentiates the loss with respect to the residual only. With the weights
+    # trainable, every backward also built and kept a gradient for each weight after the hook layer
+    # and the unembedding (2.6 GB for the 1B shape; the ladder simulation's causal stage).
+    model.requires_grad_(False)
     return SubjectModel(spec=spec, model=model, device=device)
 
 
