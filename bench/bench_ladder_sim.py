@@ -366,7 +366,9 @@ def markdown(rows: list[dict], info: dict, failures: list[str], gpu: bool) -> st
         f"{info['calibration']['threshold']:.3f} fires {info['calibration']['l0_on_calibration_tokens']:.1f} latents per token "
         f"on the random model's layer-13 activations ({info['calibration']['tokens']} tokens). Sizes: `bench/bench_ladder_sim.py` "
         f"(`sim_sizes`). Predictions: `darkmatter.plan` for the same params"
-        + (f", this CPU's fp32 GEMM rate measured in the same run: {info['gemm_gflops']:.0f} GFLOP/s." if info.get("gemm_gflops") else "."),
+        + (f", this CPU's fp32 GEMM rate measured in the same run: {info['gemm_gflops']:.0f} GFLOP/s" if info.get("gemm_gflops") else "")
+        + (f"; a stage's start-up {info['startup_seconds']:.1f} s; ICA at the fits' mean {info['ica_iterations']:.0f} iterations "
+           "(a data property the plan otherwise assumes)." if "ica_iterations" in info else "."),
         "", "\n".join(lines), "",
         f"Total {total:.0f} s = {total / 60:.1f} min; largest peak RSS {max(r['peak_rss_bytes'] for r in rows) / GIB:.1f} GiB "
         f"(this machine: {info['ram_gib']:.0f} GiB). {verdict}",
@@ -433,10 +435,13 @@ def main(argv: list[str] | None = None) -> int:
         record.write_text(json.dumps({"calibration": calibration, "measured": measured, "tokens": args.tokens, "gemm": gemm,
                                       "startup": startup}))
 
+    fits = json.loads((ws / "metrics/runs" / shape.run / "ica.json").read_text())["runs"]
+    iterations = float(np.mean([f["n_iter"] for f in fits]))  # a data property: the plan is checked at the fits' own
     predicted = {c.stage: c for c in plan.plan_run(ws / "params.yaml", shape.run, args.device, gemm_flops=gemm,
-                                                    startup_seconds=startup)}
+                                                    startup_seconds=startup, ica_iterations=iterations)}
     rows, failures = compare(measured, predicted, args.ram_gib * GIB)
     info = machine_info(args.device) | {"run": shape.run, "width": shape.width, "tokens": args.tokens, "context": 1024, "calibration": calibration,
+                                         "ica_iterations": iterations, "startup_seconds": startup,
                                          "ram_gib": args.ram_gib, "gemm_gflops": gemm / 1e9 if gemm else None}
     args.out.write_text(json.dumps({"info": info, "stages": rows, "failures": failures}, indent=1) + "\n")
     body = markdown(rows, info, failures, args.device == "cuda")

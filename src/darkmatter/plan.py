@@ -71,17 +71,20 @@ CHECKPOINT_BYTES = {"google/": 2, "": 4}
 MODEL_LOAD_SECONDS_PER_WEIGHT = 45e-9
 #: Seconds to create the CUDA context and its first kernels in a stage process.
 CUDA_INIT_SECONDS = 5.0
-#: SAELens's ``run_evals`` (the eval_sae cross-check) on one row: copies of a [context, width or
-#: vocabulary] float32 array alive at its peak (its JumpReLU encode's temporaries, the dense
-#: decode's input, full-vocabulary logits and log-probabilities). 10 measured on the 270M / 262k
-#: row (a 14.2 GiB peak: 10.2 GiB above the model and the SAE); the latent budget does not bound it.
-CROSSCHECK_ROW_COPIES = 10
+#: SAELens's ``run_evals`` (the eval_sae cross-check) on one row: float32 arrays alive at its peak, as
+#: [context, width] copies (its JumpReLU encode's pre-activations, mask and latents, the dense decode's
+#: input) and [context, vocabulary] copies (the clean, spliced and ablated forwards' logits and
+#: log-probabilities). 10 in all measured on the 270M / 262k row, where width = vocabulary (a 14.2 GiB
+#: peak, 10.2 GiB above the model and the SAE); the split between the two is read from SAELens's code.
+#: The latent budget does not bound it.
+CROSSCHECK_LATENT_COPIES, CROSSCHECK_LOGIT_COPIES = 4, 6
 #: The dashboard stage: reading the examples and writing HTML.
-DASHBOARD_SECONDS = 3.0
+DASHBOARD_SECONDS = 2.0
 #: Fraction of the GEMM rate each kind of work reaches (bench/RESULTS.md, AVX2 EPYC): the layer
-#: forward (activation caching / roofline), the SAE encode + decode (residual pass / roofline),
-#: SAE training.
-CPU_EFFICIENCY = {"forward": 0.80, "sae": 0.78, "train": 0.86}
+#: forward (activation caching / roofline); the SAE pass, counted as the code computes it (the
+#: encode GEMM, a sparse decode, the moments: the default run's residual pass, 11,240 tok/s at width
+#: 4096, is 8.6 MFLOP per token at 97 GFLOP/s of a 151 GFLOP/s GEMM); SAE training.
+CPU_EFFICIENCY = {"forward": 0.80, "sae": 0.64, "train": 0.86}
 #: ICA's seconds per iteration per (k² · N^0.76) unit on CPU (Picard-O, one thread per fit;
 #: 222 ms per iteration at k = 64, N = 65,536, bench/RESULTS.md "Scaling of the cost").
 ICA_ITER_EXPONENT = 0.76
@@ -202,10 +205,12 @@ def measured_gemm_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def plan(run, device: str, rates: Rates) -> list[StageCost]:
-    """Every per-run stage's cost for ``run`` on ``device`` (module docstring)."""
+def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) -> list[StageCost]:
+    """Every per-run stage's cost for ``run`` on ``device`` (module docstring). ``ica_iterations``:
+    Picard's iterations per fit, when known (a data property; default :data:`ICA_ITERATIONS`)."""
     from darkmatter.analysis.compare import cosine_blocks
-    from darkmatter.analysis.stream import LATENT_COPIES, latent_chunk_tokens
+    from darkmatter.interp.examples import DENSITY_TOKENS
+    from darkmatter.analysis.stream import LATENT_COPIES, SPARSE_DECODE_BELOW, latent_chunk_tokens
     from darkmatter.data.split import split_rows
     from darkmatter.sae.splice import VARIANTS
 
@@ -230,7 +235,7 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     to_layer = (L + 1) * shape.layer_flops(T)                      # per token, embedding to the hook
     rest = (shape.n_layers - L - 1) * shape.layer_flops(T)         # per token, hook to the last block
     unembed_row = 2 * shape.d_vocab * d                            # per read-out position
-    sae_pass = 4 * d * W                                           # per token: encode + dense decode
+    sae_pass = 2 * d * W * (1 + SPARSE_DECODE_BELOW)              # per token: the encode GEMM, a sparse decode
     base_host, base_gpu = BASE_HOST[device], (BASE_GPU if gpu else 0.0)
     # a forward's live activations: batch × T × the widest layer, a few copies; attention scores per head
     def forward_work(rows: int) -> float:
@@ -277,7 +282,8 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     lm_rows = min(e.lm_rows, len(held_rows))
     lm_flops = lm_rows * (1 + len(VARIANTS)) * (T * rest + e.positions_per_row * unembed_row)
     lm_flops += e.crosscheck_rows * 4 * (T * (to_layer + rest) + T * unembed_row)  # SAELens's run_evals: full forwards
-    crosscheck = min(e.crosscheck_rows, e.lm_batch_rows) * T * max(W, shape.d_vocab) * 4 * CROSSCHECK_ROW_COPIES
+    crosscheck = min(e.crosscheck_rows, e.lm_batch_rows) * T * 4 * (
+        CROSSCHECK_LATENT_COPIES * W + CROSSCHECK_LOGIT_COPIES * shape.d_vocab)
     host, dev = footprint(min(e.geometry_tokens, n_train) * d * 4 * 2,
                           max(latent_chunk, forward_work(e.lm_batch_rows), crosscheck), model=True)
     costs.append(StageCost("eval_sae", host, dev, 0.0, start + load_model + load_sae
@@ -301,10 +307,11 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     iter_s = ICA_ITER_SECONDS * k ** 2 * fit_tokens ** ICA_ITER_EXPONENT
     if gpu:  # Picard on CUDA in float64: ~k² N FLOPs a few times per iteration, at float64 rates (~1/15 of TF32)
         iter_s = 20 * k * k * fit_tokens / (GPU_PEAK["float32"] / 15 * GPU_UTILISATION)
-    ica_seconds = math.ceil(n_fits / workers) * min(i.max_iter, ICA_ITERATIONS) * iter_s
+    iterations = min(i.max_iter, ica_iterations or ICA_ITERATIONS)
+    ica_seconds = math.ceil(n_fits / workers) * iterations * iter_s
     costs.append(StageCost("ica", host, dev, k * d * 8 * 4 + n_held * k * 4,
                            start + load_sae + ((1 + i.resamples) * fit_tokens + n_held) * sae_pass / rates.sae + ica_seconds,
-                           f"ICA at {ICA_ITERATIONS} iterations per fit ({n_fits} fits)"))
+                           f"ICA at {iterations:.0f} iterations per fit ({n_fits} fits)"))
 
     # compare: max |cos| of the components, random directions and random rotations against every decoder row,
     # a normalised block of decoder rows and a block of cosines at a time (within the budget)
@@ -318,8 +325,9 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     ex = run.examples
     units = k * 2 + ex.n_random_units
     host, dev = footprint(N * units * 4 * 2, latent_chunk)
+    density_tokens = min(DENSITY_TOKENS, n_train)                # the ICA densities' sample, then every token
     costs.append(StageCost("examples", host, dev, N * units * 2,
-                           start + load_sae + N * (sae_pass / 2 + 2 * d * units) / rates.sae))
+                           start + load_sae + ((N + density_tokens) * sae_pass + N * 2 * d * units) / rates.sae))
 
     # causal: a gradient pass, exact ablations and subspaces over rows (forwards from the hook), steering
     ca = run.causal
@@ -339,8 +347,9 @@ def plan(run, device: str, rates: Rates) -> list[StageCost]:
     pw = p.sae_width
     host, dev = footprint(p.n_tokens * d * 4 * 3, pw * d * 4 * 8 + latent_chunk + forward_work(a.batch_size), model=True)
     costs.append(StageCost("probes", host, dev, pw * d * 4 * 2, start + load_model + load_sae
-                           + p.sae_train_tokens * 6 * d * pw / rates.train + p.n_tokens * sae_pass / rates.sae
-                           + len(p.extra_layers) * p.n_tokens * shape.n_layers * shape.layer_flops(T) / rates.forward))
+                           + p.sae_train_tokens * 6 * d * pw / rates.train + 2 * p.n_tokens * sae_pass / rates.sae
+                           + p.n_tokens * (to_layer + len(p.extra_layers) * shape.n_layers * shape.layer_flops(T)) / rates.forward,
+                           "the probes' logistic fits are not modelled"))
 
     # dashboard and autointerp: the examples' text; the judge is not modelled
     costs.append(StageCost("dashboard", BASE_HOST_LIGHT, 0.0, units * 200e3, DASHBOARD_SECONDS))
@@ -360,7 +369,8 @@ def fits(costs: list[StageCost], device: str) -> list[str]:
 
 
 def plan_run(params: Path | str, run: str, device: str = "cpu", gpu_tflops: float | None = None,
-             gemm_flops: float | None = None, startup_seconds: float | None = None) -> list[StageCost]:
+             gemm_flops: float | None = None, startup_seconds: float | None = None,
+             ica_iterations: float | None = None) -> list[StageCost]:
     """The plan of run ``run`` of ``params`` on ``device``: what is not given is measured here (this
     CPU's GEMM rate, on ``cpu``; a stage's start-up, always)."""
     from darkmatter.config import load_params
@@ -370,7 +380,7 @@ def plan_run(params: Path | str, run: str, device: str = "cpu", gpu_tflops: floa
     startup = measured_startup_seconds() if startup_seconds is None else startup_seconds
     rates = (Rates.gpu(model_dtype, gpu_tflops, startup) if device == "cuda"
              else Rates.cpu(gemm_flops or measured_gemm_flops(), startup))
-    return plan(r, device, rates)
+    return plan(r, device, rates, ica_iterations)
 
 
 def _fmt_seconds(s: float | None) -> str:
