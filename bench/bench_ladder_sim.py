@@ -369,6 +369,8 @@ def markdown(rows: list[dict], info: dict, failures: list[str], gpu: bool) -> st
         + (f", this CPU's fp32 GEMM rate measured in the same run: {info['gemm_gflops']:.0f} GFLOP/s" if info.get("gemm_gflops") else "")
         + (f"; a stage's start-up {info['startup_seconds']:.1f} s; ICA at the fits' mean {info['ica_iterations']:.0f} iterations "
            "(a data property the plan otherwise assumes)." if "ica_iterations" in info else "."),
+        *([f"Rerun later, with the code and load of that time (the GEMM rate and start-up measured then): "
+           + ", ".join(f"{stage} ({when})" for stage, when in info["rerun"].items()) + "."] if info.get("rerun") else []),
         "", "\n".join(lines), "",
         f"Total {total:.0f} s = {total / 60:.1f} min; largest peak RSS {max(r['peak_rss_bytes'] for r in rows) / GIB:.1f} GiB "
         f"(this machine: {info['ram_gib']:.0f} GiB). {verdict}",
@@ -401,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section-out", type=Path, help="write the RESULTS.md section here instead (a GPU machine's copy)")
     parser.add_argument("--replan", action="store_true",
                         help="compare the plan with the measurements of the last run in --work (no stage runs)")
+    parser.add_argument("--rerun", nargs="+", choices=CHAIN, metavar="STAGE",
+                        help="rerun these stages in the last run's workspace (--work), then compare as --replan does; "
+                             "this machine's GEMM rate and start-up are measured again")
     parser.add_argument("--build-cache", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tokens % 1024 or args.tokens < 12288:
@@ -414,10 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     from darkmatter import plan
 
     ws, record = args.work / "ws", args.work / "measured.json"
-    if args.replan:
+    if args.replan or args.rerun:
         saved = json.loads(record.read_text())
         calibration, measured, args.tokens, gemm = saved["calibration"], saved["measured"], saved["tokens"], saved["gemm"]
         startup = saved.get("startup") or plan.measured_startup_seconds()
+        if args.rerun:
+            measured |= {stage: result for stage, result in run_chain(ws, cache, shape, tuple(args.rerun),
+                                                                      gpu=args.device == "cuda").items() if stage != "validate"}
+            gemm = plan.measured_gemm_flops() if args.device == "cpu" else None
+            startup = plan.measured_startup_seconds()
+            saved |= {"measured": measured, "gemm": gemm, "startup": startup,
+                      "rerun": saved.get("rerun", {}) | {stage: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                                                         for stage in args.rerun}}
+            record.write_text(json.dumps(saved))
     else:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
@@ -443,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.device) | {"run": shape.run, "width": shape.width, "tokens": args.tokens, "context": 1024, "calibration": calibration,
                                          "ica_iterations": iterations, "startup_seconds": startup,
                                          "ram_gib": args.ram_gib, "gemm_gflops": gemm / 1e9 if gemm else None}
+    if (args.replan or args.rerun) and saved.get("rerun"):
+        info["rerun"] = saved["rerun"]
     args.out.write_text(json.dumps({"info": info, "stages": rows, "failures": failures}, indent=1) + "\n")
     body = markdown(rows, info, failures, args.device == "cuda")
     print(body)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import REPO
 from fake_anthropic import FakeAnthropic
+from fake_openai import FakeOpenAI
 from hub_fixtures import gemma_scope_2_sae, hub_copy_of, jb_sae, text_dataset, tiny_gpt2
 
 SMALL = {
@@ -139,6 +140,29 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     assert report["groups"]["calibration_given"]["n_units"] == report["groups"]["calibration"]["n_units"] > 0
     assert report["primary_metric"] == "balanced_accuracy", "the Messages API gives no log-probabilities: no AUC"
     assert report["usage"]["detector"]["calls"] > 0 and report["cost_usd"] > 0
+
+    # The same through the openai client against an OpenAI-compatible server on 127.0.0.1, the likelihood
+    # scorer through echoed completions (as vLLM serves them); then a replay of its cache: the same report, no request.
+    def autointerp_with(settings: dict) -> dict:
+        raw["autointerp"] |= settings
+        (ws / "params_ai.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        autointerp.main(["--params", "params_ai.yaml", "--run", "gpt2-small",
+                         "--examples", "data/runs/gpt2-small/examples/examples.json",
+                         "--cache", "data/runs/gpt2-small/autointerp_cache",
+                         "--out", "data/runs/gpt2-small/autointerp/results.json",
+                         "--metrics", "metrics/runs/gpt2-small/autointerp.json",
+                         "--figures", "figures/runs/gpt2-small/autointerp"])
+        return json.loads((metrics / "autointerp.json").read_text())
+
+    with FakeOpenAI() as server:
+        live = autointerp_with({"backend": "openai", "model": "Qwen/Qwen2.5-7B-Instruct", "base_url": server.url,
+                                "scorer": "likelihood"})
+        paths = {r["path"] for r in server.requests}
+    assert paths == {"/v1/chat/completions", "/v1/completions"}, "explanations by chat, scores by echoed completions"
+    assert live["backend"] == "openai" and live["usage"]["detector"]["calls"] > 0 and live["primary_metric"] == "auc"
+    replayed = autointerp_with({"backend": "replay", "replay_of": "openai"})
+    assert replayed["usage"]["detector"]["calls"] == 0 and replayed["usage"]["explainer"]["calls"] == 0
+    assert replayed["groups"] == live["groups"] and replayed["tests"] == live["tests"]
 
     proc = subprocess.run([sys.executable, "-m", "darkmatter.paper.generate", "--params", "params.yaml",
                            "--metrics", "metrics", "--out", "generated"],

@@ -78,8 +78,9 @@ CUDA_INIT_SECONDS = 5.0
 #: peak, 10.2 GiB above the model and the SAE); the split between the two is read from SAELens's code.
 #: The latent budget does not bound it.
 CROSSCHECK_LATENT_COPIES, CROSSCHECK_LOGIT_COPIES = 4, 6
-#: The dashboard stage: reading the examples and writing HTML.
-DASHBOARD_SECONDS = 2.0
+#: The dashboard stage: reading the examples and writing HTML (1.2 s on a 2-core Xeon, 1.9 s on the
+#: H200 machine's host: bench/RESULTS.md, the ladder simulations).
+DASHBOARD_SECONDS = 1.5
 #: Fraction of the GEMM rate each kind of work reaches (bench/RESULTS.md, AVX2 EPYC): the layer
 #: forward (activation caching / roofline); the SAE pass, counted as the code computes it (the
 #: encode GEMM, a sparse decode, the moments: the default run's residual pass, 11,240 tok/s at width
@@ -292,8 +293,12 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
         CROSSCHECK_LATENT_COPIES * W + CROSSCHECK_LOGIT_COPIES * shape.d_vocab)
     host, dev = footprint(min(e.geometry_tokens, n_train) * d * 4 * 2,
                           max(latent_chunk, forward_work(e.lm_batch_rows), crosscheck), model=True)
+    # SAE passes: the held-out and geometry tokens; per LM batch one reconstruction for each SAE spliced (the run's
+    # and its curve snapshots) and for the cross-check's rows
+    spliced = 1 + (len(run.sae.curve_tokens) if run.sae_source.source == "train" else 0)
+    sae_tokens = n_held + min(e.geometry_tokens, n_train) + (spliced * lm_rows + e.crosscheck_rows) * T
     costs.append(StageCost("eval_sae", host, dev, 0.0, start + load_model + load_sae
-                           + (n_held + min(e.geometry_tokens, n_train)) * sae_pass / rates.sae + lm_flops / rates.forward,
+                           + sae_tokens * sae_pass / rates.sae + lm_flops / rates.forward,
                            f"SAELens cross-check on {e.crosscheck_rows} rows" if e.crosscheck_rows else ""))
 
     # residual: x and r streamed through the SAE; moments of [x, r] in float64
@@ -348,12 +353,16 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
     costs.append(StageCost("causal", host, dev, 0.0, start + load_model + load_sae + causal_flops / rates.forward
                            + ca.rows * T * sae_pass / rates.sae))
 
-    # probes: its own small SAE trained on the cache, the run's SAE's firing counts, extra layers' forwards
+    # probes: per probed layer two small SAEs trained here (on the activations and on the affine map's
+    # residual), one after the other; the run's SAE's firing counts and columns, and the small SAEs'; the
+    # paired forward to the deepest probed layer
     p = run.probes
     pw = p.sae_width
-    host, dev = footprint(p.n_tokens * d * 4 * 3, pw * d * 4 * 8 + latent_chunk + forward_work(a.batch_size), model=True)
-    costs.append(StageCost("probes", host, dev, pw * d * 4 * 2, start + load_model + load_sae
-                           + p.sae_train_tokens * 6 * d * pw / rates.train + 2 * p.n_tokens * sae_pass / rates.sae
+    small_saes = 2 * (1 + len(p.extra_layers))
+    host, dev = footprint(p.n_tokens * d * 4 * 3, pw * d * 4 * 8 + latent_chunk + forward_work(p.batch_size), model=True)
+    costs.append(StageCost("probes", host, dev, small_saes * pw * d * 4 * 2, start + load_model + load_sae
+                           + small_saes * p.sae_train_tokens * 6 * d * pw / rates.train
+                           + 2 * p.n_tokens * (sae_pass + small_saes * 4 * d * pw) / rates.sae
                            + p.n_tokens * (to_layer + len(p.extra_layers) * shape.n_layers * shape.layer_flops(T)) / rates.forward,
                            "the probes' logistic fits are not modelled"))
 

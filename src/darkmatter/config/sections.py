@@ -251,8 +251,10 @@ class AutointerpConfig:
     """Explain + detection scoring of units (``darkmatter.interp.autointerp``, ``darkmatter.interp.llm``)."""
 
     #: ``local``: an offline judge on CPU (``local_model``, ``local_explainer``); ``anthropic``:
-    #: Messages API (key from ANTHROPIC_API_KEY only); ``replay``: the response cache only.
-    backend: Literal["local", "anthropic", "replay"] = "local"
+    #: Messages API (key from ANTHROPIC_API_KEY only); ``openai``: any OpenAI-compatible server at
+    #: ``base_url`` serving ``model`` (vLLM, llama.cpp, Ollama, OpenRouter; key from OPENAI_API_KEY
+    #: only, none for a local server); ``replay``: the response cache only.
+    backend: Literal["local", "anthropic", "openai", "replay"] = "local"
     model: str = "claude-sonnet-5-5"
     #: The local judge that scores detection, and the one that writes explanations (a name of
     #: :data:`LOCAL_JUDGES`; both may be the same).
@@ -262,13 +264,18 @@ class AutointerpConfig:
     #: written after the excerpt and its marked token (language modelling, which small local judges
     #: do far better than following a Yes/No instruction; needs a local judge's log-probabilities).
     #: ``yes_no``: the judge answers whether the unit fires; log P(Yes) − log P(No) where the
-    #: backend gives log-probabilities (local), the answers alone otherwise (anthropic).
+    #: backend gives log-probabilities (local; openai where the server returns them), the answers
+    #: alone otherwise (anthropic).
     scorer: Literal["likelihood", "yes_no"] = "likelihood"
     #: Which backend's cached responses ``replay`` reads.
-    replay_of: Literal["local", "anthropic"] = "local"
-    #: Anthropic endpoint override (a proxy, or the loopback server in tests).
+    replay_of: Literal["local", "anthropic", "openai"] = "local"
+    #: The server of backend openai (e.g. http://127.0.0.1:8000/v1 for ``vllm serve``; None:
+    #: api.openai.com), or an Anthropic endpoint override (a proxy, or the loopback server in tests).
     base_url: str | None = None
+    #: Requests in flight at once (anthropic, openai).
     concurrency: Annotated[int, Field(gt=0)] = 4
+    #: The client's own retries of a request (429, 5xx, timeouts; anthropic, openai).
+    max_retries: Annotated[int, Field(ge=0)] = 5
     #: Message Batches API: half price, asynchronous (anthropic only).
     use_batches: bool = False
     #: ICA components scored (a uniform sample over the kurtosis ranking when fewer than k), each

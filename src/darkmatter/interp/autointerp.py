@@ -67,6 +67,8 @@ GROUPS = ("ica", "sae", "random", "calibration", "calibration_given", "calibrati
 #: The calibration rows that measure the judge itself (true and wrong explanation), on
 #: ``calibration_contexts`` contexts per class rather than the other groups' counts.
 CEILING_GROUPS = ("calibration_given", "calibration_shuffled")
+#: Backends behind a network API: requests run concurrently, and one model explains and judges.
+REMOTE = ("anthropic", "openai")
 
 
 def template(name: str) -> str:
@@ -320,25 +322,30 @@ def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]
     from darkmatter.config import LOCAL_JUDGES
     from darkmatter.interp.llm import (AnthropicBackend, LocalBackend, LocalPrompts, ReplayBackend, ResponseCache,
                                        anthropic_params)
+    from darkmatter.interp.openai_backend import OpenAIBackend, openai_params
 
     cache = ResponseCache(cache_dir)
 
     def backend(name: str):
         if cfg.backend == "anthropic":
-            return AnthropicBackend(cfg.model, base_url=cfg.base_url)
+            return AnthropicBackend(cfg.model, base_url=cfg.base_url, max_retries=cfg.max_retries)
+        if cfg.backend == "openai":
+            return OpenAIBackend(cfg.model, base_url=cfg.base_url, max_retries=cfg.max_retries)
         if cfg.backend == "local":
             return LocalBackend(LOCAL_JUDGES[name], judges / name)
         if cfg.replay_of == "anthropic":
             return ReplayBackend(cfg.model, "anthropic", lambda req: anthropic_params(cfg.model, req))
+        if cfg.replay_of == "openai":
+            return ReplayBackend(cfg.model, "openai", lambda req: openai_params(cfg.model, req))
         prompts = LocalPrompts(judges / name)
         return ReplayBackend(LOCAL_JUDGES[name], "local", lambda req: prompts.payload(LOCAL_JUDGES[name], req))
 
     def llm(b) -> CachedLLM:
-        return CachedLLM(b, cache, concurrency=cfg.concurrency if cfg.backend == "anthropic" else 1,
+        return CachedLLM(b, cache, concurrency=cfg.concurrency if cfg.backend in REMOTE else 1,
                          use_batches=cfg.use_batches)
 
     detector = llm(backend(cfg.local_model))
-    same = cfg.backend == "anthropic" or (cfg.backend == "replay" and cfg.replay_of == "anthropic") \
+    same = cfg.backend in REMOTE or (cfg.backend == "replay" and cfg.replay_of in REMOTE) \
         or cfg.local_explainer == cfg.local_model
     return (detector if same else llm(backend(cfg.local_explainer))), detector
 

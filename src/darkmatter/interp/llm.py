@@ -31,6 +31,7 @@ Backends:
   float32: dynamic int8 quantisation of the linear layers (``torch.ao``) runs a judge 2.7–3.4× faster
   on 2 cores but lowers every judge's ceiling AUC on the calibration units (``bench/bench_judges.py
   --int8``), and bf16 is fast only on CPUs with bf16 instructions (~6× slower on the others).
+- ``openai``: any OpenAI-compatible server (:mod:`darkmatter.interp.openai_backend`).
 - ``replay``: cache only.
 """
 
@@ -153,7 +154,7 @@ class ReplayBackend(Backend):
     def complete(self, req: Request) -> Response:
         raise UserError(
             f"replay: no cached response for unit {req.unit} ({self.name}/{self.model}); "
-            "`dvc pull` the autointerp cache or run with autointerp.backend: local or anthropic"
+            "`dvc pull` the autointerp cache or run with autointerp.backend: local, anthropic or openai"
         )
 
 
@@ -439,10 +440,13 @@ class CachedLLM:
             return list(tqdm(pool.map(self._one, requests), total=len(requests), desc=desc, unit="req"))
 
     def cost_usd(self, usage: dict | None = None) -> float | None:
-        """USD for ``usage`` (default: this run's calls); None for an unpriced anthropic model."""
+        """USD for ``usage`` (default: this run's calls): 0 for the local judge; None for a model not
+        in :data:`PRICES` (an OpenAI-compatible server's price is the server's to know)."""
         price = PRICES.get(self.backend.model)
+        if self.backend.name == "local":
+            return 0.0
         if self.backend.name != "anthropic" or price is None:
-            return None if self.backend.name == "anthropic" else 0.0
+            return None
         s = self.stats if usage is None else usage
         return (price[0] * (s["input_tokens"] + 1.25 * s["cache_creation_input_tokens"] + 0.1 * s["cache_read_input_tokens"])
                 + price[1] * s["output_tokens"]) / 1e6

@@ -99,9 +99,13 @@ def splice_edits(sae, geometry: ErrorGeometry | None, outlier_threshold: float, 
         mean_error = tensor(geometry.mean)
         colour = tensor(geometry.eigenvectors * np.sqrt(geometry.eigenvalues)[None, :])  # z Cᵀ ~ N(0, Σ_r)
 
+    last = {}  # the last batch's error: its variants all read one SAE pass (prediction_effects edits one batch at a time)
+
     def error(resid):
-        flat = resid.reshape(-1, resid.shape[-1]).to(device)
-        return (flat - reconstruct(sae, flat, chunk_tokens)).reshape(resid.shape)
+        if last.get("resid") is not resid:
+            flat = resid.reshape(-1, resid.shape[-1]).to(device)
+            last.update(resid=resid, r=(flat - reconstruct(sae, flat, chunk_tokens)).reshape(resid.shape))
+        return last["r"]
 
     def same_norm(resid, r, batch, shaped: bool):
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(batch.rows[0]))
