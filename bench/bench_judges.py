@@ -1,7 +1,7 @@
 """Autointerp judges: what each local judge can see on the run's calibration units, and its cost.
 
     python bench/bench_judges.py [--run gemma-3-270m-l9] [--judges smollm2-135m qwen2.5-coder-1.5b]
-                                 [--scorers likelihood yes_no] [--int8]
+                                 [--scorers likelihood yes_no] [--numerics float32 bfloat16 int8 ct2-int8 ct2-float32] [--title T]
 
 For each local judge (prepared into ``data/scratch/judges/<name>`` unless the ``judge_model`` stage
 built it; the Qwen judge needs its 22 PyPI parts, see the README), on the calibration units of
@@ -19,9 +19,18 @@ is computed and timed):
 - **cost**: load time, seconds per detection and per explanation (one per unit, generated),
   seconds per unit (one explanation and ``detect_positives + detect_negatives`` detections),
   and the autointerp stage's judge time projected to the params' unit counts;
-- ``--int8``: each judge again with its transformer's linear layers dynamically quantised to int8
-  (``torch.ao.quantization.quantize_dynamic``, per-channel weights; the unembedding stays float32),
-  the cheapest speed-up on a CPU without bf16 kernels: what it costs in AUC.
+- ``--numerics``: the arithmetic each judge runs in (default float32, the stage's):
+  - ``int8``: its transformer's linear layers dynamically quantised to int8
+    (``torch.ao.quantization.quantize_dynamic``, per-channel weights; the unembedding stays float32),
+    the cheapest speed-up on a CPU without bf16 kernels;
+  - ``bfloat16``: the whole model in torch bfloat16, fast only on CPUs with bf16 units (AMX,
+    avx512_bf16: the flags are recorded with the table);
+  - ``ct2-int8``, ``ct2-float32``: the same weights converted to CTranslate2 (once, into
+    ``data/scratch/ct2/``; ``pip install ctranslate2``, not a dependency of the pipeline), scored with
+    ``Generator.score_batch`` (per-token log-probabilities: a continuation's mean; P(Yes) and P(No)
+    as the last token of two scored sequences, so twice the tokens) and explained with
+    ``generate_batch``. CTranslate2 has no bfloat16 on CPU (``get_supported_compute_types``).
+  What each costs in AUC, beside what it saves in time.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_section  # noqa: E402
+from common import cpu_flags, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,19 +61,69 @@ def judge_weights(name: str) -> Path:
     return out
 
 
-def load(name: str, units: list[dict], cfg, int8: bool = False):
-    """The judge, its load time, and its seconds per explanation (one per unit, generated)."""
-    from darkmatter.config import LOCAL_JUDGES
+NUMERICS = ("float32", "bfloat16", "int8", "ct2-int8", "ct2-float32")
 
+
+class CT2Judge:
+    """A local judge's requests through CTranslate2, answered as :class:`LocalBackend` answers them."""
+
+    def __init__(self, model: str, weights: Path, compute_type: str):
+        import ctranslate2
+
+        from darkmatter.interp.llm import LocalPrompts
+
+        converted = REPO / "data/scratch/ct2" / weights.name
+        if not (converted / "model.bin").exists():
+            ctranslate2.converters.TransformersConverter(str(weights)).convert(str(converted), force=True)
+        self.model, self.prompts = model, LocalPrompts(weights)
+        self.tokenizer = self.prompts.tokenizer
+        self.generator = ctranslate2.Generator(str(converted), device="cpu", compute_type=compute_type)
+
+    def _tokens(self, text: str) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def complete_batch(self, reqs):
+        from darkmatter.interp.llm import Response
+
+        out = []
+        for req in reqs:  # the generator batches internally; one request's sequences at a time keeps it simple
+            if req.continuation is not None:
+                prompt, cont = self._tokens(req.prompt), self._tokens(req.continuation)
+                logp = self.generator.score_batch([prompt + cont])[0].log_probs  # every token after the first
+                out.append(Response("", {"continuation": sum(logp[-len(cont):]) / len(cont)},
+                                    {"input_tokens": len(prompt) + len(cont)}))
+            elif req.want_logprobs:
+                text = self._tokens(self.prompts.text(req))
+                yes, no = self.tokenizer.convert_ids_to_tokens(list(self.prompts.answer_ids))
+                scored = self.generator.score_batch([text + [yes], text + [no]])
+                lp = {"yes": scored[0].log_probs[-1], "no": scored[1].log_probs[-1]}
+                out.append(Response("Yes" if lp["yes"] > lp["no"] else "No", lp, {"input_tokens": 2 * len(text)}))
+            else:
+                text = self._tokens(self.prompts.text(req))
+                result = self.generator.generate_batch([text], max_length=req.max_tokens, sampling_topk=1,
+                                                       include_prompt_in_result=False)[0]
+                out.append(Response(self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True).strip(),
+                                    None, {"input_tokens": len(text)}))
+        return out
+
+
+def load(name: str, units: list[dict], cfg, numerics: str = "float32"):
+    """The judge in ``numerics``, its load time, and its seconds per explanation (one per unit, generated)."""
+    import torch
+
+    from darkmatter.config import LOCAL_JUDGES
     from darkmatter.interp.autointerp import explain_request
     from darkmatter.interp.llm import LocalBackend
 
     start = time.perf_counter()
-    judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
-    if int8:
+    if numerics.startswith("ct2-"):
+        judge = CT2Judge(LOCAL_JUDGES[name], judge_weights(name), numerics.removeprefix("ct2-"))
+    else:
+        judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
+    if numerics == "bfloat16":
+        judge.lm.to(torch.bfloat16)
+    elif numerics == "int8":
         import warnings
-
-        import torch
 
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated; torch is pinned at 2.13
             warnings.simplefilter("ignore")
@@ -128,7 +187,9 @@ def main() -> None:
     parser.add_argument("--run", default="gemma-3-270m-l9")
     parser.add_argument("--judges", nargs="+", default=list(LOCAL_JUDGES), choices=list(LOCAL_JUDGES))
     parser.add_argument("--scorers", nargs="+", default=["likelihood", "yes_no"], choices=["likelihood", "yes_no"])
-    parser.add_argument("--int8", action="store_true", help="also each judge with int8 dynamic quantisation")
+    parser.add_argument("--numerics", nargs="+", default=["float32"], choices=NUMERICS,
+                        help="the arithmetic of each judge (module docstring)")
+    parser.add_argument("--title", default="Autointerp judges", help="the bench/RESULTS.md section written")
     args = parser.parse_args()
     cfg = load_params(REPO / "params.yaml").run(args.run).autointerp
     examples = json.loads((REPO / f"data/runs/{args.run}/examples/examples.json").read_text())
@@ -139,15 +200,17 @@ def main() -> None:
     n_detect = n_explain * per_unit_detections + 2 * len(units) * ceiling_detections
     rows = []
     for name in args.judges:
-        for int8 in (False, True) if args.int8 else (False,):
-            judge, load_s, explain_s = load(name, units, cfg, int8)
+        for numerics in args.numerics:
+            judge, load_s, explain_s = load(name, units, cfg, numerics)
             for scorer in args.scorers:
                 m = measure(judge, scorer, units, cfg) | {"load_s": load_s, "explain_s": explain_s}
-                label = LOCAL_JUDGES[name] + (" (int8)" if int8 else "")
+                label = LOCAL_JUDGES[name] + ("" if numerics == "float32" else f" ({numerics})")
                 rows.append(row(label, scorer, m, per_unit_detections, n_explain, n_detect))
                 print(rows[-1], flush=True)
             del judge  # one judge in memory at a time (the 1.5B one needs ~9 GB)
     body = f"""
+CPU flags: {cpu_flags()}.
+
 Run {args.run}: its {len(units)} calibration units (token classes of known meaning), up to {ceiling_detections} held-out
 detection contexts each (`autointerp.calibration_contexts` per class, as the stage's ceiling), every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability
 of the explanation after the marked excerpt; *yes_no*, log P(Yes) − log P(No) of its answer. AUC per unit, mean
@@ -160,7 +223,7 @@ units detected three times).
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
-    write_section("Autointerp judges", body)
+    write_section(args.title, body)
     print(body)
 
 

@@ -378,16 +378,9 @@ def markdown(rows: list[dict], info: dict, failures: list[str], gpu: bool) -> st
 
 
 def machine_info(device: str) -> dict:
-    from common import machine
+    from common import cpu_flags, machine
 
-    flags = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        flags = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Flags")), "")
-    except OSError:
-        pass
-    wanted = [f for f in flags.split() if f.startswith(("avx", "amx", "fma", "f16c"))]
-    return {"machine": machine(), "flags": " ".join(wanted) or "(lscpu unavailable)", "device": device,
+    return {"machine": machine(), "flags": cpu_flags(), "device": device,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 

@@ -26,6 +26,18 @@ def machine() -> str:
     return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
+def cpu_flags() -> str:
+    """The vector and matrix extensions ``lscpu`` lists (AVX*, AMX*, FMA, F16C): what a rate depends on."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "(lscpu unavailable)"
+    flags = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Flags")), "")
+    return " ".join(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "f16c"))) or "(lscpu unavailable)"
+
+
 def best_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
