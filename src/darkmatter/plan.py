@@ -264,7 +264,13 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
             return base_host + loading + host_work, base_gpu + resident
         return base_host + max(loading, resident) + host_work, 0.0
 
-    latent_chunk = chunk * W * 4 * LATENT_COPIES + chunk * d * 4 * 3   # a stream chunk: latents, pre-activations, x, r
+    def stream_chunk(tokens: int) -> float:
+        """A stream chunk's latents, pre-activations, x and r, for a pass over ``tokens`` (a short pass
+        encodes fewer tokens than the budget allows)."""
+        c = min(chunk, tokens)
+        return c * W * 4 * LATENT_COPIES + c * d * 4 * 3
+
+    latent_chunk = stream_chunk(chunk)
     costs: list[StageCost] = []
 
     # activations: the forward to the hook over every token, written chunk by chunk
@@ -292,7 +298,7 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
     crosscheck = min(e.crosscheck_rows, e.lm_batch_rows) * T * 4 * (
         CROSSCHECK_LATENT_COPIES * W + CROSSCHECK_LOGIT_COPIES * shape.d_vocab)
     host, dev = footprint(min(e.geometry_tokens, n_train) * d * 4 * 2,
-                          max(latent_chunk, forward_work(e.lm_batch_rows), crosscheck), model=True)
+                          max(stream_chunk(max(n_held, min(e.geometry_tokens, n_train))), forward_work(e.lm_batch_rows), crosscheck), model=True)
     # SAE passes: the held-out and geometry tokens; per LM batch one reconstruction for each SAE spliced (the run's
     # and its curve snapshots) and for the cross-check's rows
     spliced = 1 + (len(run.sae.curve_tokens) if run.sae_source.source == "train" else 0)
@@ -303,7 +309,7 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
 
     # residual: x and r streamed through the SAE; moments of [x, r] in float64
     moments = (2 * d) ** 2 * 8 * 2
-    host, dev = footprint(0.0, latent_chunk + moments)
+    host, dev = footprint(0.0, stream_chunk(N) + moments)
     costs.append(StageCost("residual", host, dev, 4 * d * d * 8,
                            start + load_sae + N * (sae_pass + 2 * (2 * d) ** 2) / rates.sae))
 
@@ -314,7 +320,7 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
     workers = 1 if gpu else min(n_fits, 2)
     z = fit_tokens * k * 8
     ica_host = (1 + i.resamples) * z + n_held * k * 8 + workers * 6 * z
-    host, dev = footprint(ica_host, latent_chunk)
+    host, dev = footprint(ica_host, stream_chunk(max(fit_tokens, n_held)))
     iter_s = ICA_ITER_SECONDS * k * fit_tokens
     if gpu:  # Picard on CUDA in float64: ~k² N FLOPs a few times per iteration, at float64 rates (~1/15 of TF32)
         iter_s = 20 * k * k * fit_tokens / (GPU_PEAK["float32"] / 15 * GPU_UTILISATION)
@@ -335,7 +341,7 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
     # examples: the units' activations over every token (ICA sources, SAE latents, random units)
     ex = run.examples
     units = k * 2 + ex.n_random_units
-    host, dev = footprint(N * units * 4 * 2, latent_chunk)
+    host, dev = footprint(N * units * 4 * 2, stream_chunk(N))
     density_tokens = min(DENSITY_TOKENS, n_train)                # the ICA densities' sample, then every token
     costs.append(StageCost("examples", host, dev, N * units * 2,
                            start + load_sae + ((N + density_tokens) * sae_pass + N * 2 * d * units) / rates.sae))
@@ -359,7 +365,7 @@ def plan(run, device: str, rates: Rates, ica_iterations: float | None = None) ->
     p = run.probes
     pw = p.sae_width
     small_saes = 2 * (1 + len(p.extra_layers))
-    host, dev = footprint(p.n_tokens * d * 4 * 3, pw * d * 4 * 8 + latent_chunk + forward_work(p.batch_size), model=True)
+    host, dev = footprint(p.n_tokens * d * 4 * 3, pw * d * 4 * 8 + stream_chunk(p.n_tokens) + forward_work(p.batch_size), model=True)
     costs.append(StageCost("probes", host, dev, small_saes * pw * d * 4 * 2, start + load_model + load_sae
                            + small_saes * p.sae_train_tokens * 6 * d * pw / rates.train
                            + 2 * p.n_tokens * (sae_pass + small_saes * 4 * d * pw) / rates.sae
