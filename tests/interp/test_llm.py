@@ -219,3 +219,25 @@ def test_the_local_judge_scores_a_continuation_as_a_plain_forward_does(tmp_path)
 def test_the_messages_api_refuses_a_continuation_with_one_line():
     with pytest.raises(UserError, match="set autointerp.scorer: yes_no"):
         anthropic_params("claude-haiku-4-5", Request("u", "s", "p", continuation=" x"))
+
+
+@pytest.mark.real_model
+def test_bfloat16_numerics_key_their_own_cache_entries_and_float32_keeps_the_old_keys():
+    from conftest import prepared_weights
+
+    from darkmatter.interp.llm import LocalPrompts
+
+    prompts = LocalPrompts(prepared_weights("smollm2-135m"))
+    req = Request("u", "Answer Yes or No only.", "Is ice hot? Answer Yes or No.", 1, want_logprobs=True)
+    plain = prompts.payload("SmolLM2-135M-Instruct", req)
+    assert prompts.payload("SmolLM2-135M-Instruct", req, "float32") == plain and "numerics" not in plain
+    assert prompts.payload("SmolLM2-135M-Instruct", req, "bfloat16") == plain | {"numerics": "bfloat16"}
+
+
+def test_bfloat16_on_a_cpu_without_bf16_units_is_refused_before_any_judge_loads(tmp_path, monkeypatch):
+    from darkmatter.config import AutointerpConfig
+    from darkmatter.interp import autointerp, llm
+
+    monkeypatch.setattr(llm, "cpu_has_bf16_units", lambda: False)
+    with pytest.raises(UserError, match="no bf16 units.*set autointerp.local_numerics: float32"):
+        autointerp.make_llms(AutointerpConfig(local_numerics="bfloat16"), tmp_path / "cache", tmp_path / "no-judges")

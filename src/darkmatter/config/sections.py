@@ -260,6 +260,10 @@ class AutointerpConfig:
     #: :data:`LOCAL_JUDGES`; both may be the same).
     local_model: str = "smollm2-135m"
     local_explainer: str = "smollm2-135m"
+    #: The local judges' arithmetic. ``bfloat16`` needs a CPU with bf16 units (amx_bf16 or
+    #: avx512_bf16), where it runs the Qwen2.5-Coder-1.5B judge ~7x faster than float32 at the same
+    #: ceiling AUC (bench/RESULTS.md, "Autointerp judge numerics"); the stage refuses it elsewhere.
+    local_numerics: Literal["float32", "bfloat16"] = "float32"
     #: How detection is scored. ``likelihood``: the judge's mean log-probability of the explanation
     #: written after the excerpt and its marked token (language modelling, which small local judges
     #: do far better than following a Yes/No instruction; needs a local judge's log-probabilities).

@@ -322,8 +322,12 @@ def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]
     from darkmatter.config import LOCAL_JUDGES
     from darkmatter.interp.llm import (AnthropicBackend, LocalBackend, LocalPrompts, ReplayBackend, ResponseCache,
                                        anthropic_params)
+    from darkmatter.interp.llm import cpu_has_bf16_units
     from darkmatter.interp.openai_backend import OpenAIBackend, openai_params
 
+    if cfg.backend == "local" and cfg.local_numerics == "bfloat16" and not cpu_has_bf16_units():
+        raise UserError("autointerp.local_numerics is bfloat16, but this CPU has no bf16 units (amx_bf16 or avx512_bf16 "
+                        "in /proc/cpuinfo), where bfloat16 runs slower than float32; set autointerp.local_numerics: float32")
     cache = ResponseCache(cache_dir)
 
     def backend(name: str):
@@ -332,13 +336,13 @@ def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]
         if cfg.backend == "openai":
             return OpenAIBackend(cfg.model, base_url=cfg.base_url, max_retries=cfg.max_retries)
         if cfg.backend == "local":
-            return LocalBackend(LOCAL_JUDGES[name], judges / name)
+            return LocalBackend(LOCAL_JUDGES[name], judges / name, numerics=cfg.local_numerics)
         if cfg.replay_of == "anthropic":
             return ReplayBackend(cfg.model, "anthropic", lambda req: anthropic_params(cfg.model, req))
         if cfg.replay_of == "openai":
             return ReplayBackend(cfg.model, "openai", lambda req: openai_params(cfg.model, req))
         prompts = LocalPrompts(judges / name)
-        return ReplayBackend(LOCAL_JUDGES[name], "local", lambda req: prompts.payload(LOCAL_JUDGES[name], req))
+        return ReplayBackend(LOCAL_JUDGES[name], "local", lambda req: prompts.payload(LOCAL_JUDGES[name], req, cfg.local_numerics))
 
     def llm(b) -> CachedLLM:
         return CachedLLM(b, cache, concurrency=cfg.concurrency if cfg.backend in REMOTE else 1,
@@ -374,7 +378,10 @@ def main(argv: list[str] | None = None) -> None:
     llms = {"explainer": explainer, "detector": detector}
     recorded = {k: sum(llm.recorded[k] for llm in set(llms.values())) for k in TOKEN_KINDS}
     report = {"backend": cfg.backend if cfg.backend != "replay" else f"replay of {cfg.replay_of}",
-              "model": detector.backend.model, "explainer": explainer.backend.model, "scorer": cfg.scorer, **summary,
+              "model": detector.backend.model, "explainer": explainer.backend.model, "scorer": cfg.scorer,
+              # the local judges' arithmetic (autointerp.local_numerics); None for a judge behind an API
+              "numerics": cfg.local_numerics if (cfg.backend, cfg.replay_of)[cfg.backend == "replay"] == "local" else None,
+              **summary,
               "usage": {role: llm.stats for role, llm in llms.items()},
               "cost_usd": sum_costs(llm.cost_usd() for llm in set(llms.values())),
               # What the responses cost when first made (equal to usage on a run with no cache hits).

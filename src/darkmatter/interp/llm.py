@@ -28,9 +28,11 @@ Backends:
   batched detection prompts run at ~45 tok/s in float32 through transformers, the same as
   llama.cpp's ~45 tok/s, and llama-cpp-python ships as an sdist only (a ~12-minute native build
   on a fresh machine, in setup and in CI) while transformers is already in the stack. Weights stay
-  float32: dynamic int8 quantisation of the linear layers (``torch.ao``) runs a judge 2.7–3.4× faster
-  on 2 cores but lowers every judge's ceiling AUC on the calibration units (``bench/bench_judges.py
-  --int8``), and bf16 is fast only on CPUs with bf16 instructions (~6× slower on the others).
+  float32 by default: dynamic int8 quantisation of the linear layers (``torch.ao``) runs a judge
+  2.7–3.4× faster on 2 cores but lowers every judge's ceiling AUC on the calibration units
+  (``bench/bench_judges.py --numerics int8``). ``autointerp.local_numerics: bfloat16`` is the fast
+  option on CPUs with bf16 units (AMX, avx512_bf16): the same ceiling AUC for the 1.5B judge, ~7×
+  faster; on CPUs without them bf16 is slower than float32, so the stage refuses it there.
 - ``openai``: any OpenAI-compatible server (:mod:`darkmatter.interp.openai_backend`).
 - ``replay``: cache only.
 """
@@ -213,6 +215,15 @@ class AnthropicBackend(Backend):
         return [out[f"r{i}"] for i in range(len(requests))]
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16; Linux's /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 class LocalPrompts:
     """The local judge's chat template, and the answer tokens it makes likely (tokenizer only).
 
@@ -246,13 +257,15 @@ class LocalPrompts:
         at = next(i for i, (a, b) in enumerate(zip(bare + [None], answered)) if a != b)
         return answered[at]
 
-    def payload(self, model: str, req: Request) -> dict:
+    def payload(self, model: str, req: Request, numerics: str = "float32") -> dict:
+        # float32 adds nothing to the key, so the keys of runs before ``local_numerics`` existed still hold
+        extra = {} if numerics == "float32" else {"numerics": numerics}
         if req.continuation is not None:
             return {"model": model, "text": self.text(req), "continuation": req.continuation,
-                    "decoding": "mean log-prob per token of the continuation, each tokenized on its own"}
+                    "decoding": "mean log-prob per token of the continuation, each tokenized on its own"} | extra
         decoding = (f"log-probs of tokens {list(self.answer_ids)}, shared prompt prefix run once" if req.want_logprobs
                     else f"greedy, {req.max_tokens} tokens")
-        return {"model": model, "text": self.text(req), "decoding": decoding}
+        return {"model": model, "text": self.text(req), "decoding": decoding} | extra
 
 
 class LocalBackend(Backend):
@@ -271,21 +284,21 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, model: str, weights_dir: Path, batch_size: int = 16):
+    def __init__(self, model: str, weights_dir: Path, batch_size: int = 16, numerics: str = "float32"):
         super().__init__(model)
         if not (Path(weights_dir) / "config.json").exists():
             raise UserError(f"no local judge weights in {weights_dir}; run `dvc repro judge_model`")
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.torch, self.batch_size = torch, batch_size
+        self.torch, self.batch_size, self.numerics = torch, batch_size, numerics
         self.prompts = LocalPrompts(weights_dir)
         self.tokenizer = self.prompts.tokenizer
-        self.lm = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32).eval()
+        self.lm = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=getattr(torch, numerics)).eval()
         self.yes_no = list(self.prompts.answer_ids)
 
     def payload(self, req: Request) -> dict:
-        return self.prompts.payload(self.model, req)
+        return self.prompts.payload(self.model, req, self.numerics)
 
     def _encode(self, reqs: list[Request]):
         texts = [self.prompts.text(r) for r in reqs]
