@@ -2,24 +2,23 @@
 Message Batches), with a script of error statuses (429, 500) to exercise the client's retries."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback import LoopbackServer, send_json
 
 
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer):
     """Speaks the Messages API shape; replies from a script of statuses, then 200s."""
 
     def __init__(self, script=()):
         self.script = list(script)
         self.requests = []
         self.batches = {}
-        handler = self._handler()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.root
 
     @staticmethod
     def message(body, i=0):
@@ -38,14 +37,7 @@ class FakeAnthropic:
                 pass
 
             def _send(self, status, payload, headers=(), raw=None):
-                data = raw if raw is not None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload, headers, raw)
 
             def _batch(self, bid):
                 return {"id": bid, "type": "message_batch", "processing_status": "ended",
@@ -80,10 +72,3 @@ class FakeAnthropic:
                 return self._send(200, fake.message(body, len(fake.requests)))
 
         return Handler
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()

@@ -11,8 +11,9 @@ Its answers are a deterministic function of the request, so a test can plant wha
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback import LoopbackServer, send_json
 
 YES_MARK = "<<yes>>"
 
@@ -21,19 +22,18 @@ def word_logprob(word: str) -> float:
     return -0.1 * len(word.strip())
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """``script``: statuses answered first, in order. ``logprobs``: whether responses carry them.
     ``echo``: whether legacy completions accept ``echo`` (llama.cpp's server does not)."""
 
     def __init__(self, script=(), logprobs=True, echo=True):
         self.script, self.logprobs, self.echo = list(script), logprobs, echo
         self.requests = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"{self.root}/v1"
 
     def chat(self, body):
         prompt = body["messages"][-1]["content"]
@@ -67,14 +67,7 @@ class FakeOpenAI:
                 pass
 
             def _send(self, status, payload, headers=()):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload, headers)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -93,11 +86,3 @@ class FakeOpenAI:
                 return self._send(404, {"error": {"message": f"no route {self.path}", "code": 404}})
 
         return Handler
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()  # a later connection is refused, not left waiting

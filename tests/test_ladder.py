@@ -122,27 +122,8 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
     from darkmatter.interp import autointerp
 
     raw = yaml.safe_load((ws / "params.yaml").read_text())
-    with FakeAnthropic() as server:
-        raw["autointerp"] |= {"backend": "anthropic", "model": "claude-haiku-4-5", "base_url": server.url,
-                              "scorer": "yes_no"}  # the Messages API gives no log-probabilities
-        (ws / "params_ai.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-ladder")
-        monkeypatch.chdir(ws)
-        autointerp.main(["--params", "params_ai.yaml", "--run", "gpt2-small",
-                         "--examples", "data/runs/gpt2-small/examples/examples.json",
-                         "--cache", "data/runs/gpt2-small/autointerp_cache",
-                         "--out", "data/runs/gpt2-small/autointerp/results.json",
-                         "--metrics", "metrics/runs/gpt2-small/autointerp.json",
-                         "--figures", "figures/runs/gpt2-small/autointerp"])
-    report = json.loads((metrics / "autointerp.json").read_text())
-    assert report["groups"]["ica"]["n_units"] == 8 and report["groups"]["random"]["n_units"] == 4
-    assert report["groups"]["sae"]["n_units"] == 8 and report["tests"]["balanced_accuracy"]["ica_vs_sae"]["paired"]
-    assert report["groups"]["calibration_given"]["n_units"] == report["groups"]["calibration"]["n_units"] > 0
-    assert report["primary_metric"] == "balanced_accuracy", "the Messages API gives no log-probabilities: no AUC"
-    assert report["usage"]["detector"]["calls"] > 0 and report["cost_usd"] > 0
+    monkeypatch.chdir(ws)
 
-    # The same through the openai client against an OpenAI-compatible server on 127.0.0.1, the likelihood
-    # scorer through echoed completions (as vLLM serves them); then a replay of its cache: the same report, no request.
     def autointerp_with(settings: dict) -> dict:
         raw["autointerp"] |= settings
         (ws / "params_ai.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -154,6 +135,18 @@ def test_gpt2_jb_ladder_row_runs_offline_through_the_real_loaders(tmp_path, monk
                          "--figures", "figures/runs/gpt2-small/autointerp"])
         return json.loads((metrics / "autointerp.json").read_text())
 
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-ladder")
+    with FakeAnthropic() as server:
+        report = autointerp_with({"backend": "anthropic", "model": "claude-haiku-4-5", "base_url": server.url,
+                                  "scorer": "yes_no"})  # the Messages API gives no log-probabilities
+    assert report["groups"]["ica"]["n_units"] == 8 and report["groups"]["random"]["n_units"] == 4
+    assert report["groups"]["sae"]["n_units"] == 8 and report["tests"]["balanced_accuracy"]["ica_vs_sae"]["paired"]
+    assert report["groups"]["calibration_given"]["n_units"] == report["groups"]["calibration"]["n_units"] > 0
+    assert report["primary_metric"] == "balanced_accuracy", "the Messages API gives no log-probabilities: no AUC"
+    assert report["usage"]["detector"]["calls"] > 0 and report["cost_usd"] > 0
+
+    # The same through the openai client against an OpenAI-compatible server on 127.0.0.1, the likelihood
+    # scorer through echoed completions (as vLLM serves them); then a replay of its cache: the same report, no request.
     with FakeOpenAI() as server:
         live = autointerp_with({"backend": "openai", "model": "Qwen/Qwen2.5-7B-Instruct", "base_url": server.url,
                                 "scorer": "likelihood"})
