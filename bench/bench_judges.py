@@ -118,11 +118,9 @@ def load(name: str, units: list[dict], cfg, numerics: str = "float32"):
     start = time.perf_counter()
     if numerics.startswith("ct2-"):
         judge = CT2Judge(LOCAL_JUDGES[name], judge_weights(name), numerics.removeprefix("ct2-"))
-    else:
-        judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name))
-    if numerics == "bfloat16":
-        judge.lm.to(torch.bfloat16)
-    elif numerics == "int8":
+    else:  # bfloat16 as the stage runs it (autointerp.local_numerics)
+        judge = LocalBackend(LOCAL_JUDGES[name], judge_weights(name), numerics="bfloat16" if numerics == "bfloat16" else "float32")
+    if numerics == "int8":
         import warnings
 
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated; torch is pinned at 2.13
