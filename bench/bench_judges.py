@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_flags, write_section  # noqa: E402
+from common import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,8 +207,6 @@ def main() -> None:
                 print(rows[-1], flush=True)
             del judge  # one judge in memory at a time (the 1.5B one needs ~9 GB)
     body = f"""
-CPU flags: {cpu_flags()}.
-
 Run {args.run}: its {len(units)} calibration units (token classes of known meaning), up to {ceiling_detections} held-out
 detection contexts each (`autointerp.calibration_contexts` per class, as the stage's ceiling), every request computed (no cache). Scorers: *likelihood*, the judge's mean log-probability
 of the explanation after the marked excerpt; *yes_no*, log P(Yes) − log P(No) of its answer. AUC per unit, mean

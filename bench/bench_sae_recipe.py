@@ -53,6 +53,10 @@ ALTERNATIVES = (
     ("init-rate", "thresholds initialised to fire each feature on 1% of tokens", {"init_firing_rate": 0.01}),
     ("quadratic", "Gemma Scope 2's quadratic L0 penalty, target 25 (coefficient 3e-3)",
      {"sparsity": "quadratic", "target_l0": 25.0, "l0_coefficient": 3e-3}),
+    ("resample", "dead features resampled every 250k tokens up to 1.5M (Bricken et al., JumpReLU thresholds)",
+     {"resample_every_tokens": 250_000, "resample_until_tokens": 1_500_000}),
+    ("width-2048", "width 2048: half the dictionary", {"width": 2048}),
+    ("width-1024", "width 1024: a quarter of the dictionary", {"width": 1024}),
 )
 
 

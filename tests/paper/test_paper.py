@@ -224,6 +224,25 @@ def test_autointerp_results_fill_the_table_and_the_wording(workspace, tmp_path, 
         assert "the explanations written for it do not carry that structure" in prose, "the ceiling is above chance"
 
 
+@pytest.mark.parametrize(("chosen_by_cpu", "numerics", "expected", "absent"), [
+    ("amx_bf16", "bfloat16", "run locally on CPU in bfloat16 (the default picks this judge where the CPU multiplies "
+     "bfloat16 in AMX units, as this build's does; elsewhere it falls back to SmolLM2-135M-Instruct", "without AMX"),
+    ("no amx_bf16", "float32", "run locally on CPU in float32 (the default picks this judge on CPUs without AMX",
+     "AMX units"),
+    (None, "float32", "run locally on CPU in float32. Each unit", "AMX"),   # params named the judge
+])
+def test_the_judge_s_numerics_and_what_picked_it_are_said(workspace, tmp_path, chosen_by_cpu, numerics, expected, absent):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    report = _autointerp_report(True) | {"explainer": "Qwen2.5-Coder-1.5B-Instruct", "numerics": numerics,
+                                          "chosen_by_cpu": chosen_by_cpu}
+    (metrics / "runs/gemma-3-270m-l9/autointerp.json").write_text(json.dumps(report))
+    out = tmp_path / "generated"
+    generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
+    prose = " ".join((out / "sec_autointerp.tex").read_text().split())
+    assert "The judge is Qwen2.5-Coder-1.5B-Instruct, " + expected in prose and absent not in prose
+
+
 def test_a_judge_blind_even_to_true_explanations_is_called_so(workspace, tmp_path):
     metrics = tmp_path / "metrics"
     shutil.copytree(workspace / "metrics", metrics)

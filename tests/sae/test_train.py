@@ -122,11 +122,19 @@ def test_training_reconstructs_and_lambda_controls_sparsity(tmp_path):
     assert runs[3e-2]["fvu"] > runs[1e-4]["fvu"]  # ... at the price of fidelity
 
 
-def test_killed_training_resumes_to_identical_weights(tmp_path):
-    data = _sparse_data(3000)
+@pytest.mark.parametrize("resample", [False, True])
+def test_killed_training_resumes_to_identical_weights(tmp_path, resample):
+    """Also with dead latents resampled before and after the kill (each resampling seeded by its step)."""
+    # 4 atoms for 64 latents: most latents are redundant, and some die before each resampling
+    data = _sparse_data(3000, n_atoms=4 if resample else 48, k=1 if resample else 3)
     index = np.arange(len(data))
     cfg = _cfg(train_tokens=256 * 120, checkpoint_every=40)
-    clean, _ = train(data, index, cfg, tmp_path / "a", {}, "cpu")
+    if resample:
+        cfg = dataclasses.replace(cfg, l0_coefficient=1e-2, dead_window_tokens=256 * 5, resample_every_tokens=256 * 30,
+                                  resample_until_tokens=256 * 90)
+    clean, metrics = train(data, index, cfg, tmp_path / "a", {}, "cpu")
+    if resample:
+        assert set(metrics["resampled_this_run"]) == {"30", "60", "90"} and metrics["resampled_this_run"]["90"] > 0
     partial, first = train(data, index, cfg, tmp_path / "b", {}, "cpu", stop_after=70)
     assert first["steps_this_run"] == 70
     resumed, second = train(data, index, cfg, tmp_path / "b", {}, "cpu")

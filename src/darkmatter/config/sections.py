@@ -61,6 +61,10 @@ class SAEConfig:
     aux_loss_coefficient: Positive | None = None
     #: A feature that has not fired on this many training tokens is dead (SAELens's dead-feature window).
     dead_window_tokens: Annotated[int, Field(gt=0)] = 250_000
+    #: Re-point the dead features at badly reconstructed tokens (``darkmatter.sae.resample``) every this
+    #: many training tokens, up to ``resample_until_tokens`` (null: half of train_tokens); null for never.
+    resample_every_tokens: Annotated[int, Field(gt=0)] | None = None
+    resample_until_tokens: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0)] = 1024
     train_tokens: Annotated[int, Field(gt=0)] = 1_000_000
     #: The SAE is also saved after these many training tokens (the training curve), each below train_tokens.
@@ -82,10 +86,20 @@ class SAEConfig:
             if getattr(self, name) > self.train_tokens:
                 raise ValueError(f"{name} {getattr(self, name)} exceeds train_tokens {self.train_tokens}; "
                                  "the warm-up would not end")
+        if self.resample_every_tokens is not None and self.resample_every_tokens < self.batch_size:
+            raise ValueError(f"resample_every_tokens {self.resample_every_tokens} is less than one batch of {self.batch_size}")
         late = [t for t in self.curve_tokens if t >= self.train_tokens]
         if late:
             raise ValueError(f"curve_tokens {late} not below train_tokens {self.train_tokens}; the last point is the SAE itself")
         return self
+
+    def resample_steps(self) -> frozenset[int]:
+        """The training steps after which dead features are resampled (none unless asked)."""
+        if self.resample_every_tokens is None:
+            return frozenset()
+        every = self.resample_every_tokens // self.batch_size
+        until = (self.resample_until_tokens or self.train_tokens // 2) // self.batch_size
+        return frozenset(range(every, until + 1, every))
 
     def replace(self, **overrides) -> SAEConfig:
         """A copy with the non-None ``overrides`` applied (and validated)."""
@@ -256,14 +270,13 @@ class AutointerpConfig:
     #: only, none for a local server); ``replay``: the response cache only.
     backend: Literal["local", "anthropic", "openai", "replay"] = "local"
     model: str = "claude-sonnet-5-5"
-    #: The local judge that scores detection, and the one that writes explanations (a name of
-    #: :data:`LOCAL_JUDGES`; both may be the same).
-    local_model: str = "smollm2-135m"
-    local_explainer: str = "smollm2-135m"
-    #: The local judges' arithmetic. ``bfloat16`` needs a CPU with bf16 units (amx_bf16 or
-    #: avx512_bf16), where it runs the Qwen2.5-Coder-1.5B judge ~7x faster than float32 at the same
-    #: ceiling AUC (bench/RESULTS.md, "Autointerp judge numerics"); the stage refuses it elsewhere.
-    local_numerics: Literal["float32", "bfloat16"] = "float32"
+    #: The local judge that scores detection, and the one that writes explanations (names of
+    #: :data:`LOCAL_JUDGES`; both may be the same), and their arithmetic. ``auto`` resolves by the
+    #: CPU the stage runs on (:func:`darkmatter.interp.judges.resolve`; the metrics record what it resolved to).
+    local_model: str = "auto"
+    local_explainer: str = "auto"
+    #: ``bfloat16`` needs a CPU with bf16 units (amx_bf16 or avx512_bf16); the stage refuses it elsewhere.
+    local_numerics: Literal["auto", "float32", "bfloat16"] = "auto"
     #: How detection is scored. ``likelihood``: the judge's mean log-probability of the explanation
     #: written after the excerpt and its marked token (language modelling, which small local judges
     #: do far better than following a Yes/No instruction; needs a local judge's log-probabilities).
@@ -303,8 +316,8 @@ class AutointerpConfig:
     @field_validator("local_model", "local_explainer")
     @classmethod
     def _known_judge(cls, name: str) -> str:
-        if name not in LOCAL_JUDGES:
-            raise ValueError(f"unknown local judge {name!r}; allowed: {', '.join(LOCAL_JUDGES)}")
+        if name != "auto" and name not in LOCAL_JUDGES:
+            raise ValueError(f"unknown local judge {name!r}; allowed: auto, {', '.join(LOCAL_JUDGES)}")
         return name
 
     @model_validator(mode="after")

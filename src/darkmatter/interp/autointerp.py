@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from darkmatter.errors import UserError, cli
+from darkmatter.interp.judges import chosen_by_cpu, resolve
 from darkmatter.interp.llm import TOKEN_KINDS, CachedLLM, Request
 from darkmatter.stats import mean_with_ci, paired_difference, unpaired_difference
 
@@ -316,18 +317,29 @@ def plot(rows: list[dict], metric: str, out_dir: Path) -> None:
     save_figure(fig, out_dir / "autointerp")
 
 
+def local_judges(cfg) -> bool:
+    """Whether the responses are (or were, for a replay) the offline judges' own."""
+    return cfg.backend == "local" or (cfg.backend == "replay" and cfg.replay_of == "local")
+
+
 def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]:
     """The explainer and the detection judge over one response cache (one object when they are
     the same model). Each request's key holds its model, so the two never share an entry."""
+    from darkmatter import hardware
     from darkmatter.config import LOCAL_JUDGES
     from darkmatter.interp.llm import (AnthropicBackend, LocalBackend, LocalPrompts, ReplayBackend, ResponseCache,
                                        anthropic_params)
-    from darkmatter.interp.llm import cpu_has_bf16_units
     from darkmatter.interp.openai_backend import OpenAIBackend, openai_params
 
-    if cfg.backend == "local" and cfg.local_numerics == "bfloat16" and not cpu_has_bf16_units():
+    if chosen_by_cpu(cfg):
+        raise ValueError("make_llms needs the judges resolved: pass judges.resolve(cfg, cpu_flags())")
+    if cfg.backend == "local" and cfg.local_numerics == "bfloat16" and not hardware.has_bf16_units(hardware.cpu_flags()):
         raise UserError("autointerp.local_numerics is bfloat16, but this CPU has no bf16 units (amx_bf16 or avx512_bf16 "
                         "in /proc/cpuinfo), where bfloat16 runs slower than float32; set autointerp.local_numerics: float32")
+    for name in dict.fromkeys((cfg.local_model, cfg.local_explainer)) if local_judges(cfg) else ():
+        if not (judges / name).is_dir():
+            raise UserError(f"judge {name} is not prepared in {judges}: `auto` picks the judge by the CPU, and the "
+                            f"judge_model stage ran where it picked another; run `dvc repro -f judge_model`")
     cache = ResponseCache(cache_dir)
 
     def backend(name: str):
@@ -357,6 +369,7 @@ def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]
 @cli
 def main(argv: list[str] | None = None) -> None:
     from darkmatter.config import add_run_arguments, run_from_args
+    from darkmatter.hardware import cpu_flags
 
     parser = argparse.ArgumentParser(description="Explain and detection-score ICA components vs SAE features vs random directions.")
     add_run_arguments(parser)
@@ -368,11 +381,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
     args = parser.parse_args(argv)
-    cfg = run_from_args(args).autointerp
+    asked, flags = run_from_args(args).autointerp, cpu_flags()
+    cfg = resolve(asked, flags)
     if not args.examples.exists():
         raise UserError(f"{args.examples} not found; run the examples stage first")
     units = select_units(json.loads(args.examples.read_text())["units"], cfg.n_ica_units, cfg.n_random_units)
     explainer, detector = make_llms(cfg, args.cache, args.judges)
+    local = local_judges(cfg)
     start = time.perf_counter()
     rows, summary = run(units, explainer, detector, cfg)
     llms = {"explainer": explainer, "detector": detector}
@@ -380,7 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     report = {"backend": cfg.backend if cfg.backend != "replay" else f"replay of {cfg.replay_of}",
               "model": detector.backend.model, "explainer": explainer.backend.model, "scorer": cfg.scorer,
               # the local judges' arithmetic (autointerp.local_numerics); None for a judge behind an API
-              "numerics": cfg.local_numerics if (cfg.backend, cfg.replay_of)[cfg.backend == "replay"] == "local" else None,
+              "numerics": cfg.local_numerics if local else None,
+              # the CPU flag that resolved `auto` local judge settings; None where params named them
+              "chosen_by_cpu": ("amx_bf16" if "amx_bf16" in flags else "no amx_bf16")
+              if local and chosen_by_cpu(asked) else None,
               **summary,
               "usage": {role: llm.stats for role, llm in llms.items()},
               "cost_usd": sum_costs(llm.cost_usd() for llm in set(llms.values())),

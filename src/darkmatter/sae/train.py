@@ -48,6 +48,9 @@ from darkmatter.config import SAEConfig
 from darkmatter.hashing import fingerprint
 from darkmatter.errors import NonFiniteError, UserError
 
+#: Training tokens (of the initialisation sample) a resampling step scores to find the badly reconstructed ones.
+RESAMPLE_POOL = 16384
+
 
 def init_sample(acts, index: np.ndarray, seed: int, max_samples: int = 65536) -> np.ndarray:
     """A seeded sample of the indexed tokens' activations (float64): the input scale and the initialisation."""
@@ -267,6 +270,8 @@ def train(
     """
     import torch
 
+    from darkmatter.sae.resample import resample_dead
+
     steps = cfg.train_tokens // cfg.batch_size
     if steps < 1:
         raise UserError(f"sae.train_tokens {cfg.train_tokens} is less than one batch of {cfg.batch_size}")
@@ -279,6 +284,8 @@ def train(
     ckpts = Checkpoints(scratch / fingerprint({"cfg": asdict(cfg), "identity": identity, "n_train": len(train_index)}))
     start = ckpts.restore(sae, trainer)
     snapshots = {tokens // cfg.batch_size: tokens for tokens in cfg.curve_tokens}
+    resample_at, resampled = cfg.resample_steps(), {}
+    pool = torch.as_tensor(sample * scale, dtype=torch.float32, device=device) if resample_at else None
     stats = {"loss": float("nan"), "l0": float("nan"), "fvu": float("nan")}
     t0 = time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc=f"SAE {cfg.width} ({cfg.sparsity})", unit="step")
@@ -301,6 +308,10 @@ def train(
             bar.set_postfix(loss=f"{stats['loss']:.4f}", L0=f"{stats['l0']:.1f}", FVU=f"{stats['fvu']:.3f}",
                             dead=int(trainer.dead_neurons.sum()))
         bar.update(1)
+        if step in resample_at:  # seeded by the step, so a resumed run resamples as an unbroken one does
+            rng = np.random.default_rng((cfg.seed, step))
+            subset = torch.as_tensor(np.sort(rng.choice(len(pool), size=min(RESAMPLE_POOL, len(pool)), replace=False)))
+            resampled[step] = resample_dead(sae, trainer, pool[subset.to(device)], rng)
         if step in snapshots:
             to_inference_sae(sae, scale, metadata or {}).save_model(str(ckpts.root / "curve" / str(snapshots[step])))
         if step % cfg.checkpoint_every == 0 and step < steps:
@@ -325,6 +336,7 @@ def train(
         "input_mean_squared_norm": msq,
         "final_batch": stats,
         "dead_features_last_quarter": int(trainer.dead_neurons.sum()),
+        "resampled_this_run": {str(k): v for k, v in resampled.items()},  # step -> dead features re-pointed
         "seconds": seconds,
         "tokens_per_s": trained * cfg.batch_size / seconds if seconds > 0 and trained else None,
     }

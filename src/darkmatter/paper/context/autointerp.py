@@ -54,6 +54,9 @@ def autointerp(ai: dict) -> dict:
         "metric": metric, "ci_level": fmt_pct(CI_LEVEL, 0),
         "explainer": explainer.replace("_", "-"), "detector": detector.replace("_", "-"), "one_model": explainer == detector,
         "local": ai["backend"] in ("local", "replay of local"),
+        # bfloat16 or float32 for local judges (None behind an API or before the key existed), and the
+        # CPU flag that picked the judge where params left it to the CPU (autointerp.local_model: auto)
+        "numerics": ai.get("numerics"), "chosen_by_cpu": ai.get("chosen_by_cpu"),
         # "answers": the backend gives no log-probabilities, so the primary metric is balanced accuracy as answered.
         "scorer": ai.get("scorer", "yes_no") if metric != "balanced_accuracy" else "answers",
         "ceiling": ceiling, "shuffled": shuffled, "ceiling_above_chance": bool(ceiling_ci and ceiling_ci[0] > 0.5),
