@@ -20,8 +20,9 @@ RUN = REPO / "metrics/runs/gemma-3-270m-l9"
 
 @pytest.fixture(scope="module")
 def metrics():
-    """``(sae_eval, sae, sae_axes)`` of the committed main run."""
-    return tuple(json.loads(path.read_text()) for path in (RUN / "sae_eval.json", RUN / "sae.json", REPO / "metrics/sae_axes.json"))
+    """``(sae_eval, sae, sae_axes, compare)`` of the committed main run."""
+    return tuple(json.loads(path.read_text()) for path in (RUN / "sae_eval.json", RUN / "sae.json", REPO / "metrics/sae_axes.json",
+                                                           RUN / "compare.json"))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,13 @@ def _point(name, p, novel, null):
 def test_seed_agreement_counts_each_verdict(words):
     same = {"axes": {"seed": [_point("a", 0.4, 0.3, 0.35), _point("b", 0.6, 0.4, 0.35)]}, "seeds": {"points": ["a", "b"]}}
     assert seed_novelty(same)["verdicts"] == ["neither", "neither"]
-    assert words(seed_novelty=seed_novelty(same))["SeedNovelAgreement"] == (
-        "the same for all 2 SAE seeds (does not differ significantly from)")
+    assert words(seed_novelty=seed_novelty(same), main_novelty="neither")["SeedNovelAgreement"] == (
+        "the same for all 2 SAE seeds (their novel fraction does not differ significantly from the rotation null's)")
+    # the seeds agree with each other and not with the main SAE (the reference trained on): said so
+    assert words(seed_novelty=seed_novelty(same), main_novelty="below", main_tokens="2{,}000{,}000")["SeedNovelAgreement"] == (
+        "the same for all 2 SAE seeds (their novel fraction does not differ significantly from the rotation null's), "
+        "and not the main SAE's (its novel fraction falls below the null's), which is the reference trained on to "
+        "2{,}000{,}000 tokens: the verdict changes with the SAE's training")
     split = {"axes": {"seed": [_point("a", 0.01, 0.5, 0.35), _point("b", 0.6, 0.4, 0.35), _point("c", 0.02, 0.1, 0.35)]},
              "seeds": {"points": ["a", "b", "c"]}}
     assert seed_novelty(split)["verdicts"] == ["above", "neither", "below"]
@@ -98,19 +104,19 @@ def test_a_seed_spread_is_printed_as_its_range_or_as_absent(words):
 
 
 def test_the_seed_chain_words_follow_how_far_it_ran(metrics):
-    ev, train, axes = metrics
+    ev, train, axes, compare = metrics
     templates = Templates(REPO / "paper/sections")
     stats = {"n": 3, "min": 0.1, "max": 0.2}
     for spread, chain, headline in (
             ({"fvu": stats, "dark_matter_fraction": stats, "ica_novel_fraction": stats, "ica_stable_restarts": stats}, "ica",
-             "the dark-matter headlines below carry the same seed spread, and the ICA novelty verdict is"),
+             "the dark-matter headlines below carry the spread of these 250{,}000-token SAEs, and their ICA novelty verdict is"),
             ({"fvu": stats, "dark_matter_fraction": stats, "ica_novel_fraction": {"n": 0}}, "residual",
              "the FVU and kurtosis headlines below carry the same seed spread (ICA's do not"),
             (None, "none", "the dark-matter headlines below carry no seed spread")):
         assert seed_chain(spread) == chain
         planted = copy.deepcopy(axes)
         planted["seeds"]["spread"] = spread
-        w = templates.words("macros_instrument.tex.j2", macro_context(ev, train, planted))
+        w = templates.words("macros_instrument.tex.j2", macro_context(ev, train, planted, compare))
         assert w["SeedHeadlineSentence"].startswith(headline)
         assert (w["SeedStableSentence"] != "") == (chain == "ica")
         assert (w["SeedRangeSaeFvu"] == "(not measured)") == (spread is None)
@@ -118,11 +124,11 @@ def test_the_seed_chain_words_follow_how_far_it_ran(metrics):
 
 
 def test_the_diagnosis_macros_exist_only_with_a_diagnosis(metrics):
-    ev, train, axes = metrics
+    ev, train, axes, compare = metrics
     templates = Templates(REPO / "paper/sections")
-    assert "NoiseIsoVerdict" in templates.words("macros_instrument.tex.j2", macro_context(ev, train, axes))
+    assert "NoiseIsoVerdict" in templates.words("macros_instrument.tex.j2", macro_context(ev, train, axes, compare))
     planted = copy.deepcopy(ev)
     del planted["lm"]["diagnosis"]
-    w = templates.words("macros_instrument.tex.j2", macro_context(planted, train, axes))
+    w = templates.words("macros_instrument.tex.j2", macro_context(planted, train, axes, compare))
     assert not {"NoiseIsoVerdict", "KLExponentVerdict", "PartsVerdict"} & set(w)
     assert "NoiseCovP" not in macro_numbers(planted, train, axes)

@@ -69,7 +69,7 @@ def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list,
     numbers = {**context.headline.macro_numbers(main, params.main, corpus), **context.headline.ladder_numbers(ladder),
                **context.instrument.macro_numbers(ev, train, axes)}
     words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main)),
-             **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes))}
+             **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes, main["compare"]))}
     both = sorted(numbers.keys() & words.keys())
     if both:
         raise ValueError(f"macros {both} are defined both as numbers and in a template; keep one")

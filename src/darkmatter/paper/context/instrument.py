@@ -61,6 +61,11 @@ def seed_spread(spread: dict | None, key: str, digits: int = 3) -> dict | None:
     return None if span is None else {"n": str(spread[key]["n"]), "span": span}
 
 
+def novelty_key(fraction: float, null_mean: float, p_two_sided: float) -> str:
+    """ICA's novel fraction against its rotation null: ``"above"``, ``"below"`` (p < 0.05) or ``"neither"``."""
+    return ("above" if fraction > null_mean else "below") if p_two_sided < 0.05 else "neither"
+
+
 def seed_novelty(axes: dict) -> dict | None:
     """Each SAE seed's ICA novelty verdict (the chain's single-restart-pair ICA) as a key, ``"above"``
     (exceeds the rotation null), ``"below"`` or ``"neither"``, and their tally (most common first);
@@ -69,8 +74,7 @@ def seed_novelty(axes: dict) -> dict | None:
     seeds = [points[name] for name in axes["seeds"]["points"]]
     if len(seeds) < 2 or any("ica_novel_p_two_sided" not in p for p in seeds):
         return None
-    keys = [("above" if p["ica_novel_fraction"] > p["ica_novel_null_mean"] else "below") if p["ica_novel_p_two_sided"] < 0.05
-            else "neither" for p in seeds]
+    keys = [novelty_key(p["ica_novel_fraction"], p["ica_novel_null_mean"], p["ica_novel_p_two_sided"]) for p in seeds]
     return {"n": len(keys), "verdicts": keys, "same": len(set(keys)) == 1,
             "tally": [{"key": key, "count": count} for key, count in Counter(keys).most_common()]}
 
@@ -197,8 +201,10 @@ def macro_numbers(ev: dict, train: dict, axes: dict) -> dict[str, str]:
     }
 
 
-def macro_context(ev: dict, train: dict, axes: dict) -> dict:
-    """What ``macros_instrument.tex.j2`` words: verdict keys, and the numbers its sentences embed."""
+def macro_context(ev: dict, train: dict, axes: dict, compare: dict) -> dict:
+    """What ``macros_instrument.tex.j2`` words: verdict keys, and the numbers its sentences embed
+    (``compare``: the main run's, whose novelty verdict the seed axis's is set beside)."""
+    novel = compare["rotation_null"]["novel_fraction"]
     d = ev["lm"].get("diagnosis", {})
     spread = axes["seeds"]["spread"]
     verdicts = bars(ev)
@@ -213,6 +219,8 @@ def macro_context(ev: dict, train: dict, axes: dict) -> dict:
         "seed_spread": {"fvu": seed_spread(spread, "dark_matter_fraction", 3), "kurt_r": seed_spread(spread, "kurtosis_r_median", 2),
                         "novel": seed_spread(spread, "ica_novel_fraction", 2)},
         "seed_novelty": seed_novelty(axes),
+        "main_novelty": novelty_key(novel["observed"], novel["null_mean"], novel["p_two_sided"]),
+        "main_tokens": fmt_count(train["tokens"]),
         "seed_chain": seed_chain(spread),
         "seed_ranges": {"sae_fvu": seed_range(spread, "fvu", 3), "delta_loss": seed_range(spread, "delta_loss", 2),
                         "dead": f"{fmt_pct(dead['min'], 0)}--{fmt_pct(dead['max'], 0)}" if dead.get("n", 0) > 1 else None},
