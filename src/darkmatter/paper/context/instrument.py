@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from darkmatter.paper.format import ci_side, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig
+from darkmatter.paper.format import ci_side, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig
 
 #: The quality bar the main SAE is held to (issue: "An SAE that deserves the name").
 BAR = {"fvu": 0.08, "dead_fraction": 0.15, "delta_loss": 0.6, "loss_recovered": 0.97, "l0": (15, 40)}
@@ -170,7 +170,6 @@ def macro_numbers(ev: dict, train: dict, axes: dict) -> dict[str, str]:
         "SeedCount": fmt_count(spread["fvu"]["n"]) if spread else "0",
         "AxesCIHalfWidth": fmt_fixed(half, 2),
         "MainCIHalfWidth": fmt_fixed((lm["delta_loss_ci"][1] - lm["delta_loss_ci"][0]) / 2, 2),
-        "AxesRowsNeeded": fmt_about(lm["n_rows"] * (half / CI_TARGET) ** 2),  # a mean's interval narrows as 1/sqrt(rows)
         "CITarget": fmt_fixed(CI_TARGET, 1),
         "AxesReferenceDeltaLoss": fmt_fixed(reference["delta_loss"], 1),
         "AxesShare": f"1/{train['tokens'] / axes['train_tokens']:.0f}",
