@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from darkmatter.errors import UserError, cli
-from darkmatter.interp.judges import chosen_by_cpu, resolve
+from darkmatter.interp.judges import AUTO_FLAG, chosen_by_cpu, judge_names, resolve
 from darkmatter.interp.llm import TOKEN_KINDS, CachedLLM, Request
 from darkmatter.stats import mean_with_ci, paired_difference, unpaired_difference
 
@@ -336,7 +336,7 @@ def make_llms(cfg, cache_dir: Path, judges: Path) -> tuple[CachedLLM, CachedLLM]
     if cfg.backend == "local" and cfg.local_numerics == "bfloat16" and not hardware.has_bf16_units(hardware.cpu_flags()):
         raise UserError("autointerp.local_numerics is bfloat16, but this CPU has no bf16 units (amx_bf16 or avx512_bf16 "
                         "in /proc/cpuinfo), where bfloat16 runs slower than float32; set autointerp.local_numerics: float32")
-    for name in dict.fromkeys((cfg.local_model, cfg.local_explainer)) if local_judges(cfg) else ():
+    for name in judge_names(cfg) if local_judges(cfg) else ():
         if not (judges / name).is_dir():
             raise UserError(f"judge {name} is not prepared in {judges}: `auto` picks the judge by the CPU, and the "
                             f"judge_model stage ran where it picked another; run `dvc repro -f judge_model`")
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
               # the local judges' arithmetic (autointerp.local_numerics); None for a judge behind an API
               "numerics": cfg.local_numerics if local else None,
               # the CPU flag that resolved `auto` local judge settings; None where params named them
-              "chosen_by_cpu": ("amx_bf16" if "amx_bf16" in flags else "no amx_bf16")
+              "chosen_by_cpu": (AUTO_FLAG if AUTO_FLAG in flags else f"no {AUTO_FLAG}")
               if local and chosen_by_cpu(asked) else None,
               **summary,
               "usage": {role: llm.stats for role, llm in llms.items()},

@@ -20,13 +20,17 @@ from pathlib import Path
 from darkmatter.errors import UserError, cli
 
 
+#: The CPU flag ``auto`` reads: where the CPU has it, the 1.5B judge in bfloat16.
+AUTO_FLAG = "amx_bf16"
+
+
 def auto_judge(flags: frozenset[str]) -> tuple[str, str]:
     """The offline judge and numerics that ``auto`` picks for a CPU with these flags: the
     Qwen2.5-Coder-1.5B judge in bfloat16 where the CPU has AMX (ceiling AUC 0.82; its autointerp
     stage ~7 min on a 2-core Xeon), SmolLM2-135M in float32 elsewhere (ceiling 0.65; the 1.5B judge
     in float32 would take 31-47 min, past the default build's budget). CPUs with avx512_bf16 but no
     AMX (AMD Zen 4) get SmolLM2: the 1.5B judge's bfloat16 speed there is unmeasured."""
-    return ("qwen2.5-coder-1.5b", "bfloat16") if "amx_bf16" in flags else ("smollm2-135m", "float32")
+    return ("qwen2.5-coder-1.5b", "bfloat16") if AUTO_FLAG in flags else ("smollm2-135m", "float32")
 
 
 def resolve(cfg, flags: frozenset[str]):
