@@ -44,6 +44,7 @@ STEPS = (
 #: ... and each alternative is the last step with one more change, kept or not by what it did.
 ALTERNATIVES = (
     ("4M-tokens", "4M presentations: twice the training", {"train_tokens": 4_000_000}),
+    ("8M-tokens", "8M presentations: four times the training (the FVU bar's extrapolated cost)", {"train_tokens": 8_000_000}),
     ("lr-1e-4", "learning rate 1e-4 instead", {"lr": 0.0001}),
     ("lambda-5e-5", "λ 5e-5 instead of 1e-4", {"l0_coefficient": 5e-5}),
     ("bandwidth-3e-3", "bandwidth and initial threshold 3e-3", {"bandwidth": 0.003, "init_threshold": 0.003}),

@@ -71,10 +71,14 @@ def test_repo_params_load():
         ("sae.curve_tokens", [2000000], "curve_tokens [2000000] not below train_tokens"),
         ("sae.l0_warm_up_tokens", 5000000, "l0_warm_up_tokens 5000000 exceeds train_tokens"),
         ("sae_axes.points", {"wide": {"width": 8192}}, "sae_axes: points: none is the reference ({})"),
-        ("sae_axes.points", {"reference": {}, "both": {"width": 1024, "seed": 1}}, "points.both: {'width': 1024, 'seed': 1} "
-         "must change one of l0_coefficient, width, seed"),
-        ("sae_axes.chain", ["reference", "nope"], "chain: ['nope'] are not points"),
-        ("sae_axes.chain_ica", ["width-1024"], "chain_ica: ['width-1024'] are not in chain"),
+        ("sae_axes.points", {"reference": {}, "both": {"width": 1024, "l0_coefficient": 1e-3}},
+         "points.both: {'width': 1024, 'l0_coefficient': 0.001} must change one of l0_coefficient, width"),
+        ("sae_axes.points", {"reference": {}, "s": {"seed": 1}}, "the seed axis is sae_axes.seeds"),
+        ("sae_axes.points", {"reference": {}, "seed-1": {"width": 1024}}, "['seed-1'] is also the name of a seed-axis SAE"),
+        ("sae_axes.seeds", [1, 1, 2], "seeds: [1, 1, 2] repeats a seed"),
+        ("sae_axes.seeds", [0, 1, 2], "sae_axes.seeds: 0 is sae.seed, the main SAE's own"),
+        ("sae_axes.chain", ["reference", "nope"], "chain: ['nope'] are not points or seeds"),
+        ("sae_axes.chain_ica", ["l0-1e-3"], "chain_ica: ['l0-1e-3'] are not in chain"),
         ("sae_axes.train_tokens", 50000, "sae_axes.points.reference (with sae_axes.train_tokens): l0_warm_up_tokens 200000 "
          "exceeds train_tokens 50000"),
     ],

@@ -11,7 +11,7 @@ from conftest import REPO
 from darkmatter.config import load_params
 from darkmatter.errors import UserError
 from darkmatter.paper.build import build
-from darkmatter.paper.format import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig
+from darkmatter.paper.format import fmt_about, fmt_count, fmt_p, fmt_pct, fmt_sci, fmt_sig, p_side
 from darkmatter.paper.generate import generate
 
 #: The paper's templates (tests that copy only metrics/ render with the checkout's).
@@ -163,6 +163,20 @@ def test_formatting_rules():
     assert fmt_p(0.2) == "0.200" and fmt_p(3.27e-16) == "\\ensuremath{3.3\\times10^{-16}}"
     assert fmt_p(0.000999) == "\\ensuremath{10^{-3}}" and fmt_sci(9.96e-5) == "\\ensuremath{10^{-4}}"  # no "10.0×10^-5"
     assert [fmt_about(n) for n in (351, 350, 764, 99, 1234)] == ["350", "350", "760", "99", "1{,}200"]
+
+
+def test_the_readme_and_the_citation_name_the_paper_s_title():
+    title = re.search(r"\\title\{(.*?)\}\n", (REPO / "paper/main.tex").read_text()).group(1).replace("\\\\ ", " ")
+    assert title in (REPO / "README.md").read_text().splitlines()[0]
+    assert f'title: "{title}"' in (REPO / "CITATION.cff").read_text()
+
+
+def test_a_verdict_is_two_sided_at_five_percent():
+    """Either side is accepted only where twice its one-sided p is below 0.05: a one-sided 0.03 is a
+    two-sided 0.06, no verdict."""
+    assert p_side(0.02, 0.98) == "high" and p_side(0.98, 0.02) == "low"
+    assert p_side(0.03, 0.97) == "neither" and p_side(0.97, 0.03) == "neither"
+    assert p_side(0.03, 0.97, alpha=0.1) == "high"
 
 
 def test_the_pdf_is_byte_reproducible(workspace):

@@ -1,4 +1,5 @@
-"""The SAE axes: points resolve to one changed setting, a planted seed spread comes back, the L0 verdict reads CIs."""
+"""The SAE axes: points resolve to one changed setting, seed-axis SAEs to the main recipe with another seed,
+a planted seed spread (the main SAE among its members) comes back, the L0 verdict reads CIs."""
 
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ from darkmatter.sae.axes import falls_as_l0_rises, point_overrides, summarise
 REPO = Path(__file__).resolve().parents[2]
 
 
-def params_with(points: dict, chain: list[str], chain_ica: list[str] = ()):
+def params_with(points: dict, chain: list[str], chain_ica: list[str] = (), seeds: list[int] = ()):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["sae_axes"] = {"train_tokens": 300000, "points": points, "chain": chain, "chain_ica": list(chain_ica)}
+    raw["sae_axes"] = {"train_tokens": 300000, "points": points, "seeds": list(seeds), "chain": chain,
+                       "chain_ica": list(chain_ica)}
     return parse_params(raw)
 
 
-def test_a_point_changes_one_setting_and_trains_for_the_axes_length():
-    params = params_with({"reference": {}, "w": {"width": 1024}, "s": {"seed": 3}}, [])
+def test_a_point_changes_one_setting_and_a_seed_sae_only_the_seed():
+    params = params_with({"reference": {}, "w": {"width": 1024}}, [], seeds=[3])
     assert point_overrides(params, "w") == {"train_tokens": 300000, "curve_tokens": (), "width": 1024}
-    assert isinstance(point_overrides(params, "s")["seed"], int)
     assert point_overrides(params, "reference") == {"train_tokens": 300000, "curve_tokens": ()}
+    assert point_overrides(params, "seed-3") == {"curve_tokens": (), "seed": 3}  # the main recipe's length
+    assert params.sae_axes.names == ("seed-3", "reference", "w")
     from darkmatter.errors import UserError
 
-    with pytest.raises(UserError, match="'x' is not a point of sae_axes.points; allowed: reference, w, s"):
+    with pytest.raises(UserError, match="'x' is not an SAE of sae_axes; allowed: seed-3, reference, w"):
         point_overrides(params, "x")
 
 
@@ -50,57 +53,78 @@ def _write(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data))
 
 
-SEED_POINTS = {"reference": {}, "seed-1": {"seed": 1}, "seed-2": {"seed": 2}, "wide": {"width": 8192}}
+POINTS = {"reference": {}, "wide": {"width": 8192}}
 
 
-def _plant(tmp_path: Path, points: dict, planted: dict) -> None:
+def _headlines(path: Path, dark_matter: float, stable: int | None) -> None:
+    _write(path / "residual.json", {"dark_matter_fraction": dark_matter, "kurtosis": {"r": {"quantiles": {"0.5": 1.0}}},
+                                    "shape": {}})
+    if stable is not None:
+        _write(path / "ica.json", {"n_components": 64, "stability": {"n_stable_seeds": stable}})
+        novel = {"observed": 0.3, "null_mean": 0.35, "p_two_sided": 0.5}
+        _write(path / "compare.json", {"rotation_null": {"novel_fraction": novel}})
+
+
+def _plant(tmp_path: Path, planted: dict, seeds: dict) -> Path:
+    """Axis SAEs (``planted``: point name -> FVU; ``seeds``: seed -> FVU) and the main SAE (FVU 0.09) with
+    dark-matter headlines at FVU + 0.01 and 100 x FVU stable components; returns the main run's metrics."""
     evals, trained = {}, {}
-    for name, change in points.items():
-        fvu = planted.get(name, 0.05)
+    names = {**{name: change for name, change in POINTS.items()}, **{f"seed-{seed}": {"seed": seed} for seed in seeds}}
+    fvus = {**planted, **{f"seed-{seed}": fvu for seed, fvu in seeds.items()}}
+    for name, change in names.items():
+        fvu = fvus.get(name, 0.05)
         evals[name] = {"fvu": fvu, "fvu_with_special": fvu, "l0": 20.0, "dead_fraction": 0.1, "delta_loss": 10 * fvu,
                        "delta_loss_ci": [9 * fvu, 11 * fvu], "kl": fvu, "kl_ci": None, "loss_recovered": 0.9,
                        "loss_recovered_ci": None}
-        config = {"width": change.get("width", 4096), "l0_coefficient": 1e-4, "seed": change.get("seed", 0)}
+        config = {"width": change.get("width", 4096), "l0_coefficient": 1e-4, "seed": change.get("seed", 0),
+                  "train_tokens": 2_000_000 if "seed" in change else 300_000}
         trained[name] = {"config": config, "seconds": 1.0}
-        if name in planted:
-            _write(tmp_path / name / "residual.json", {"dark_matter_fraction": planted[name] + 0.01,
-                                                        "kurtosis": {"r": {"quantiles": {"0.5": 1.0}}}, "shape": {}})
-            _write(tmp_path / name / "ica.json", {"n_components": 64, "stability": {"n_stable_seeds": int(100 * planted[name])}})
-            novel = {"observed": 0.3, "null_mean": 0.35, "p_two_sided": 0.5}
-            _write(tmp_path / name / "compare.json", {"rotation_null": {"novel_fraction": novel}})
+        if name in fvus:
+            _headlines(tmp_path / name, fvus[name] + 0.01, int(100 * fvus[name]))
     _write(tmp_path / "eval.json", evals)
     _write(tmp_path / "train.json", trained)
+    main = tmp_path / "main"
+    _headlines(main, 0.10, 9)
+    _write(main / "sae.json", {"config": {"width": 4096, "l0_coefficient": 1e-4, "seed": 0, "train_tokens": 2_000_000}})
+    _write(main / "sae_eval.json", {"fvu": 0.09, "fvu_with_special": 0.09, "l0": 25.0, "dead_fraction": 0.6,
+                                    "training_curve": [], "lm": {"delta_loss": 0.45, "delta_loss_ci": [0.35, 0.55], "kl": 0.4,
+                                                                 "kl_ci": None, "loss_recovered": 0.97, "loss_recovered_ci": None}})
+    return main
 
 
 def test_without_chain_ica_the_seeds_carry_no_ica_spread_even_with_stale_ica_metrics(tmp_path):
-    params = params_with(SEED_POINTS, ["reference", "seed-1", "seed-2"])
-    _plant(tmp_path, SEED_POINTS, {"reference": 0.10, "seed-1": 0.12, "seed-2": 0.17})
-    spread = summarise(params, tmp_path, {"training_curve": []})["seeds"]["spread"]
+    params = params_with(POINTS, ["seed-1", "seed-2"], seeds=[1, 2])
+    main = _plant(tmp_path, {}, {1: 0.12, 2: 0.17})
+    spread = summarise(params, tmp_path, main)["seeds"]["spread"]
     assert spread["dark_matter_fraction"]["n"] == 3
-    assert spread["ica_stable_restarts"] == {"n": 0} and spread["ica_novel_fraction"] == {"n": 0}
+    # the main SAE's own ICA ran (its run's chain); the seeds' stale ica.json is not read
+    assert spread["ica_stable_restarts"]["n"] == 1 and spread["ica_novel_fraction"]["n"] == 1
 
 
-def test_a_planted_seed_spread_comes_back(tmp_path):
-    """Three SAE seeds with planted headlines: the summary's spread is their mean, SD and range."""
-    points = SEED_POINTS
-    params = params_with(points, ["reference", "seed-1", "seed-2"], ["reference", "seed-1", "seed-2"])
-    planted = {"reference": 0.10, "seed-1": 0.12, "seed-2": 0.17}
-    _plant(tmp_path, points, planted)
-    summary = summarise(params, tmp_path, {"training_curve": []})
+def test_a_planted_seed_spread_comes_back_with_the_main_sae_among_its_members(tmp_path):
+    """Two seed-axis SAEs and the main SAE with planted headlines: the summary's spread is their mean, SD and
+    range; the short reference is on the width axis, not on the seed axis."""
+    params = params_with(POINTS, ["reference", "seed-1", "seed-2"], ["reference", "seed-1", "seed-2"], seeds=[1, 2])
+    main = _plant(tmp_path, {"reference": 0.30}, {1: 0.12, 2: 0.17})
+    summary = summarise(params, tmp_path, main)
     spread = summary["seeds"]["spread"]
-    values = np.array(list(planted.values()))
-    assert summary["seeds"]["points"] == ["reference", "seed-1", "seed-2"]
+    values = np.array([0.09, 0.12, 0.17])
+    assert summary["seeds"]["points"] == ["main", "seed-1", "seed-2"]
+    assert [m["train_tokens"] for m in summary["seeds"]["members"]] == [2_000_000] * 3
     assert spread["fvu"]["mean"] == pytest.approx(values.mean())
     assert spread["fvu"]["sd"] == pytest.approx(values.std(ddof=1))
-    assert (spread["fvu"]["min"], spread["fvu"]["max"]) == (pytest.approx(0.10), pytest.approx(0.17))
-    assert spread["dark_matter_fraction"]["mean"] == pytest.approx(values.mean() + 0.01)
-    assert spread["ica_stable_restarts"]["max"] == 17
+    assert (spread["fvu"]["min"], spread["fvu"]["max"]) == (pytest.approx(0.09), pytest.approx(0.17))
+    assert spread["dark_matter_fraction"]["mean"] == pytest.approx(np.mean([0.10, 0.13, 0.18]))
+    assert (spread["ica_stable_restarts"]["min"], spread["ica_stable_restarts"]["max"]) == (9, 17)
     assert [p["name"] for p in summary["axes"]["width"]] == ["reference", "wide"]  # the reference is on every axis
+    assert summary["axes"]["width"][0]["ica_stable_restarts"] == 30
+    assert set(summary["axes"]) == {"l0_coefficient", "width"}
 
 
 def test_the_reference_is_the_main_snapshot_and_the_other_points_train_two_at_a_time(tmp_path):
     """The reference is copied from the main SAE's curve (the prefix property makes it the same SAE);
-    the other points train in two one-thread workers and come out as a run of their own would."""
+    the other SAEs train in two one-thread workers and come out as a run of their own would: a point for
+    the axes' length, a seed-axis SAE for the main recipe's."""
     import torch
     from sae_lens import SAE
 
@@ -114,8 +138,8 @@ def test_the_reference_is_the_main_snapshot_and_the_other_points_train_two_at_a_
     cache_dir = write_cache(tmp_path / "cache", acts, context_length=32)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["sae"] |= {"width": 64, "batch_size": 256, "l0_warm_up_tokens": 512, "lr_warm_up_tokens": 256,
-                   "dead_window_tokens": 1024, "compile": False}
-    raw["sae_axes"] = {"train_tokens": 2048, "points": {"reference": {}, "seed-1": {"seed": 1}, "narrow": {"width": 32}},
+                   "dead_window_tokens": 1024, "compile": False, "train_tokens": 3072, "curve_tokens": [2048]}
+    raw["sae_axes"] = {"train_tokens": 2048, "points": {"reference": {}, "narrow": {"width": 32}}, "seeds": [1],
                        "chain": [], "chain_ica": []}
     params = parse_params(raw)
     snapshot = tmp_path / "curve" / "2048"
@@ -127,12 +151,13 @@ def test_the_reference_is_the_main_snapshot_and_the_other_points_train_two_at_a_
                           tmp_path / "curve")
     assert (tmp_path / "saes" / "reference" / "sae_weights.safetensors").read_bytes() == b"planted weights"
     assert report["reference"]["seconds"] is None and report["reference"]["config"]["train_tokens"] == 2048
-    assert list(json.loads((tmp_path / "train.json").read_text())) == ["reference", "seed-1", "narrow"]
+    assert list(json.loads((tmp_path / "train.json").read_text())) == ["seed-1", "reference", "narrow"]
     assert report["narrow"]["config"]["width"] == 32 and report["seed-1"]["config"]["seed"] == 1
+    assert report["narrow"]["steps"] == 8 and report["seed-1"]["config"]["width"] == 64
 
     alone = train_on_cache(params.main, ActivationCache.open(cache_dir), tmp_path / "alone", tmp_path / "scratch-alone",
                            **point_overrides(params, "seed-1"))
-    assert alone["steps"] == report["seed-1"]["steps"] == 8
+    assert alone["steps"] == report["seed-1"]["steps"] == 12
     ours = SAE.load_from_disk(str(tmp_path / "saes" / "seed-1")).state_dict()
     for name, value in SAE.load_from_disk(str(tmp_path / "alone")).state_dict().items():
         torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-6)

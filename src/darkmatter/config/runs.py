@@ -263,6 +263,8 @@ class Params:
                 main_sae.replace(train_tokens=self.sae_axes.train_tokens, curve_tokens=(), **change)
             except ValidationError as exc:
                 raise ValueError(one_line(exc, f"sae_axes.points.{name} (with sae_axes.train_tokens)", root=SAEConfig)) from None
+        if main_sae.seed in self.sae_axes.seeds:
+            raise ValueError(f"sae_axes.seeds: {main_sae.seed} is sae.seed, the main SAE's own; list other seeds")
         return self
 
     def run(self, name: str, check_chunks: bool = True) -> Run:

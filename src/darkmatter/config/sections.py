@@ -107,25 +107,39 @@ class SAEConfig:
 
 
 #: The settings an SAE axis may vary (``sae_axes.points``), one per point.
-AXIS_SETTINGS = ("l0_coefficient", "width", "seed")
+AXIS_SETTINGS = ("l0_coefficient", "width")
 
 
 @dataclass(config=STRICT, frozen=True)
 class SAEAxesConfig:
-    """SAEs beside the main run's: each point changes one ``sae`` setting of the reference (``darkmatter.sae.axes``)."""
+    """SAEs beside the main run's (``darkmatter.sae.axes``): the L0 and width axes, each point changing one
+    ``sae`` setting of a short reference, and the seed axis, the main SAE retrained with other seeds."""
 
     #: Training tokens of every point and of the reference: the main SAE after this many tokens.
     train_tokens: Annotated[int, Field(gt=0)] = 250_000
-    #: name -> the one setting it changes (``l0_coefficient``, ``width`` or ``seed``); ``{}`` is the reference.
+    #: name -> the one setting it changes (``l0_coefficient`` or ``width``); ``{}`` is the reference.
     points: dict[str, dict[str, int | float]] = dataclasses.field(default_factory=lambda: {"reference": {}})
-    #: Points whose residual r is streamed like the main run's (its FVU and kurtosis headlines): the seed axis.
+    #: The seed axis: the main recipe unchanged (all of ``sae.train_tokens``) but for the seed of initialisation
+    #: and data order; each is the SAE ``seed-<n>``, and the main SAE is the axis's own member.
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    #: SAEs (points or seeds) whose residual r is streamed like the main run's (its FVU and kurtosis headlines).
     chain: tuple[str, ...] = ()
-    #: Chain points that also get ICA and the decoder comparison (ICA's headlines; ~3.5 min a point on 2 cores).
+    #: Chain SAEs that also get ICA and the decoder comparison (ICA's headlines; ~1 min each on 2 cores).
     chain_ica: tuple[str, ...] = ()
-    #: ICA restarts and disjoint resamples on a ``chain_ica`` point (fewer than the main run's: two restarts
-    #: run as one round of the two parallel fits).
+    #: ICA restarts and disjoint resamples on a ``chain_ica`` SAE (the main run's restarts, without its
+    #: disjoint resamples: two restarts run as one round of the two parallel fits).
     chain_ica_seeds: Annotated[int, Field(ge=1)] = 2
     chain_ica_resamples: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def seed_names(self) -> dict[str, int]:
+        """The seed axis's SAEs by name (``seed-<n>``)."""
+        return {f"seed-{seed}": seed for seed in self.seeds}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every SAE these axes train: the seed axis's first (the long runs), then the points."""
+        return (*self.seed_names, *self.points)
 
     @model_validator(mode="after")
     def _one_setting_each(self) -> SAEAxesConfig:
@@ -133,10 +147,16 @@ class SAEAxesConfig:
             raise ValueError("points: none is the reference ({}); every axis is read against it")
         for name, change in self.points.items():
             if len(change) > 1 or set(change) - set(AXIS_SETTINGS):
-                raise ValueError(f"points.{name}: {change} must change one of {', '.join(AXIS_SETTINGS)} (or none: the reference)")
-        unknown = [c for c in self.chain if c not in self.points]
+                raise ValueError(f"points.{name}: {change} must change one of {', '.join(AXIS_SETTINGS)} (or none: the "
+                                 "reference); the seed axis is sae_axes.seeds")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds: {list(self.seeds)} repeats a seed; list each once")
+        clash = [name for name in self.seed_names if name in self.points]
+        if clash:
+            raise ValueError(f"points: {clash} is also the name of a seed-axis SAE; rename the point")
+        unknown = [c for c in self.chain if c not in self.names]
         if unknown:
-            raise ValueError(f"chain: {unknown} are not points; allowed: {', '.join(self.points)}")
+            raise ValueError(f"chain: {unknown} are not points or seeds; allowed: {', '.join(self.names)}")
         unchained = [c for c in self.chain_ica if c not in self.chain]
         if unchained:
             raise ValueError(f"chain_ica: {unchained} are not in chain (ICA reads the chain's residual); add them to chain")

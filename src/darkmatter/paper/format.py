@@ -70,9 +70,21 @@ def ci_side(test: dict | None) -> str:
     return "above" if ci[0] > 0 else "below" if ci[1] < 0 else "neither"
 
 
-def p_side(p_high: float, p_low: float, alpha: float = 0.05) -> str:
-    """A pair of one-sided p-values as a verdict key: ``"high"``, ``"low"`` or ``"neither"``."""
-    return "high" if p_high < alpha else "low" if p_low < alpha else "neither"
+#: The level of every verdict the paper words: two-sided, as a p-value or as a (1 − ALPHA) interval that excludes 0.
+ALPHA = 0.05
+
+
+def significant(p_two_sided: float) -> bool:
+    """A two-sided p-value below :data:`ALPHA`."""
+    return p_two_sided < ALPHA
+
+
+def p_side(p_high: float, p_low: float, alpha: float = ALPHA) -> str:
+    """A pair of one-sided p-values as a two-sided verdict at ``alpha``: ``"high"``, ``"low"`` or
+    ``"neither"``. The two-sided p is twice the smaller one-sided p, so each side is tested at alpha/2
+    (accepting either side at alpha would be a two-sided test at 2 alpha)."""
+    side = "high" if p_high <= p_low else "low"
+    return side if 2 * min(p_high, p_low) < alpha else "neither"
 
 
 def mean_ci(entry: dict | None, digits: int = 3, no_ci: str = "") -> str:

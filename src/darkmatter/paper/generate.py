@@ -69,7 +69,7 @@ def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list,
     numbers = {**context.headline.macro_numbers(main, params.main, corpus), **context.headline.ladder_numbers(ladder),
                **context.instrument.macro_numbers(ev, train, axes)}
     words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main)),
-             **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes, main["compare"]))}
+             **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes))}
     both = sorted(numbers.keys() & words.keys())
     if both:
         raise ValueError(f"macros {both} are defined both as numbers and in a template; keep one")
@@ -164,6 +164,7 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
             MODEL_NAMES.get(params.main.model.name, params.main.model.name), main, [*controls, *ladder])),
         "tab_layers.tex": lambda: templates.render("tab_layers.tex.j2", context.tables.layers(layer_runs(params, metrics_root))),
         "tab_sae.tex": lambda: templates.render("tab_sae.tex.j2", context.instrument.axes_table(axes, main["sae_eval"], main["sae"])),
+        "tab_chain.tex": lambda: templates.render("tab_chain.tex.j2", context.instrument.chain_table(axes)),
         "tab_splice.tex": lambda: templates.render("tab_splice.tex.j2", context.instrument.splice_table(main["sae_eval"])),
         "tab_autointerp.tex": lambda: templates.render("tab_autointerp.tex.j2",
                                                        context.autointerp.autointerp_table(main["autointerp"])),

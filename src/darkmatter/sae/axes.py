@@ -1,4 +1,4 @@
-"""The SAE's axes: SAEs on the main run's cache that each differ from a reference in one setting.
+"""The SAE's axes: SAEs on the main run's cache beside the main SAE.
 
 One SAE is one draw of a training procedure. The axes ask what the draw depends on:
 
@@ -8,18 +8,21 @@ One SAE is one draw of a training procedure. The axes ask what the draw depends 
 - **seed** (initialisation and data order): the spread of every headline over SAEs that differ
   in nothing else; the paper's intervals over tokens and ICA fits do not contain it.
 
-Every point (``sae_axes.points``: name -> the one ``sae`` setting it changes) and the reference
-(``{}``: the main recipe unchanged) train for ``sae_axes.train_tokens``, fewer than the main SAE,
-to fit the build's budget. The learning rate is constant after its warm-up and both warm-ups
-are counted in tokens, so the reference *is* the main SAE after that many tokens
+The L0 and width points (``sae_axes.points``: name -> the one ``sae`` setting it changes) and
+their reference (``{}``: the main recipe unchanged) train for ``sae_axes.train_tokens``, fewer
+than the main SAE, to fit the build's budget. The learning rate is constant after its warm-up and
+both warm-ups are counted in tokens, so the reference *is* the main SAE after that many tokens
 (``tests/sae/test_train.py``); it is copied from the main run's curve snapshot when there is one,
 and the main SAE's training curve (``sae_eval.json``) shows how far training moves it from there.
+The seed axis (``sae_axes.seeds``) is the main recipe itself, all its tokens, with other seeds:
+short SAEs turned out to answer ICA's questions differently from the main SAE, so a seed spread
+measured on them would not be the main SAE's. Its members are the main SAE and ``seed-<n>``.
 
-Stages (``dvc.yaml``): ``train_sae_axes`` (``train`` here: every point, two at a time on CPU),
-``eval_sae_axes`` (``evaluate``: every point's held-out reconstruction and ΔLM, one model
-load), the dark-matter chain of the seed axis (the residual stage module on the ``sae_axes.chain``
-points; ICA and compare on the ``sae_axes.chain_ica`` points, ICA with ``chain_ica_seeds``
-restarts), and ``sae_axes`` (``summarise``): ``metrics/sae_axes.json`` and its figure.
+Stages (``dvc.yaml``): ``train_sae_axes`` (``train`` here: every SAE, two at a time on CPU),
+``eval_sae_axes`` (``evaluate``: every SAE's held-out reconstruction and ΔLM, one model
+load), the dark-matter chain (the residual stage module on the ``sae_axes.chain`` SAEs; ICA and
+compare on the ``sae_axes.chain_ica`` ones, ICA with ``chain_ica_seeds`` restarts; the main SAE's
+chain is the main run's), and ``sae_axes`` (``summarise``): ``metrics/sae_axes.json`` and its figure.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from darkmatter.errors import UserError, cli
 
 
 def point_overrides(params, name: str) -> dict:
-    """The ``sae`` overrides that train point ``name``: its one setting, the axes' length, no curve."""
-    points = params.sae_axes.points
-    if name not in points:
-        raise UserError(f"{name!r} is not a point of sae_axes.points; allowed: {', '.join(points)}")
-    change = {key: (int(value) if key in ("width", "seed") else float(value)) for key, value in points[name].items()}
-    return {"train_tokens": params.sae_axes.train_tokens, "curve_tokens": (), **change}
+    """The ``sae`` overrides that train ``name``: a point's one setting at the axes' length, or a seed-axis
+    SAE's seed at the main recipe's length; no curve either way."""
+    axes = params.sae_axes
+    if name in axes.seed_names:
+        return {"curve_tokens": (), "seed": axes.seed_names[name]}
+    if name not in axes.points:
+        raise UserError(f"{name!r} is not an SAE of sae_axes; allowed: {', '.join(axes.names)}")
+    change = {key: (int(value) if key == "width" else float(value)) for key, value in axes.points[name].items()}
+    return {"train_tokens": axes.train_tokens, "curve_tokens": (), **change}
 
 
 def axis_of(change: dict) -> str | None:
@@ -50,8 +56,8 @@ def axis_of(change: dict) -> str | None:
 
 
 def train_points(params, cache_dir: Path, saes: Path, out: Path, scratch: Path, main_curve: Path | None = None) -> dict:
-    """Train every point, two at a time on a CPU's two cores; each checkpoints under ``scratch`` like
-    the main SAE, so a killed stage resumes where it stopped.
+    """Train every SAE of the axes, two at a time on a CPU's two cores (the long seed-axis runs first);
+    each checkpoints under ``scratch`` like the main SAE, so a killed stage resumes where it stopped.
 
     The reference is the main SAE after ``train_tokens`` (its schedule is a prefix of the main
     run's): where the main run saved that snapshot (``main_curve/<tokens>``, when ``train_tokens``
@@ -67,9 +73,10 @@ def train_points(params, cache_dir: Path, saes: Path, out: Path, scratch: Path, 
 
     tokens = params.sae_axes.train_tokens
     report, jobs = {}, []
-    for name, change in params.sae_axes.points.items():
+    for name in params.sae_axes.names:
+        change = params.sae_axes.points.get(name)
         snapshot = main_curve / str(tokens) if main_curve is not None else None
-        if not change and snapshot is not None and (snapshot / "cfg.json").exists():
+        if change == {} and snapshot is not None and (snapshot / "cfg.json").exists():
             shutil.rmtree(saes / name, ignore_errors=True)
             shutil.copytree(snapshot, saes / name)
             cfg = params.main.sae.replace(**point_overrides(params, name))
@@ -86,7 +93,7 @@ def train_points(params, cache_dir: Path, saes: Path, out: Path, scratch: Path, 
         run(params.main, cache_dir, saes / name, scratch, point_overrides(params, name)) for name in jobs)
     report |= dict(zip(jobs, tqdm(results, total=len(jobs), desc="SAE axes", unit="SAE")))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({name: report[name] for name in params.sae_axes.points}, indent=2) + "\n")
+    out.write_text(json.dumps({name: report[name] for name in params.sae_axes.names}, indent=2) + "\n")
     return report
 
 
@@ -120,7 +127,7 @@ def evaluate_points(params, saes: Path, cache_dir: Path, weights: Path, out: Pat
     run = params.main
     curve = {p["tokens"]: p for p in (main_eval or {}).get("training_curve", [])}
     report, loaded = {}, {}
-    for name in params.sae_axes.points:
+    for name in params.sae_axes.names:
         folder = saes / name
         if not (folder / "cfg.json").exists():
             raise UserError(f"{folder} holds no SAE; run `dvc repro train_sae_axes` first")
@@ -134,7 +141,7 @@ def evaluate_points(params, saes: Path, cache_dir: Path, weights: Path, out: Pat
     if loaded:
         reports = evaluate_saes(load_run_subject(run, weights), loaded, ActivationCache.open(cache_dir), run)
         report |= {name: headline(reports[name]) for name in loaded}
-    report = {name: report[name] for name in params.sae_axes.points}
+    report = {name: report[name] for name in params.sae_axes.names}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -180,26 +187,39 @@ def falls_as_l0_rises(points: list[dict]) -> dict:
     return {"holds": not rises, "strictly": strictly, "rises_outside_ci": rises}
 
 
-def summarise(params, metrics_dir: Path, main_eval: dict) -> dict:
-    """``metrics/sae_axes.json``: each axis's points (reference included), the seed spread, the main SAE's curve."""
+def main_member(main_metrics: Path) -> dict:
+    """The main SAE as a member of the seed axis: its held-out headline and its run's dark-matter chain
+    (residual, ICA with as many restarts as a chain SAE's, comparison)."""
+    from darkmatter.sae.evaluate import headline
+
+    evaluation = json.loads((main_metrics / "sae_eval.json").read_text())
+    config = json.loads((main_metrics / "sae.json").read_text())["config"]
+    return {"name": "main", "width": config["width"], "l0_coefficient": config["l0_coefficient"], "seed": config["seed"],
+            "train_tokens": config["train_tokens"], **headline(evaluation), **chain_headlines(main_metrics, with_ica=True)}
+
+
+def summarise(params, metrics_dir: Path, main_metrics: Path) -> dict:
+    """``metrics/sae_axes.json``: each axis's points (reference included), the seed axis with its spread
+    (the main SAE among its members), the main SAE's curve."""
     axes_cfg = params.sae_axes
     evals = json.loads((metrics_dir / "eval.json").read_text())
     trained = json.loads((metrics_dir / "train.json").read_text())
-    points = {}
-    for name, change in axes_cfg.points.items():
-        train = trained[name]
-        point = {"name": name, "setting": axis_of(change), "value": train["config"][axis_of(change)] if change else None,
-                 "width": train["config"]["width"], "l0_coefficient": train["config"]["l0_coefficient"],
-                 "seed": train["config"]["seed"], "train_seconds": train["seconds"], **evals[name]}
+
+    def member(name: str, change: dict | None) -> dict:
+        config = trained[name]["config"]
+        setting = "seed" if change is None else axis_of(change)
+        point = {"name": name, "setting": setting, "value": config[setting] if setting else None, "width": config["width"],
+                 "l0_coefficient": config["l0_coefficient"], "seed": config["seed"], "train_tokens": config["train_tokens"],
+                 "train_seconds": trained[name]["seconds"], **evals[name]}
         if name in axes_cfg.chain:
             point |= chain_headlines(metrics_dir / name, with_ica=name in axes_cfg.chain_ica)
-        points[name] = point
+        return point
+
+    points = {name: member(name, change) for name, change in axes_cfg.points.items()}
     reference = next(p for p in points.values() if p["setting"] is None)
-    axes = {}
-    for setting in AXIS_SETTINGS:
-        members = [p for p in points.values() if p["setting"] == setting] + [reference]
-        axes[setting] = sorted(members, key=lambda p: p[setting])
-    seeds = [p for p in points.values() if p["setting"] in (None, "seed")]
+    axes = {setting: sorted([p for p in points.values() if p["setting"] == setting] + [reference], key=lambda p: p[setting])
+            for setting in AXIS_SETTINGS}
+    seeds = [main_member(main_metrics)] + [member(name, None) for name in axes_cfg.seed_names] if axes_cfg.seeds else []
     headline_keys = ("fvu", "l0", "dead_fraction", "delta_loss", "dark_matter_fraction", "kurtosis_r_median",
                      "ica_stable_restarts", "ica_novel_fraction")
     return {
@@ -207,9 +227,9 @@ def summarise(params, metrics_dir: Path, main_eval: dict) -> dict:
         "reference": reference["name"],
         "axes": axes,
         "l0_axis_delta_loss_falls": falls_as_l0_rises(axes["l0_coefficient"]),
-        "seeds": {"points": [p["name"] for p in seeds],
+        "seeds": {"members": seeds, "points": [p["name"] for p in seeds],
                   "spread": {key: spread([p.get(key) for p in seeds]) for key in headline_keys} if len(seeds) > 1 else None},
-        "main": {"training_curve": main_eval.get("training_curve", [])},
+        "main": {"training_curve": json.loads((main_metrics / "sae_eval.json").read_text()).get("training_curve", [])},
     }
 
 
@@ -261,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch", type=Path, default=Path("data/scratch/sae"), help="training checkpoints (train)")
     parser.add_argument("--main-curve", type=Path, help="the main SAE's training-curve snapshots (train: the reference)")
     parser.add_argument("--weights", type=Path, help="the main run's model directory (evaluate)")
-    parser.add_argument("--main-eval", type=Path, help="the main run's sae_eval.json (evaluate: the snapshot's numbers; summarise)")
+    parser.add_argument("--main-eval", type=Path, help="the main run's sae_eval.json (evaluate: the snapshot's numbers)")
+    parser.add_argument("--main-metrics", type=Path, help="the main run's metrics (summarise: the main SAE on the seed axis)")
     parser.add_argument("--out", type=Path, default=Path("metrics/sae_axes.json"))
     parser.add_argument("--figure", type=Path, default=Path("figures/sae_axes"))
     args = parser.parse_args(argv)
@@ -276,12 +297,14 @@ def main(argv: list[str] | None = None) -> None:
         report = evaluate_points(params, args.saes, args.cache, args.weights, args.metrics_dir / "eval.json", trained, main_eval)
         print(json.dumps(report, indent=2))
         return
-    if not args.main_eval.exists():
-        raise UserError(f"{args.main_eval} is missing; run `dvc repro eval_sae@{params.main_run}` first")
-    summary = summarise(params, args.metrics_dir, json.loads(args.main_eval.read_text()))
+    missing = [name for name in ("sae.json", "sae_eval.json", "residual.json", "ica.json", "compare.json")
+               if not (args.main_metrics / name).exists()]
+    if missing:
+        raise UserError(f"{args.main_metrics} lacks {', '.join(missing)}; run `dvc repro compare@{params.main_run}` first")
+    summary = summarise(params, args.metrics_dir, args.main_metrics)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, args.figure)
-    print(json.dumps({"l0_axis_delta_loss_falls": summary["l0_axis_delta_loss_falls"], "seeds": summary["seeds"]}, indent=2))
+    print(json.dumps({"l0_axis_delta_loss_falls": summary["l0_axis_delta_loss_falls"], "seeds": summary["seeds"]["spread"]}, indent=2))
 
 
 if __name__ == "__main__":

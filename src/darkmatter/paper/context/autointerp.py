@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from darkmatter.interp.calibration import UNITS
-from darkmatter.paper.format import fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, mean_ci
+from darkmatter.paper.format import fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, mean_ci, significant
 from darkmatter.stats import CI_LEVEL
 
 #: The detection metrics the table can show, in column order; a column only where some group has it
@@ -24,12 +24,12 @@ def _test(test: dict) -> dict:
 
 
 def _contrast(test: dict) -> dict:
-    """ICA against another group: ``side`` is ``"better"`` or ``"worse"`` (significant at 0.05),
+    """ICA against another group: ``side`` is ``"better"`` or ``"worse"`` (two-sided, significant at ALPHA),
     ``"neither"``, or ``"absent"`` (no other group to compare with)."""
     if test["difference"] is None:
         return {"side": "absent"}
-    significant = test["p_permutation"] < 0.05
-    return {"side": ("better" if test["difference"] > 0 else "worse") if significant else "neither", **_test(test)}
+    side = "better" if test["difference"] > 0 else "worse"
+    return {"side": side if significant(test["p_permutation"]) else "neither", **_test(test)}
 
 
 def autointerp(ai: dict) -> dict:
@@ -41,7 +41,7 @@ def autointerp(ai: dict) -> dict:
     reads = tests.get("given_vs_shuffled")
     # The judge given another calibration unit's true explanation (the AUC form only).
     shuffled = ({"auc": _cell(g["calibration_shuffled"]["auc"]), **_test(reads),
-                 "reads_explanation": bool(reads["ci"] and reads["ci"][0] > 0 and reads["p_permutation"] < 0.05)}
+                 "reads_explanation": bool(reads["ci"] and reads["ci"][0] > 0 and significant(reads["p_permutation"]))}
                 if reads and reads["difference"] is not None and metric == "auc" else None)
     # The judge on calibration units given their true explanations: None where not scored.
     ceiling = ({"units": [u.label for u in UNITS], "n_units": fmt_count(given["n_units"]),

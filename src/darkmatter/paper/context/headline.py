@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from darkmatter.paper.format import (ci_side, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig,
+from darkmatter.paper.format import (ALPHA, ci_side, fmt_about, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig,
                                      p_side)
 from darkmatter.stats import CI_LEVEL
 
@@ -167,6 +167,7 @@ def macro_numbers(run: dict, main, corpus: dict) -> dict[str, str]:
         "PreactVsRandomCI": fmt_ci(gap["sae_preact_vs_random_x"]["ci"]),
         "FigDir": f"runs/{main.name}",
         "CILevel": fmt_pct(CI_LEVEL, 0),
+        "Alpha": fmt_fixed(ALPHA, 2),
     }
 
 

@@ -1,6 +1,6 @@
 """The instrument: the main SAE against its bar, the splice diagnosis, its training curve, its axes
-(L0, width, seed) and the seed spread, for ``macros_instrument.tex.j2``, ``tab_sae.tex.j2`` and
-``tab_splice.tex.j2``.
+(L0, width, seed), the seed spread and the dark matter along the width and seed axes, for
+``macros_instrument.tex.j2``, ``tab_sae.tex.j2``, ``tab_chain.tex.j2`` and ``tab_splice.tex.j2``.
 
 Every number comes from ``sae_eval.json`` (the main SAE), ``sae.json`` (its recipe) and
 ``sae_axes.json`` (:mod:`darkmatter.sae.axes`). :func:`macro_numbers` are the macros that are
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from darkmatter.paper.format import ci_side, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig
+from darkmatter.paper.format import ci_side, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, fmt_sci, fmt_sig, significant
 
 #: The quality bar the main SAE is held to (issue: "An SAE that deserves the name").
 BAR = {"fvu": 0.08, "dead_fraction": 0.15, "delta_loss": 0.6, "loss_recovered": 0.97, "l0": (15, 40)}
@@ -21,8 +21,8 @@ CI_TARGET = 0.1
 #: The splice table's rows, in order (their labels are in ``tab_splice.tex.j2``).
 SPLICE_ROWS = ("ordinary", "nonspecial", "all", "zero", "noise_isotropic", "noise_error_covariance", "error_0.25", "error_0.5",
                "error_0.75", "error_top_pcs", "error_other_pcs", "error_without_mean")
-#: The axes of ``sae_axes.json``, in the table's order.
-AXES = ("l0_coefficient", "width", "seed")
+#: The short axes of ``sae_axes.json`` (the seed axis is its own entry), in the table's order.
+AXES = ("l0_coefficient", "width")
 
 
 def _ci_text(entry: dict, digits: int = 2) -> str:
@@ -62,19 +62,25 @@ def seed_spread(spread: dict | None, key: str, digits: int = 3) -> dict | None:
 
 
 def novelty_key(fraction: float, null_mean: float, p_two_sided: float) -> str:
-    """ICA's novel fraction against its rotation null: ``"above"``, ``"below"`` (p < 0.05) or ``"neither"``."""
-    return ("above" if fraction > null_mean else "below") if p_two_sided < 0.05 else "neither"
+    """ICA's novel fraction against its rotation null: ``"above"``, ``"below"`` (two-sided p < ALPHA) or ``"neither"``."""
+    return ("above" if fraction > null_mean else "below") if significant(p_two_sided) else "neither"
+
+
+def novelty_keys(points: list[dict]) -> list[str] | None:
+    """Each SAE's ICA novelty verdict (:func:`novelty_key`), or None where any of them had no ICA."""
+    if any("ica_novel_p_two_sided" not in p for p in points):
+        return None
+    return [novelty_key(p["ica_novel_fraction"], p["ica_novel_null_mean"], p["ica_novel_p_two_sided"]) for p in points]
 
 
 def seed_novelty(axes: dict) -> dict | None:
-    """Each SAE seed's ICA novelty verdict (the chain's single-restart-pair ICA) as a key, ``"above"``
-    (exceeds the rotation null), ``"below"`` or ``"neither"``, and their tally (most common first);
-    None where the seed axis's chain did not run."""
-    points = {p["name"]: p for setting in axes["axes"].values() for p in setting}
-    seeds = [points[name] for name in axes["seeds"]["points"]]
-    if len(seeds) < 2 or any("ica_novel_p_two_sided" not in p for p in seeds):
+    """Each SAE seed's ICA novelty verdict (the main SAE's and the seed axis's, two restarts each) as a
+    key, ``"above"`` (exceeds the rotation null), ``"below"`` or ``"neither"``, and their tally (most
+    common first); None where the seed axis's chain did not run."""
+    seeds = axes["seeds"]["members"]
+    keys = novelty_keys(seeds) if len(seeds) > 1 else None
+    if keys is None:
         return None
-    keys = [novelty_key(p["ica_novel_fraction"], p["ica_novel_null_mean"], p["ica_novel_p_two_sided"]) for p in seeds]
     return {"n": len(keys), "verdicts": keys, "same": len(set(keys)) == 1,
             "tally": [{"key": key, "count": count} for key, count in Counter(keys).most_common()]}
 
@@ -136,6 +142,20 @@ def width_fvu(widths: list[dict]) -> str:
     return "rises" if all(b["fvu"] > a["fvu"] for a, b in pairs) else "neither"
 
 
+def width_chain(widths: list[dict]) -> dict | None:
+    """The dark matter along the width axis, narrowest to widest: its fraction, and ICA's novelty verdict
+    at each width (None where the chain did not run on every width; ``novel`` None without ICA)."""
+    if len(widths) < 2 or any("dark_matter_fraction" not in p for p in widths):
+        return None
+    keys = novelty_keys(widths)
+    return {"widths": [fmt_count(p["width"]) for p in widths],
+            "fraction": [fmt_fixed(p["dark_matter_fraction"]) for p in widths],
+            "novel": None if keys is None else [fmt_pct(p["ica_novel_fraction"], 0) for p in widths],
+            "verdicts": keys, "same": keys is not None and len(set(keys)) == 1,
+            "by_verdict": [] if keys is None else [{"key": key, "widths": [fmt_count(p["width"]) for p, k in zip(widths, keys) if k == key]}
+                                                   for key in dict.fromkeys(keys)]}
+
+
 def kl_exponent(ci: list[float]) -> str:
     """KL's growth with the error's scale against quadratic: ``"faster"``, ``"slower"`` or ``"about"``."""
     return "faster" if ci[0] > 2 else "slower" if ci[1] < 2 else "about"
@@ -164,6 +184,7 @@ def macro_numbers(ev: dict, train: dict, axes: dict) -> dict[str, str]:
         "SaeLmClusters": fmt_count(lm["n_clusters"]),
         "SaeLmPositions": fmt_count(lm["positions_per_row"]),
         "AxesTokens": fmt_count(axes["train_tokens"]),
+        "MainTokens": fmt_count(train["config"]["train_tokens"]),
         "BarFvu": fmt_fixed(BAR["fvu"], 2), "BarDead": fmt_pct(BAR["dead_fraction"], 0),
         "BarDeltaLoss": fmt_fixed(BAR["delta_loss"], 1), "BarRecovered": fmt_fixed(BAR["loss_recovered"], 2),
         "BarLzero": f"{BAR['l0'][0]}--{BAR['l0'][1]}",
@@ -200,10 +221,8 @@ def macro_numbers(ev: dict, train: dict, axes: dict) -> dict[str, str]:
     }
 
 
-def macro_context(ev: dict, train: dict, axes: dict, compare: dict) -> dict:
-    """What ``macros_instrument.tex.j2`` words: verdict keys, and the numbers its sentences embed
-    (``compare``: the main run's, whose novelty verdict the seed axis's is set beside)."""
-    novel = compare["rotation_null"]["novel_fraction"]
+def macro_context(ev: dict, train: dict, axes: dict) -> dict:
+    """What ``macros_instrument.tex.j2`` words: verdict keys, and the numbers its sentences embed."""
     d = ev["lm"].get("diagnosis", {})
     spread = axes["seeds"]["spread"]
     verdicts = bars(ev)
@@ -218,9 +237,9 @@ def macro_context(ev: dict, train: dict, axes: dict, compare: dict) -> dict:
         "seed_spread": {"fvu": seed_spread(spread, "dark_matter_fraction", 3), "kurt_r": seed_spread(spread, "kurtosis_r_median", 2),
                         "novel": seed_spread(spread, "ica_novel_fraction", 2)},
         "seed_novelty": seed_novelty(axes),
-        "main_novelty": novelty_key(novel["observed"], novel["null_mean"], novel["p_two_sided"]),
-        "main_tokens": fmt_count(train["tokens"]),
+        "main_tokens": fmt_count(train["config"]["train_tokens"]),
         "seed_chain": seed_chain(spread),
+        "width_chain": width_chain(widths),
         "seed_ranges": {"sae_fvu": seed_range(spread, "fvu", 3), "delta_loss": seed_range(spread, "delta_loss", 2),
                         "dead": f"{fmt_pct(dead['min'], 0)}--{fmt_pct(dead['max'], 0)}" if dead.get("n", 0) > 1 else None},
         "curve": curve_state(ev),
@@ -245,7 +264,8 @@ def macro_context(ev: dict, train: dict, axes: dict, compare: dict) -> dict:
 
 
 def axes_table(axes: dict, ev: dict, train: dict) -> dict:
-    """``tab_sae.tex.j2``: the main SAE along its training curve, then every axis point (reference first)."""
+    """``tab_sae.tex.j2``: the main SAE along its training curve, then every axis point (reference first),
+    then the seed axis's retrainings of the main SAE."""
     def cells(tokens, p):
         return [fmt_count(tokens), fmt_sig(p["l0"], 3), fmt_fixed(p["fvu"]), fmt_pct(p["dead_fraction"], 0),
                 f"{fmt_fixed(p['delta_loss'], 2)} {fmt_ci(p['delta_loss_ci'], 2)}", fmt_fixed(p["loss_recovered"], 3)]
@@ -262,7 +282,26 @@ def axes_table(axes: dict, ev: dict, train: dict) -> dict:
             value = fmt_sci(p[setting]) if setting == "l0_coefficient" else fmt_count(p[setting])
             points.append({"setting": setting, "value": value, "reference": p["name"] == axes["reference"],
                            "cells": cells(tokens, p)})
-    return {"main": main, "points": points}
+    seeds = [{"value": fmt_count(p["seed"]), "cells": cells(p["train_tokens"], p)}
+             for p in axes["seeds"]["members"] if p["name"] != "main"]
+    return {"main": main, "points": points, "seeds": seeds}
+
+
+def chain_table(axes: dict) -> dict:
+    """``tab_chain.tex.j2``: the dark matter of every SAE the chain ran on, the width axis (narrowest first)
+    then the seed axis (the main SAE first)."""
+    def row(p):
+        ica = "ica_novel_fraction" in p
+        return [fmt_count(p["train_tokens"]), fmt_fixed(p["dark_matter_fraction"]), fmt_fixed(p["kurtosis_r_median"], 2),
+                fmt_pct(p["ica_novel_fraction"], 0) if ica else "--", fmt_pct(p["ica_novel_null_mean"], 0) if ica else "--",
+                fmt_p(p["ica_novel_p_two_sided"]) if ica else "--",
+                f"{p['ica_stable_restarts']} of {p['ica_components']}" if ica else "--"]
+
+    widths = [{"value": fmt_count(p["width"]), "reference": p["name"] == axes["reference"], "cells": row(p)}
+              for p in axes["axes"]["width"] if "dark_matter_fraction" in p]
+    seeds = [{"value": fmt_count(p["seed"]), "main": p["name"] == "main", "cells": row(p)}
+             for p in axes["seeds"]["members"] if "dark_matter_fraction" in p]
+    return {"widths": widths, "seeds": seeds}
 
 
 def splice_table(ev: dict) -> dict:
