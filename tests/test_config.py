@@ -78,6 +78,8 @@ def test_repo_params_load():
         ("sae_axes.seeds", [1, 1, 2], "seeds: [1, 1, 2] repeats a seed"),
         ("sae_axes.seeds", [0, 1, 2], "sae_axes.seeds: 0 is sae.seed, the main SAE's own"),
         ("sae_axes.chain", ["reference", "nope"], "chain: ['nope'] are not points or seeds"),
+        ("causal.edit_spaces", ["r", "r"], "causal.edit_spaces: ['r', 'r'] repeats a space"),
+        ("causal.edit_spaces", ["y"], "causal.edit_spaces.0: 'y' is not allowed; allowed: 'r' or 'x'"),
         ("sae_axes.chain_ica", ["l0-1e-3"], "chain_ica: ['l0-1e-3'] are not in chain"),
         ("sae_axes.train_tokens", 50000, "sae_axes.points.reference (with sae_axes.train_tokens): l0_warm_up_tokens 200000 "
          "exceeds train_tokens 50000"),

@@ -292,13 +292,26 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
                     "ica_minus_pca": t1, "ica_minus_random": t2}
            for m, r, p, q, t1, t2 in ((8, 1.5, 1.2, 1.01, test(0.3, 0.2, 0.4), test(0.5, 0.4, 0.6)),
                                       (64, 2.0, 2.0, 2.0, same(1e-6), same(2e-6)))}
+    x_sub = {m: {**row, "ica_minus_pca": test(-0.3, -0.4, -0.2)} if m == "8" else row for m, row in sub.items()}
+
+    def band(lo, hi, share, delta):
+        return {"pcs": [lo, hi], "variance_share": share, "delta_loss": mean(delta, delta - 0.01, delta + 0.01),
+                "delta_loss_per_percent": {"mean": delta / (100 * share), "ci": [(delta - 0.01) / (100 * share),
+                                                                                 (delta + 0.01) / (100 * share)]}}
+
     report = {
-        "rows": {"attribution": 8, "exact": 8, "positions_per_row": 32}, "ablation": "mean",
+        "rows": {"attribution": 8, "exact": 8, "positions_per_row": 32}, "ablation": "mean", "primary_space": "r",
         "clean_loss": mean(3.9, 3.3, 4.5),
-        "exact_groups": {"ica": mean(0.2, 0.1, 0.3, 12), "sae": mean(0.05, 0.02, 0.08, 12), "random": mean(0.01, 0.0, 0.02, 12)},
-        "tests": {"ica_vs_sae": test(0.15, 0.05, 0.25), "ica_vs_random": test(-0.01, -0.05, 0.03)},
-        "ranking_agreement": {"spearman": 0.8, "p": 1e-5, "n_units": 36},
-        "subspaces": sub,
+        "spaces": {
+            "r": {"exact_groups": {"ica": mean(0.2, 0.1, 0.3, 12), "sae": mean(0.05, 0.02, 0.08, 12),
+                                   "random": mean(0.01, 0.0, 0.02, 12)},
+                  "tests": {"ica_vs_sae": test(0.15, 0.05, 0.25), "ica_vs_random": test(-0.01, -0.05, 0.03)},
+                  "ranking_agreement": {"spearman": 0.8, "p": 1e-5, "n_units": 36}, "subspaces": sub},
+            "x": {"exact_groups": {"ica": mean(0.4, 0.3, 0.5, 12), "sae": mean(0.6, 0.5, 0.7, 12),
+                                   "random": mean(0.02, 0.0, 0.04, 12)},
+                  "tests": {"ica_vs_sae": test(-0.2, -0.3, -0.1), "ica_vs_random": test(0.38, 0.3, 0.46)},
+                  "ranking_agreement": {"spearman": 0.7, "p": 1e-4, "n_units": 36}, "subspaces": x_sub}},
+        "spectrum": [band(0, 8, 0.10, 0.50), band(8, 16, 0.05, 0.05), band(16, 640, 0.85, 0.17)],
         "error_node_split": {"sae_only": mean(1.7, 1.1, 2.2), "sae_plus_r": mean(0.0, 0.0, 0.0),
                              "minus_ica_part": mean(0.03, 0.01, 0.05), "ica_share": ratio(0.018)},
         "attribution": {"top_k": 10, "groups": {g: {"share_of_top_k": s, "share_of_units": 1 / 3}
@@ -308,17 +321,52 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     out = tmp_path / "generated"
     generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     prose = (out / "sec_causal.tex").read_text()
+    # the dark-matter (r-space) edits lead; the x-space edits follow with their own verdicts
+    assert prose.index("from the dark matter $r=x-\\mathrm{SAE}(x)$ alone") < prose.index("from the activation $x$")
     assert "ICA components matter more than their matched SAE features (mean paired difference 0.150" in prose
     assert "no differently from random directions (difference of means -0.010" in prose
-    assert "$m=8$: ICA above PCA, above random" in prose
+    assert ("costs 0.400 [0.300, 0.500] (ICA), 0.600 [0.500, 0.700] (SAE) and 0.020 [0.000, 0.040] (random): ICA components "
+            "matter less than their matched SAE features") in prose
+    assert "$m=8$: ICA above PCA, above random (paired over rows); from $x$: $m=8$: ICA below PCA, above random" in prose
     assert "their loss ratios agree, as they must" in prose
+    assert "the top band (PCs 1--8, 10.0\\% of var$(r)$) costs 0.500 [0.490, 0.510] nats, 0.050 [0.049, 0.051] per percent" in prose
+    assert "largest in PCs 1--8, and from the top band to the bottom one it falls" in prose
     assert "a share 0.018" in prose and "not run" not in prose
     table = (out / "tab_causal.tex").read_text()
     assert "1.500 [1.490, 1.510]" in table and "\n64 & 2.000" in table
+    assert table.index("removed from $r$") < table.index("removed from $x$") < table.index("PCs of $r$")
+    assert "17--640 & 85.0\\% & 0.170 [0.160, 0.180] & 0.002 [0.002, 0.002]" in table
     sub["64"]["ica_minus_random"] = same(0.05)  # a removal that is not the same subspace: a bug, said so
     (metrics / "runs/gemma-3-270m-l9/causal.json").write_text(json.dumps(report))
     generate(load_params(REPO / "params.yaml"), metrics, out, sections=SECTIONS)
     assert "DISAGREE, which signals a bug" in (out / "sec_causal.tex").read_text()
+
+
+def test_the_detection_limits_are_quoted_with_the_sae_they_were_measured_on(workspace, tmp_path):
+    """bench/detection.json, when committed, gives each firing rate's boundary, and says whether it was
+    measured on this build's SAE; without it the paper says the limits were not measured."""
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    out = tmp_path / "generated"
+    params = load_params(REPO / "params.yaml")
+    generate(params, metrics, out, sections=SECTIONS)
+    assert "What this ICA would have detected was not measured" in (out / "macros.tex").read_text()
+    run = metrics / "runs" / params.main_run
+    ev, ica = (json.loads((run / name).read_text()) for name in ("sae_eval.json", "ica.json"))
+    cells = [{"share": share, "rate": rate} for rate in (0.001, 0.01) for share in (0.001, 0.003, 0.03)]
+    limits = {"identity": {"run": params.main_run, "sae_fvu": ev["fvu"], "sae_l0": ev["l0"], "ica_k": ica["n_components"]},
+              "cells": cells, "boundary": {"0.001": None, "0.01": 0.003}, "commit": "abc1234", "k": 64, "threshold": 0.9,
+              "n_sources": 3, "n_tokens": 65536}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/detection.json").write_text(json.dumps(limits))
+    generate(params, metrics, out, sections=SECTIONS)
+    text = (out / "macros.tex").read_text()
+    assert "on this build's SAE" in text
+    assert "firing on 0.1\\% of tokens, not even at 3.0\\%; firing on 1.0\\% of tokens, 0.3\\%" in text
+    limits["identity"]["sae_fvu"] += 0.01  # measured on another SAE: labelled, not passed off as this one's
+    (tmp_path / "bench/detection.json").write_text(json.dumps(limits))
+    generate(params, metrics, out, sections=SECTIONS)
+    assert "on the SAE of an earlier build" in (out / "macros.tex").read_text()
 
 
 def test_probes_wording_follows_the_intervals(workspace, tmp_path):

@@ -1,9 +1,17 @@
 """Edits of the residual at the hook, and the directions and subspaces they remove.
 
-A direction v̂ (unit norm) is *projected out* of x: x − (x·v̂) v̂, or *mean-ablated*:
-x − ((x − μ)·v̂) v̂, which keeps the direction's average and removes only its variation. A set
-of directions is removed as the span of their orthonormalised basis Q: x − (x − μ) Q Qᵀ (μ = 0
-for projection). Edits apply at non-special positions only, as the SAE splice does.
+A direction v̂ (unit norm) is *projected out*: (v·v̂) v̂ removed, or *mean-ablated*: ((v − μ)·v̂) v̂
+removed, which keeps the direction's average and removes only its variation. A set of directions
+is removed as the span of their orthonormalised basis Q: (v − μ) Q Qᵀ (μ = 0 for projection).
+Edits apply at non-special positions only, as the SAE splice does.
+
+What is projected is the *edit space*:
+
+- ``r``, the dark matter: x' = SAE(x) + r − ((r − μ_r) Q) Qᵀ, i.e. x − ((r − μ_r) Q) Qᵀ with
+  r = x − SAE(x). Only the residual changes; whatever the SAE reconstructs along Q stays. This
+  is the question the paper asks of the dark matter (``remove_from_residual``);
+- ``x``, the activation: x − ((x − μ_x) Q) Qᵀ, which also removes what the SAE reconstructs along
+  Q (``remove``): a statement about the direction in the model, not about the dark matter.
 
 The units of a run, all as directions in activation space:
 
@@ -36,6 +44,25 @@ def remove(x, basis, mean, mask):
     q = basis.to(x.dtype)
     edited = x - ((x - mean) @ q) @ q.T
     return torch.where(mask[..., None], edited, x)
+
+
+def remove_from_residual(x, r, basis, mean, mask):
+    """x − ((r − mean) Q) Qᵀ at the positions ``mask``: the span of Q removed from the dark matter
+    r = x − SAE(x) alone (torch; ``basis`` Q [d, m]; ``mean`` μ_r, 0 = projection)."""
+    import torch
+
+    q = basis.to(x.dtype)
+    edited = x - ((r - mean) @ q) @ q.T
+    return torch.where(mask[..., None], edited, x)
+
+
+def spectrum_bands(n_dims: int, first: int = 8) -> list[tuple[int, int]]:
+    """Principal-component bands [lo, hi) that double in width: [0, 8), [8, 16), [16, 32), ... up to ``n_dims``."""
+    bands, lo, hi = [], 0, first
+    while lo < n_dims:
+        bands.append((lo, min(hi, n_dims)))
+        lo, hi = hi, 2 * hi
+    return bands
 
 
 def random_whitened_directions(components: dict, n: int, seed: int) -> np.ndarray:

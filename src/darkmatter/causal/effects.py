@@ -13,7 +13,8 @@ a middle layer, so reading out a quarter of the positions makes each edit about 
 
 The cheap ranking is attribution patching: one forward and backward pass gives g = ∂loss/∂x at
 the hook, and removing direction v̂ changes each row's loss by about −Σ_p ((x_p − μ)·v̂)(g_p·v̂)
-(μ = 0 for projection); units are ranked by the magnitude Σ_p |·| (see ``predicted_effects``). Activation × gradient attributions, f_u(p) · (g_p · d_u) summed over a
+(μ = 0 for projection; for an edit of the dark matter, r_p = x_p − SAE(x_p) and its mean in place
+of x_p and μ); units are ranked by the magnitude Σ_p |·| (see ``predicted_effects``). Activation × gradient attributions, f_u(p) · (g_p · d_u) summed over a
 row, use the same pass.
 """
 
@@ -41,6 +42,20 @@ class Batch:
     positions: "torch.Tensor"  # noqa: F821  [P] the prediction positions read out
     targets: "torch.Tensor"  # noqa: F821  [b, P] next tokens at those positions
     scored: "torch.Tensor"  # noqa: F821  [b, P] bool: non-special position and target (in the loss)
+    residual: "torch.Tensor | None" = None  # noqa: F821  [b, T, d] r = x − SAE(x), where an edit needs it
+
+
+def with_residual(data: list[Batch], sae, chunk_tokens: int) -> list[Batch]:
+    """The batches with r = x − SAE(x) attached (computed once per batch, not once per edit)."""
+    import torch
+
+    from darkmatter.analysis.stream import reconstruct
+
+    for batch in data:
+        with torch.no_grad():
+            flat = batch.resid.reshape(-1, batch.resid.shape[-1])
+            batch.residual = (flat - reconstruct(sae, flat, chunk_tokens)).reshape(batch.resid.shape)
+    return data
 
 
 def batches(cache, rows: np.ndarray, batch_rows: int, positions: np.ndarray, device: str) -> Iterator[Batch]:
@@ -198,9 +213,11 @@ def gradients(subject, layer: int, site: str, data: list[Batch]) -> Gradients:
     return Gradients(data, grads)
 
 
-def predicted_effects(g: Gradients, directions: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predicted_effects(g: Gradients, directions: np.ndarray, mean: np.ndarray | None = None,
+                      space: str = "x") -> tuple[np.ndarray, np.ndarray]:
     """Attribution patching of removing each unit direction: per row [rows, n], the first-order
-    Δloss −Σ_p ((x_p − μ)·v̂)(g_p·v̂), and its magnitude Σ_p |((x_p − μ)·v̂)(g_p·v̂)|.
+    Δloss −Σ_p ((v_p − μ)·v̂)(g_p·v̂), and its magnitude Σ_p |((v_p − μ)·v̂)(g_p·v̂)|, with v the
+    edit space's vector (``x``, or ``r`` = x − SAE(x), attached by :func:`with_residual`) and μ its mean.
 
     The magnitude ranks units. The signed sum is near zero for any direction a calibrated model
     uses: the expected gradient of the log loss vanishes at its optimum, so the gains on confident
@@ -212,7 +229,8 @@ def predicted_effects(g: Gradients, directions: np.ndarray, mean: np.ndarray | N
     signed, magnitude = [], []
     for batch, grad in zip(g.batches, g.grads):
         dirs = torch.as_tensor(directions, dtype=grad.dtype, device=grad.device)
-        x = batch.resid if mean is None else batch.resid - torch.as_tensor(mean, dtype=grad.dtype, device=grad.device)
+        v = batch.resid if space == "x" else batch.residual
+        x = v if mean is None else v - torch.as_tensor(mean, dtype=grad.dtype, device=grad.device)
         terms = ((x * batch.edit[..., None]) @ dirs.T) * (grad @ dirs.T)
         signed.append((-terms.sum(1)).cpu().numpy())
         magnitude.append(terms.abs().sum(1).cpu().numpy())
@@ -231,7 +249,7 @@ def attributions(g: Gradients, group, sae, chunk_tokens: int) -> np.ndarray:
     for batch, grad in zip(g.batches, g.grads):
         with torch.no_grad():
             flat = batch.resid.reshape(-1, batch.resid.shape[-1])
-            r = flat - reconstruct(sae, flat, chunk_tokens)
+            r = flat - reconstruct(sae, flat, chunk_tokens) if batch.residual is None else batch.residual.reshape(flat.shape)
             acts = group.read(flat, r).reshape(*batch.resid.shape[:2], -1)
             w = torch.as_tensor(group.write, dtype=grad.dtype, device=grad.device)
             out.append((acts * batch.edit[..., None] * (grad @ w.T)).sum(1).cpu().numpy())

@@ -1,24 +1,30 @@
 """Causal stage: does the model use the dark matter's ICA components?
 
 ``python -m darkmatter.causal.stage --run NAME``, on the run's held-out rows (``darkmatter.causal.effects``
-continues the forward from the cached layer-L activations; special tokens are out of edits and loss):
+continues the forward from the cached layer-L activations; special tokens are out of edits and loss).
+Every ablation acts in each of ``causal.edit_spaces`` (``darkmatter.causal.edits``): the first, by
+default ``r``, removes a direction from the dark matter r = x − SAE(x) alone; ``x`` removes it from
+the activation, and with it whatever the SAE reconstructs along it.
 
 1. **Ranking and attribution** (``causal.attribution_rows``): one forward + backward pass gives
-   ∂loss/∂x at the hook; every unit gets a predicted effect of its removal (attribution
-   patching: the magnitude ranks, see ``effects.predicted_effects``) and an activation ×
+   ∂loss/∂x at the hook; every unit gets a predicted effect of its removal in the primary space
+   (attribution patching: the magnitude ranks, see ``effects.predicted_effects``) and an activation ×
    gradient attribution. Units: every ICA component (mixing direction), its density-matched SAE
    feature (decoder row) and k random whitened units (V Λ^{1/2} q): equal pools, so the top units
    of ICA and of random are picked from as many candidates. Per row, how many of the top ``attribution_top_k`` units by |attribution| fall
    in each group, against the share the group would get by chance.
 2. **Exact ablations** on other held-out rows (``causal.rows``), per group the units with the
-   largest predicted effect plus a seeded sample of the rest: ΔLM loss and KL per unit with
-   bootstrap CIs over rows; ICA vs its matched SAE features as a paired test over pairs, ICA vs
-   random unpaired; how well the cheap ranking agreed (Spearman ρ, predicted vs exact).
+   largest predicted effect plus a seeded sample of the rest, the same units in every space: ΔLM
+   loss and KL per unit with bootstrap CIs over rows; ICA vs its matched SAE features as a paired
+   test over pairs, ICA vs random unpaired; how well the cheap ranking agreed (Spearman ρ,
+   predicted vs exact).
 3. **Subspaces** (Deng et al. 2026 form): the m most kurtotic ICA directions, the top-m PCs of r
    and random m-dim whitened subspaces, removed together; loss ratio to clean. At m = k the three
    spans are the same subspace (``darkmatter.causal.edits``): the identity check (one random
    subspace suffices there), reported as the largest per-row difference against a tolerance,
    not as a bootstrap test of rounding noise (:func:`identity_check`).
+   **Where in r's spectrum the loss lives** (r-space): bands of r's principal components that double
+   in width ([0, 8), [8, 16), ...), each removed from r; ΔLM per unit of r's variance removed.
 4. **Error-node split** (Marks et al. 2024): loss with x replaced by SAE(x) (the dark matter
    removed), by SAE(x) + r (= x, the check), and with the ICA part of r removed,
    V Vᵀ (t − μ); the share of the dark matter's effect the ICA part carries, with a bootstrap CI.
@@ -128,21 +134,52 @@ def train_mean(cache, stats: dict, heldout_fraction: float, chunk: int = 16384) 
     return total / len(index)
 
 
-def ablation(directions: np.ndarray, mean, device: str):
-    """The edit removing one unit direction [d], or the span of orthonormal rows [m, d]."""
+def ablation(directions: np.ndarray, mean, device: str, space: str):
+    """The edit removing one unit direction [d], or the span of orthonormal rows [m, d], in ``space``:
+    from the dark matter r (the batch's ``residual``) or from the activation x."""
     import torch
 
-    from darkmatter.causal.edits import remove
+    from darkmatter.causal.edits import remove, remove_from_residual
 
     q = torch.as_tensor(np.atleast_2d(directions).T, dtype=torch.float32, device=device)
+    if space == "r":
+        return lambda resid, batch: remove_from_residual(resid, batch.residual, q, mean, batch.edit)
     return lambda resid, batch: remove(resid, q, mean, batch.edit)
 
 
+def spectrum_edits(stats: dict, mean, device: str) -> tuple[dict, dict]:
+    """r-space removals of bands of r's principal components (training rows), and each band's share of
+    var(r): where in r's spectrum the loss lives."""
+    from darkmatter.causal.edits import spectrum_bands
+
+    vectors, values = stats["pca_residual_vectors"], np.clip(stats["pca_residual_values"], 0, None)
+    bands = spectrum_bands(len(values))
+    edits = {f"band-{lo}-{hi}": ablation(vectors[:, lo:hi].T, mean, device, "r") for lo, hi in bands}
+    shares = {f"band-{lo}-{hi}": float(values[lo:hi].sum() / values.sum()) for lo, hi in bands}
+    return edits, shares
+
+
+def spectrum_rows(effects: dict, shares: dict, n_boot: int, rng) -> list[dict]:
+    """Per band: ΔLM with its interval, the share of var(r) removed, and ΔLM per percent of var(r)."""
+    from darkmatter.stats import mean_with_ci
+
+    rows = []
+    for name, share in shares.items():
+        _, lo, hi = name.split("-")
+        delta = mean_with_ci(effects[name]["delta_loss"], n_boot, rng)
+        per = {"mean": delta["mean"] / (100 * share), "ci": [c / (100 * share) for c in delta["ci"]] if delta["ci"] else None}
+        rows.append({"pcs": [int(lo), int(hi)], "variance_share": share, "delta_loss": delta, "delta_loss_per_percent": per})
+    return rows
+
+
 def plot(report: dict, predicted: dict, exact: dict, out_dir: Path) -> None:
+    """Predicted against exact ΔLM per unit, the subspace removals (both in the primary edit space), and
+    where in r's spectrum the loss lives (ΔLM per percent of var(r), per band of principal components)."""
     from darkmatter.figures import save_figure, subplots
 
     colours = {"ica": "C0", "sae": "C1", "random": "C7"}
-    fig, axes = subplots(1, 2, figsize=(8.0, 3.0))
+    spectrum = report.get("spectrum")
+    fig, axes = subplots(1, 3 if spectrum else 2, figsize=(11.5 if spectrum else 8.0, 3.0))
     for name, e in exact.items():
         kind = name.split("-")[0]
         axes[0].scatter(predicted[name], np.mean(e["delta_loss"]), s=12, color=colours[kind])
@@ -150,17 +187,27 @@ def plot(report: dict, predicted: dict, exact: dict, out_dir: Path) -> None:
     hi = max(max(predicted.values()), max(np.mean(e["delta_loss"]) for e in exact.values()))
     axes[0].plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, linestyle=":")
     axes[0].set_xlabel("predicted effect (attribution patching, |first order|)")
-    axes[0].set_ylabel("exact ΔLM loss (held-out rows)")
+    axes[0].set_ylabel(f"exact ΔLM loss ({report['primary_space']}-space, held-out rows)")
     for kind, colour in colours.items():
         axes[0].scatter([], [], color=colour, label=kind)
     axes[0].legend(fontsize=7)
-    sizes = sorted(report["subspaces"], key=int)
+    subspaces = report["spaces"][report["primary_space"]]["subspaces"]
+    sizes = sorted(subspaces, key=int)
     for kind in ("ica", "pca", "random"):
-        axes[1].plot([int(m) for m in sizes], [report["subspaces"][m][kind]["loss_ratio"]["value"] for m in sizes],
+        axes[1].plot([int(m) for m in sizes], [subspaces[m][kind]["loss_ratio"]["value"] for m in sizes],
                      "o-", label=kind, color={"ica": "C0", "pca": "C2", "random": "C7"}[kind])
     axes[1].set_xlabel("dimensions removed (m)")
     axes[1].set_ylabel("LM loss / clean loss")
     axes[1].legend(fontsize=7)
+    if spectrum:
+        mid = [np.sqrt(max(b["pcs"][0], 1) * b["pcs"][1]) for b in spectrum]
+        per = [b["delta_loss_per_percent"] for b in spectrum]
+        err = np.array([[p["mean"] - p["ci"][0], p["ci"][1] - p["mean"]] if p["ci"] else [0, 0] for p in per]).T
+        axes[2].errorbar(mid, [p["mean"] for p in per], yerr=err, fmt="o-", color="C3", capsize=3)
+        axes[2].set_xscale("log")
+        axes[2].axhline(0, color="grey", linewidth=0.8, linestyle=":")
+        axes[2].set_xlabel("principal components of r (band)")
+        axes[2].set_ylabel("ΔLM per % of var(r) removed")
     save_figure(fig, out_dir / "ablation")
 
 
@@ -210,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from darkmatter.analysis.stream import latent_chunk_tokens, reconstruct
     from darkmatter.causal.edits import subspaces
-    from darkmatter.causal.effects import attributions, batches, edit_effects, gradients, predicted_effects, scored_positions
+    from darkmatter.causal.effects import (attributions, batches, edit_effects, gradients, predicted_effects, scored_positions,
+                                           with_residual)
     from darkmatter.causal.steer import logit_lens, steer
     from darkmatter.causal.units import build_units
     from darkmatter.config import add_run_arguments, run_from_args
@@ -242,38 +290,47 @@ def main(argv: list[str] | None = None) -> None:
     exact_rows = held_rows[cfg.attribution_rows : cfg.attribution_rows + cfg.rows]
     chunk_tokens = latent_chunk_tokens(sae.cfg.d_sae, run.residual.latent_budget_mb << 20)
     groups = build_units(components, stats, sae, run.ica.target, sae_ids, k, cfg.seed + 1, chunk_tokens)
-    mean_x = train_mean(cache, stats, run.sae.heldout_fraction) if cfg.ablation == "mean" else None
-    mean_t = torch.zeros(1, device=device) if mean_x is None else torch.as_tensor(mean_x, dtype=torch.float32, device=device)
+    primary = cfg.edit_spaces[0]
+    means = {"x": train_mean(cache, stats, run.sae.heldout_fraction), "r": stats["mean_residual"]} if cfg.ablation == "mean" \
+        else {"x": None, "r": None}
+    means_t = {space: torch.zeros(1, device=device) if m is None else torch.as_tensor(m, dtype=torch.float32, device=device)
+               for space, m in means.items()}
 
-    # 1. one gradient pass: the cheap ranking of every unit, and the attributions
+    # 1. one gradient pass: the cheap ranking of every unit (in the primary space), and the attributions
     positions = scored_positions(cache.meta["context_length"], cfg.positions_per_row)
-    grads = gradients(subject, layer, site, list(batches(cache, attribution_rows, cfg.batch_rows, positions, device)))
-    first_order = {g: predicted_effects(grads, group.directions, mean_x) for g, group in groups.items()}
+    attribution_data = with_residual(list(batches(cache, attribution_rows, cfg.batch_rows, positions, device)), sae, chunk_tokens)
+    grads = gradients(subject, layer, site, attribution_data)
+    first_order = {g: predicted_effects(grads, group.directions, means[primary], primary) for g, group in groups.items()}
     predicted = {g: magnitude.mean(0) for g, (_, magnitude) in first_order.items()}
     predicted_signed = {g: signed.mean(0) for g, (signed, _) in first_order.items()}
     attribution = {g: attributions(grads, group, sae, chunk_tokens) for g, group in groups.items()}
 
-    # 2. exact ablations on other held-out rows: top and sampled ICA units with their partners; random units
-    exact_data = list(batches(cache, exact_rows, cfg.batch_rows, positions, device))
+    # 2. exact ablations on other held-out rows: top and sampled ICA units with their partners; random units;
+    # the same units in every edit space
+    exact_data = with_residual(list(batches(cache, exact_rows, cfg.batch_rows, positions, device)), sae, chunk_tokens)
     chosen = {"ica": pick_exact(predicted["ica"], cfg.exact_top, cfg.exact_random, cfg.seed),
               "random": pick_exact(predicted["random"], cfg.exact_top, cfg.exact_random, cfg.seed + 2)}
     chosen["sae"] = chosen["ica"]  # each component's partner: the paired design
-    edits = {name: ablation(groups[g].directions[j], mean_t, device)
-             for g in ("ica", "sae", "random") for j, name in zip(chosen[g], groups[g].names(chosen[g]))}
-    exact = edit_effects(subject, layer, site, exact_data, edits, "exact ablations")
-    clean_loss = exact.pop("clean_loss")
-    predicted_chosen = {name: float(predicted[g][j]) for g in ("ica", "sae", "random")
-                        for j, name in zip(chosen[g], groups[g].names(chosen[g]))}
-    names = list(edits)
-    agreement = spearmanr([predicted_chosen[n] for n in names], [float(np.mean(exact[n]["delta_loss"])) for n in names])
+    units = {name: (g, j) for g in ("ica", "sae", "random") for j, name in zip(chosen[g], groups[g].names(chosen[g]))}
+    exact = {}
+    for space in cfg.edit_spaces:
+        edits = {name: ablation(groups[g].directions[j], means_t[space], device, space) for name, (g, j) in units.items()}
+        exact[space] = edit_effects(subject, layer, site, exact_data, edits, f"exact ablations ({space})")
+        clean_loss = exact[space].pop("clean_loss")
+    predicted_chosen = {name: float(predicted[g][j]) for name, (g, j) in units.items()}
+    names = list(units)
 
-    # 3. subspaces and 4. the error-node split, on the same rows
+    # 3. subspaces (every space), r's spectrum (r-space) and 4. the error-node split, on the same rows
     sizes = sorted({max(1, round(f * k)) for f in cfg.subspace_fractions})
-    sub_edits = {f"{kind}-{m}-{i}": ablation(basis.T, mean_t, device)
-                 for m in sizes for kind, bases in subspaces(components, m, cfg.n_random_subspaces if m < k else 1, cfg.seed + m).items()
-                 for i, basis in enumerate(bases)}
+    bases = {f"{kind}-{m}-{i}": basis for m in sizes
+             for kind, spans in subspaces(components, m, cfg.n_random_subspaces if m < k else 1, cfg.seed + m).items()
+             for i, basis in enumerate(spans)}
+    sub_edits = {f"{space}:{name}": ablation(basis.T, means_t[space], device, space)
+                 for space in cfg.edit_spaces for name, basis in bases.items()}
+    band_edits, band_shares = spectrum_edits(stats, means_t["r"], device) if "r" in cfg.edit_spaces else ({}, {})
     more = edit_effects(subject, layer, site, exact_data,
-                        sub_edits | error_node_edits(sae, components, stats, run.ica.target, device, chunk_tokens), "subspaces, error nodes")
+                        sub_edits | band_edits | error_node_edits(sae, components, stats, run.ica.target, device, chunk_tokens),
+                        "subspaces, spectrum, error nodes")
     more.pop("clean_loss")
 
     # 5. steering: the components with the largest predicted effect (or those asked for) and their partners
@@ -306,10 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     # metrics
     n_boot = cfg.n_bootstrap
 
-    def subspace_row(m):
+    def subspace_row(space, m):
         row, deltas = {}, {}
         for kind in ("ica", "pca", "random"):
-            deltas[kind] = np.mean([more[n]["delta_loss"] for n in more if n.startswith(f"{kind}-{m}-")], axis=0)
+            deltas[kind] = np.mean([more[n]["delta_loss"] for n in more if n.startswith(f"{space}:{kind}-{m}-")], axis=0)
             row[kind] = {"delta_loss": mean_with_ci(deltas[kind], n_boot, rng),
                          "loss_ratio": ratio_ci(clean_loss + deltas[kind], clean_loss, n_boot, rng)}
         if m == k:  # one subspace in three bases: differences are float32 rounding, not an effect to test
@@ -321,21 +378,31 @@ def main(argv: list[str] | None = None) -> None:
         row["ica_minus_random"] = paired_difference(deltas["ica"], deltas["random"], n_boot, rng)
         return row
 
+    def space_report(space):
+        e = exact[space]
+        agreement = spearmanr([predicted_chosen[n] for n in names], [float(np.mean(e[n]["delta_loss"])) for n in names])
+        return {
+            "exact": {n: unit_summary(e[n], n_boot, rng) | {"predicted_effect": predicted_chosen[n]} for n in names},
+            "exact_groups": {g: mean_with_ci([np.mean(e[n]["delta_loss"]) for n in groups[g].names(chosen[g])], n_boot, rng)
+                             for g in ("ica", "sae", "random")},
+            "tests": group_tests(e, chosen["ica"], {j: int(sae_ids[j]) for j in range(k)}, chosen["random"], n_boot, rng),
+            "ranking_agreement": {"spearman": float(agreement.statistic), "p": float(agreement.pvalue), "n_units": len(names),
+                                  "ranked_in": primary},
+            "subspaces": {str(m): subspace_row(space, m) for m in sizes},
+        }
+
     report = {
         "rows": {"attribution": int(len(attribution_rows)), "exact": int(len(exact_rows)),
                  "positions_per_row": int(len(positions)),
                  "which": "held-out rows; special tokens are out of every edit and of the loss"},
         "ablation": cfg.ablation,
+        "primary_space": primary,
         "clean_loss": mean_with_ci(clean_loss, n_boot, rng),
         "units": {g: int(len(group.ids)) for g, group in groups.items()},
         "predicted_effect": {g: {"magnitude_mean": float(v.mean()), "magnitude_max": float(v.max()),
-                                 "signed_mean": float(predicted_signed[g].mean())} for g, v in predicted.items()},
-        "exact": {n: unit_summary(exact[n], n_boot, rng) | {"predicted_effect": predicted_chosen[n]} for n in names},
-        "exact_groups": {g: mean_with_ci([np.mean(exact[n]["delta_loss"]) for n in groups[g].names(chosen[g])], n_boot, rng)
-                         for g in ("ica", "sae", "random")},
-        "tests": group_tests(exact, chosen["ica"], {j: int(sae_ids[j]) for j in range(k)}, chosen["random"], n_boot, rng),
-        "ranking_agreement": {"spearman": float(agreement.statistic), "p": float(agreement.pvalue), "n_units": len(names)},
-        "subspaces": {str(m): subspace_row(m) for m in sizes},
+                                 "signed_mean": float(predicted_signed[g].mean()), "space": primary} for g, v in predicted.items()},
+        "spaces": {space: space_report(space) for space in cfg.edit_spaces},
+        "spectrum": spectrum_rows(more, band_shares, n_boot, rng) if band_shares else None,
         "error_node_split": {
             **{kind: mean_with_ci(more[kind]["delta_loss"], n_boot, rng) for kind in ("sae_only", "sae_plus_r", "minus_ica_part")},
             "ica_share": ratio_ci(more["minus_ica_part"]["delta_loss"], more["sae_only"]["delta_loss"], n_boot, rng),
@@ -345,12 +412,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "steering.json").write_text(json.dumps(steering, indent=1) + "\n")
-    np.savez(args.out / "effects.npz", clean_loss=clean_loss, **{f"exact_{n}": exact[n]["delta_loss"] for n in names},
+    np.savez(args.out / "effects.npz", clean_loss=clean_loss,
+             **{f"exact_{space}_{n}": exact[space][n]["delta_loss"] for space in cfg.edit_spaces for n in names},
              **{f"predicted_{g}": v for g, v in predicted.items()}, **{f"predicted_signed_{g}": v for g, v in predicted_signed.items()}, **{f"attribution_{g}": v for g, v in attribution.items()})
-    plot(report, predicted_chosen, exact, args.figures)
+    plot(report, predicted_chosen, exact[primary], args.figures)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({key: report[key] for key in ("exact_groups", "ranking_agreement", "error_node_split")}, indent=2))
+    print(json.dumps({space: report["spaces"][space]["exact_groups"] for space in cfg.edit_spaces}
+                     | {"error_node_split": report["error_node_split"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -367,6 +367,10 @@ class CausalConfig:
     #: the residual stream's large mean makes that catastrophic for any direction that overlaps it
     #: (a random direction then "matters" more than any feature).
     ablation: Literal["project", "mean"] = "mean"
+    #: Where the ablations act, the first the primary (``darkmatter.causal.edits``): ``r``, the dark matter
+    #: alone, x − ((r − μ_r)·v̂)v̂ with r = x − SAE(x); ``x``, the activation, which also removes what the SAE
+    #: reconstructs along v̂. Every space ablates the same units.
+    edit_spaces: Annotated[tuple[Literal["r", "x"], ...], Field(min_length=1, max_length=2)] = ("r", "x")
     #: Ablated exactly per group: the top units by predicted |Δloss|, plus a seeded sample of the rest.
     exact_top: Annotated[int, Field(ge=0)] = 8
     exact_random: Annotated[int, Field(ge=0)] = 4
@@ -385,6 +389,13 @@ class CausalConfig:
     attribution_top_k: Annotated[int, Field(gt=0)] = 10
     n_bootstrap: Annotated[int, Field(gt=0)] = 1000
     seed: int = 0
+
+    @field_validator("edit_spaces")
+    @classmethod
+    def _each_space_once(cls, spaces: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(spaces)) < len(spaces):
+            raise ValueError(f"{list(spaces)} repeats a space; list r and x at most once each")
+        return spaces
 
     @field_validator("steer_alphas")
     @classmethod

@@ -35,6 +35,9 @@ from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, n
 from darkmatter.paper.templates import SECTIONS, Templates
 
 LATER = ("autointerp", "probes", "causal")
+#: Committed bench results the paper quotes (repository-relative): measured outside ``dvc repro``, labelled so.
+DETECTION = "bench/detection.json"
+BENCH_RESULTS = (DETECTION,)
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -63,12 +66,13 @@ def _source(path: Path) -> str:
 
 # ---- macros and the runs of the tables --------------------------------------------------------
 
-def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list, axes: dict) -> dict[str, str]:
+def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list, axes: dict,
+           limits: dict | None = None) -> dict[str, str]:
     """Every ``\\dm`` macro: the numbers, and the wordings the ``macros_*.tex.j2`` templates choose."""
     ev, train = main["sae_eval"], main["sae"]
     numbers = {**context.headline.macro_numbers(main, params.main, corpus), **context.headline.ladder_numbers(ladder),
                **context.instrument.macro_numbers(ev, train, axes)}
-    words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main)),
+    words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main, limits)),
              **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes))}
     both = sorted(numbers.keys() & words.keys())
     if both:
@@ -156,8 +160,12 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
         if not corpus_path.exists():
             raise UserError(f"{corpus_path} is missing; run `dvc repro corpus@{params.main_run}` before generating the paper")
         corpus = track(json.loads(corpus_path.read_text()), _source(corpus_path))
+        # A bench result the paper quotes, committed (not a stage output: too slow for the default build).
+        limits_path = metrics_root.resolve().parent / DETECTION
+        limits = track(json.loads(limits_path.read_text()), DETECTION) if limits_path.exists() else None
     builders = {
-        "macros.tex": lambda: templates.render("macros.tex.j2", {"macros": macros(templates, params, main, corpus, ladder, axes)}),
+        "macros.tex": lambda: templates.render("macros.tex.j2", {"macros": macros(templates, params, main, corpus, ladder,
+                                                                                  axes, limits)}),
         "tab_dark_matter.tex": lambda: templates.render("tab_dark_matter.tex.j2", context.tables.dark_matter(main["residual"])),
         "tab_compare.tex": lambda: templates.render("tab_compare.tex.j2", context.tables.compare(main["compare"])),
         "tab_ladder.tex": lambda: templates.render("tab_ladder.tex.j2", context.tables.ladder(

@@ -34,8 +34,25 @@ def stable_key(ica: dict) -> str:
     return "most" if stable > 0.5 else "minority" if stable >= 0.25 else "small_minority" if stable > 0 else "none"
 
 
-def macro_context(run: dict) -> dict:
-    """Verdict keys (and the numbers their wording embeds) of the main run."""
+def detection(d: dict | None, run: dict) -> dict | None:
+    """The detection limits measured by ``bench/bench_detection.py`` (None where it has not run): each
+    firing rate's boundary share of var(r), and whether it was measured on this build's SAE and k."""
+    if d is None:
+        return None
+    ident, ev, ica = d["identity"], run["sae_eval"], run["ica"]
+    current = (ident["sae_fvu"], ident["sae_l0"], ident["ica_k"]) == (ev["fvu"], ev["l0"], ica["n_components"])
+    shares = sorted({c["share"] for c in d["cells"]})
+    rates = sorted({c["rate"] for c in d["cells"]})
+    return {"current": current, "measured_fvu": fmt_fixed(ident["sae_fvu"]), "commit": d["commit"],
+            "k": fmt_count(d["k"]), "threshold": fmt_fixed(d["threshold"], 1), "sources": fmt_count(d["n_sources"]),
+            "tokens": fmt_count(d["n_tokens"]), "largest": fmt_pct(shares[-1], 1), "smallest": fmt_pct(shares[0], 1),
+            "rates": [{"rate": fmt_pct(rate, 1), "boundary": None if d["boundary"][str(rate)] is None
+                       else fmt_pct(d["boundary"][str(rate)], 1)} for rate in rates]}
+
+
+def macro_context(run: dict, limits: dict | None = None) -> dict:
+    """Verdict keys (and the numbers their wording embeds) of the main run; ``limits``: the committed
+    detection-limit bench result (``bench/detection.json``), if any."""
     res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
     gap, fits = cmp_["kurtosis_gap"], cmp_["ica_fits"]
     measured = ica["stability"]["measured"]
@@ -62,6 +79,7 @@ def macro_context(run: dict) -> dict:
         "linear": "more" if res["linear_predictability"]["r2_heldout"] > 0.5 else "less",
         "outliers_excluded": res["tokens"]["outliers_excluded"],
         "ica_target": ica["target"],
+        "detection": detection(limits, run),
     }
 
 
