@@ -328,6 +328,7 @@ def test_causal_results_fill_the_table_and_the_wording_follows_the_intervals(wor
     assert ("costs 0.400 [0.300, 0.500] (ICA), 0.600 [0.500, 0.700] (SAE) and 0.020 [0.000, 0.040] (random): ICA components "
             "matter less than their matched SAE features") in prose
     assert "$m=8$: ICA above PCA, above random (paired over rows); from $x$: $m=8$: ICA below PCA, above random" in prose
+    assert "The cheap ranking agreed with the exact ablations (Spearman $\\rho=0.80$" in prose
     assert "their loss ratios agree, as they must" in prose
     assert "the top band (PCs 1--8, 10.0\\% of var$(r)$) costs 0.500 [0.490, 0.510] nats, 0.050 [0.049, 0.051] per percent" in prose
     assert "largest in PCs 1--8, and from the top band to the bottom one it falls" in prose
@@ -362,7 +363,7 @@ def test_the_detection_limits_are_quoted_with_the_sae_they_were_measured_on(work
     generate(params, metrics, out, sections=SECTIONS)
     text = (out / "macros.tex").read_text()
     assert "on this build's SAE" in text
-    assert "firing on 0.1\\% of tokens, not even at 3.0\\%; firing on 1.0\\% of tokens, 0.3\\%" in text
+    assert "firing on 0.1\\% of tokens, not even at 3.0\\%; firing on 1.0\\% of tokens, 0.3\\% (shares planted: 0.1\\%" in text
     limits["identity"]["sae_fvu"] += 0.01  # measured on another SAE: labelled, not passed off as this one's
     (tmp_path / "bench/detection.json").write_text(json.dumps(limits))
     generate(params, metrics, out, sections=SECTIONS)

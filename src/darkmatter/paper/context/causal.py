@@ -6,7 +6,7 @@ The section leads with the primary edit space (``r``: the dark matter alone) and
 
 from __future__ import annotations
 
-from darkmatter.paper.format import ci_side, difference, fmt_ci, fmt_count, fmt_fixed, fmt_pct, mean_ci
+from darkmatter.paper.format import ci_side, difference, fmt_ci, fmt_count, fmt_fixed, fmt_p, fmt_pct, mean_ci, significant
 
 
 def _ratio(entry: dict) -> str:
@@ -22,6 +22,8 @@ def _space(s: dict) -> dict:
         "groups": {name: mean_ci(g[name]) for name in ("ica", "sae", "random")}, "units": fmt_count(g["ica"]["n"]),
         "ica_vs_sae": difference(s["tests"]["ica_vs_sae"]), "ica_vs_random": difference(s["tests"]["ica_vs_random"]),
         "spearman": fmt_fixed(s["ranking_agreement"]["spearman"], 2), "ranked_units": fmt_count(s["ranking_agreement"]["n_units"]),
+        "spearman_p": fmt_p(s["ranking_agreement"]["p"]),
+        "ranking_agrees": s["ranking_agreement"]["spearman"] > 0 and significant(s["ranking_agreement"]["p"]),
         "partial": [{"m": m, "vs_pca": ci_side(sub[m]["ica_minus_pca"]), "vs_random": ci_side(sub[m]["ica_minus_random"])}
                     for m in sizes if m != k],
         "k": k,
