@@ -13,6 +13,7 @@ from conftest import REPO
 from darkmatter.config import load_params
 from darkmatter.paper.build import build
 from darkmatter.paper.check import check
+from darkmatter.paper.generate import BENCH_RESULTS
 from darkmatter.paper.provenance import Recorder, RECORDER, included_figures, input_hash, producer, read_lock, track
 
 MAIN = "gemma-3-270m-l9"
@@ -25,10 +26,13 @@ def params():
 
 @pytest.fixture
 def workspace(tmp_path):
-    """A copy of what the checks read: paper/, figures/, metrics/ and dvc.lock."""
+    """A copy of what the checks read: paper/, figures/, metrics/, dvc.lock and the committed bench results."""
     for name in ("paper", "figures", "metrics"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("main.pdf"))
     shutil.copy(REPO / "dvc.lock", tmp_path / "dvc.lock")
+    for name in BENCH_RESULTS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
     return tmp_path
 
 
