@@ -47,11 +47,10 @@ def plant(t: np.ndarray, directions: np.ndarray, share: float, rate: float, rng:
 def whitener_of(t: np.ndarray, k: int):
     """The ICA stage's whitening, from the PCA of ``t`` itself (the planted data's own top k)."""
     from darkmatter.analysis.ica import Whitener
+    from darkmatter.analysis.residual import pca
 
-    mean = t.mean(0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(t, rowvar=False))
-    order = np.argsort(eigenvalues)[::-1]
-    return Whitener.from_pca(mean, eigenvalues[order], eigenvectors[:, order], k), float(eigenvalues.sum())
+    eigenvalues, eigenvectors = pca(np.cov(t, rowvar=False))
+    return Whitener.from_pca(t.mean(0), eigenvalues, eigenvectors, k), float(eigenvalues.sum())
 
 
 def random_orthonormal(m: int, d: int, rng: np.random.Generator) -> np.ndarray:
