@@ -12,7 +12,7 @@ from pydantic.dataclasses import dataclass
 from darkmatter.config.catalog import MODELS, STRICT, Device, HookSite, ModelSpec, WeightDtype, hook_name
 from darkmatter.config.messages import one_line
 from darkmatter.config.sections import (SECTIONS, ActivationsConfig, AutointerpConfig, CausalConfig, CompareConfig,
-                                        ExamplesConfig, ICAConfig, ProbesConfig, ResidualConfig, SAEAxesConfig, SAEConfig,
+                                        EllipticityConfig, ExamplesConfig, ICAConfig, ProbesConfig, ResidualConfig, SAEAxesConfig, SAEConfig,
                                         SAEEvalConfig, Sizes)
 from darkmatter.errors import ConfigError
 
@@ -192,6 +192,7 @@ class Run:
     residual: ResidualConfig
     ica: ICAConfig
     compare: CompareConfig
+    ellipticity: EllipticityConfig
     examples: ExamplesConfig
     autointerp: AutointerpConfig
     causal: CausalConfig
@@ -230,6 +231,7 @@ class Params:
     residual: ResidualConfig
     ica: ICAConfig
     compare: CompareConfig
+    ellipticity: EllipticityConfig
     examples: ExamplesConfig
     autointerp: AutointerpConfig
     causal: CausalConfig

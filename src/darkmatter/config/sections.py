@@ -259,6 +259,17 @@ class CompareConfig:
 
 
 @dataclass(config=STRICT, frozen=True)
+class EllipticityConfig:
+    """Is the dark matter elliptical (ICA's rotation unidentifiable)? (``darkmatter.analysis.ellipticity``)."""
+
+    #: Spherical surrogates (each token's norm kept, its direction uniform): the null of the test.
+    n_surrogates: Annotated[int, Field(ge=20)] = 200
+    #: Cluster-bootstrap resamples (whole held-out documents) for the BCa intervals.
+    n_bootstrap: Annotated[int, Field(gt=0)] = 2000
+    seed: int = 0
+
+
+@dataclass(config=STRICT, frozen=True)
 class ExamplesConfig:
     """Contexts per unit for the dashboard and autointerp (``darkmatter.interp.examples``)."""
 
@@ -460,7 +471,7 @@ class ProbesConfig:
 #: Sections a run may override (``sizes``), with their types.
 SECTIONS: dict[str, type] = {
     "activations": ActivationsConfig, "sae": SAEConfig, "sae_eval": SAEEvalConfig, "residual": ResidualConfig,
-    "ica": ICAConfig, "compare": CompareConfig, "examples": ExamplesConfig, "autointerp": AutointerpConfig,
+    "ica": ICAConfig, "compare": CompareConfig, "ellipticity": EllipticityConfig, "examples": ExamplesConfig, "autointerp": AutointerpConfig,
     "causal": CausalConfig, "probes": ProbesConfig,
 }
 
@@ -479,6 +490,7 @@ class Sizes:
     residual: dict[str, Any]
     ica: dict[str, Any]
     compare: dict[str, Any]
+    ellipticity: dict[str, Any]
     examples: dict[str, Any]
     autointerp: dict[str, Any]
     causal: dict[str, Any]

@@ -7,7 +7,13 @@ rounded the same way wherever the paper quotes it.
 
 from __future__ import annotations
 
+import contextvars
 import math
+
+
+def tex_escape(text: str) -> str:
+    """Plain text (names, file paths) for LaTeX."""
+    return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
 
 
 def fmt_fixed(x: float, digits: int = 3) -> str:
@@ -62,29 +68,99 @@ def fmt_ci(ci: list[float] | None, digits: int = 2) -> str:
     return f"[{fmt_fixed(ci[0], digits)}, {fmt_fixed(ci[1], digits)}]" if ci else "(too few values for an interval)"
 
 
-def ci_side(test: dict | None) -> str:
-    """Where the interval of a difference lies: ``"above"`` 0, ``"below"`` 0, or ``"neither"`` (or none)."""
-    ci = (test or {}).get("ci")
-    if ci is None:
-        return "neither"
-    return "above" if ci[0] > 0 else "below" if ci[1] < 0 else "neither"
-
-
 #: The level of every verdict the paper words: two-sided, as a p-value or as a (1 − ALPHA) interval that excludes 0.
 ALPHA = 0.05
 
 
-def significant(p_two_sided: float) -> bool:
-    """A two-sided p-value below :data:`ALPHA`."""
-    return p_two_sided < ALPHA
+class Family:
+    """The paper's family of verdict tests: every p-value a worded verdict rests on, adjusted together.
+
+    The generator renders twice. The first pass *collects*: each verdict function reports its test
+    (keyed by the metrics file and key path it was read from, so one test consulted twice counts
+    once) and its raw two-sided p. Between the passes :meth:`adjusted` applies Benjamini–Hochberg
+    (``scipy.stats.false_discovery_control``: the false-discovery rate of the family at ALPHA), and
+    the second pass words every verdict from the adjusted p. A test that the second pass consults
+    and the first did not is a bug, and raises.
+    """
+
+    method = "Benjamini--Hochberg"
+
+    def __init__(self, adjusted: dict[str, float] | None = None, raw: dict[str, float] | None = None):
+        self.raw: dict[str, float] = dict(raw or {})
+        self._adjusted = adjusted
+
+    def p(self, test, p_raw: float) -> float:
+        """The p-value a verdict reads for ``test`` (a metrics dict read through the paper's recorder)."""
+        key = family_key(test)
+        if key is None:
+            return p_raw
+        if self._adjusted is None:
+            self.raw[key] = p_raw
+            return p_raw
+        if key not in self._adjusted:
+            raise ValueError(f"verdict test {key} was not in the family collected on the first pass")
+        return self._adjusted[key]
+
+    def adjusted(self) -> Family:
+        """The second pass's family: every collected p adjusted (Benjamini–Hochberg)."""
+        from scipy.stats import false_discovery_control
+
+        keys = sorted(self.raw)
+        values = false_discovery_control([self.raw[k] for k in keys], method="bh") if keys else []
+        return Family(dict(zip(keys, map(float, values))), self.raw)
+
+    @property
+    def complete(self) -> bool:
+        """Adjusted (the second pass), not collecting."""
+        return self._adjusted is not None
+
+    def members(self) -> list[tuple[str, float, float]]:
+        """(test, raw p, adjusted p), most significant first."""
+        if self._adjusted is None:
+            raise ValueError("the family is still being collected")
+        return sorted(((k, self.raw[k], self._adjusted[k]) for k in self.raw), key=lambda m: (m[2], m[1], m[0]))
 
 
-def p_side(p_high: float, p_low: float, alpha: float = ALPHA) -> str:
-    """A pair of one-sided p-values as a two-sided verdict at ``alpha``: ``"high"``, ``"low"`` or
-    ``"neither"``. The two-sided p is twice the smaller one-sided p, so each side is tested at alpha/2
-    (accepting either side at alpha would be a two-sided test at 2 alpha)."""
+FAMILY: contextvars.ContextVar[Family | None] = contextvars.ContextVar("paper_verdict_family", default=None)
+
+
+def family_key(test) -> str | None:
+    """``file: key.path`` of a metrics dict read through the recorder (``None`` for a plain dict)."""
+    source, path = getattr(test, "_source", None), getattr(test, "_path", None)
+    return None if source is None else f"{source}: {'.'.join(map(str, path))}"
+
+
+def verdict_p(test, p_two_sided: float) -> float:
+    """``p_two_sided`` of ``test`` as its verdict reads it: adjusted for the family when one is active."""
+    family = FAMILY.get()
+    return family.p(test, p_two_sided) if family is not None else p_two_sided
+
+
+def significant(test, p_two_sided: float) -> bool:
+    """The two-sided p of ``test``, adjusted for the paper's family, below :data:`ALPHA`."""
+    return verdict_p(test, p_two_sided) < ALPHA
+
+
+def ci_side(test: dict | None) -> str:
+    """Where the interval of a difference lies: ``"above"`` 0, ``"below"`` 0, or ``"neither"`` (or none).
+
+    A test that carries a permutation p-value also needs it significant after the family's adjustment:
+    an interval that excludes 0 alone does not survive multiplicity."""
+    ci = (test or {}).get("ci")
+    if ci is None:
+        return "neither"
+    p = next((test[key] for key in ("p_permutation", "p_two_sided") if key in test and test[key] is not None), None)
+    survives = p is None or significant(test, p)  # consulted whatever the interval says: the family counts it
+    return ("above" if ci[0] > 0 else "below" if ci[1] < 0 else "neither") if survives else "neither"
+
+
+def p_side(test, high: str, low: str, alpha: float = ALPHA) -> str:
+    """A test's pair of one-sided p-values ``test[high]``, ``test[low]`` as a two-sided verdict: ``"high"``,
+    ``"low"`` or ``"neither"``. The two-sided p is twice the smaller one-sided p (accepting either side
+    at alpha would be a two-sided test at 2 alpha), adjusted for the family."""
+    p_high, p_low = test[high], test[low]
     side = "high" if p_high <= p_low else "low"
-    return side if 2 * min(p_high, p_low) < alpha else "neither"
+    return side if verdict_p(test, min(1.0, 2 * min(p_high, p_low))) < alpha else "neither"
 
 
 def mean_ci(entry: dict | None, digits: int = 3, no_ci: str = "") -> str:

@@ -16,6 +16,10 @@ the templates hold; :mod:`darkmatter.paper.templates`):
   their metrics exist, otherwise a paragraph saying the experiment was not run in this build;
 - ``provenance.tex``: the stage behind each figure and table (:mod:`darkmatter.paper.provenance`).
 
+Every verdict is worded from a p-value adjusted for the paper's whole family of verdict tests
+(:class:`darkmatter.paper.format.Family`): the files are rendered twice, the first pass collecting the
+family, the second wording each verdict from its adjusted p (``tab_family.tex`` lists them).
+
 Every output is rewritten on each run, so a number from an older run can never survive. A
 missing required metrics file stops generation with one line naming the stage to run, before
 anything is written.
@@ -30,11 +34,13 @@ from pathlib import Path
 from darkmatter.errors import UserError, cli
 from darkmatter.paper import context
 from darkmatter.paper.context.headline import MODEL_NAMES, REQUIRED
+from darkmatter.paper.format import FAMILY, Family, tex_escape
 from darkmatter.paper.provenance import (RECORDER, Recorder, included_figures, note_absent, provenance_tex, read_lock,
                                          resolve_figure, track)
 from darkmatter.paper.templates import SECTIONS, Templates
 
-LATER = ("autointerp", "probes", "causal")
+#: Metrics the paper words as "not run" when absent (the later experiments, and the ellipticity test).
+LATER = ("autointerp", "probes", "causal", "ellipticity")
 #: Committed bench results the paper quotes (repository-relative): measured outside ``dvc repro``, labelled so.
 DETECTION = "bench/detection.json"
 BENCH_RESULTS = (DETECTION,)
@@ -71,17 +77,13 @@ def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list,
     """Every ``\\dm`` macro: the numbers, and the wordings the ``macros_*.tex.j2`` templates choose."""
     ev, train = main["sae_eval"], main["sae"]
     numbers = {**context.headline.macro_numbers(main, params.main, corpus), **context.headline.ladder_numbers(ladder),
-               **context.instrument.macro_numbers(ev, train, axes)}
+               **context.instrument.macro_numbers(ev, train, axes), **family_numbers()}
     words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main, limits)),
              **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes))}
     both = sorted(numbers.keys() & words.keys())
     if both:
         raise ValueError(f"macros {both} are defined both as numbers and in a template; keep one")
     return numbers | words
-
-
-def tex_escape(text: str) -> str:
-    return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
 
 
 def ladder_rows(params, metrics_root: Path) -> list[tuple[str, dict, dict | None | str]]:
@@ -108,6 +110,22 @@ def control_rows(params, metrics_root: Path) -> list[tuple[str, None, dict | Non
 
 
 
+def family(recorder: Recorder | None = None) -> Family:
+    """The verdict family of this render: complete on the second pass, still collecting (empty) on the first.
+    ``recorder`` notes the metrics files its tests come from as read (the family table's provenance)."""
+    current = FAMILY.get()
+    if not current.complete:
+        return Family().adjusted()
+    if recorder is not None:
+        for key, _, _ in current.members():
+            recorder.read(key.split(": ", 1)[0], (), True)
+    return current
+
+
+def family_numbers() -> dict[str, str]:
+    return context.family.macro_numbers(family())
+
+
 # ---- stage ----------------------------------------------------------------------------------
 
 def layer_runs(params, metrics_root: Path) -> dict[int, dict | None]:
@@ -127,11 +145,17 @@ def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = 
     (default: ``dvc.lock`` beside ``metrics_root``).
     """
     recorder = recorder or Recorder()
-    token = RECORDER.set(recorder)
-    try:
-        files = _render(params, metrics_root, recorder, Templates(sections or metrics_root.resolve().parent / SECTIONS))
-    finally:
-        RECORDER.reset(token)
+    templates = Templates(sections or metrics_root.resolve().parent / SECTIONS)
+    # Pass 1 collects the family of verdict tests (its reads go to a scratch recorder); pass 2 words
+    # every verdict from the family's adjusted p-values (format.Family).
+    collected = Family()
+    for scratch, family in ((Recorder(), collected), (recorder, None)):
+        token, family_token = RECORDER.set(scratch), FAMILY.set(family or collected.adjusted())
+        try:
+            files = _render(params, metrics_root, scratch, templates)
+        finally:
+            RECORDER.reset(token)
+            FAMILY.reset(family_token)
     repo_root = metrics_root.resolve().parent
     lock = read_lock(lock_path or repo_root / "dvc.lock")
     tex = [repo_root / "paper" / "main.tex"] if (repo_root / "paper" / "main.tex").exists() else []
@@ -174,6 +198,7 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
         "tab_sae.tex": lambda: templates.render("tab_sae.tex.j2", context.instrument.axes_table(axes, main["sae_eval"], main["sae"])),
         "tab_chain.tex": lambda: templates.render("tab_chain.tex.j2", context.instrument.chain_table(axes)),
         "tab_splice.tex": lambda: templates.render("tab_splice.tex.j2", context.instrument.splice_table(main["sae_eval"])),
+        "tab_family.tex": lambda: templates.render("tab_family.tex.j2", context.family.table(family(recorder))),
         "tab_autointerp.tex": lambda: templates.render("tab_autointerp.tex.j2",
                                                        context.autointerp.autointerp_table(main["autointerp"])),
         "sec_autointerp.tex": lambda: section("autointerp", main["autointerp"], context.autointerp.autointerp),

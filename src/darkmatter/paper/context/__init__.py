@@ -5,6 +5,6 @@ verdicts as enumerated keys whose wordings live in the templates. No sentence of
 written here.
 """
 
-from darkmatter.paper.context import autointerp, causal, headline, instrument, probes, tables
+from darkmatter.paper.context import autointerp, causal, family, headline, instrument, probes, tables
 
-__all__ = ["autointerp", "causal", "headline", "instrument", "probes", "tables"]
+__all__ = ["autointerp", "causal", "family", "headline", "instrument", "probes", "tables"]

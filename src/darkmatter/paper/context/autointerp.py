@@ -29,7 +29,7 @@ def _contrast(test: dict) -> dict:
     if test["difference"] is None:
         return {"side": "absent"}
     side = "better" if test["difference"] > 0 else "worse"
-    return {"side": side if significant(test["p_permutation"]) else "neither", **_test(test)}
+    return {"side": side if significant(test, test["p_permutation"]) else "neither", **_test(test)}
 
 
 def autointerp(ai: dict) -> dict:
@@ -41,7 +41,7 @@ def autointerp(ai: dict) -> dict:
     reads = tests.get("given_vs_shuffled")
     # The judge given another calibration unit's true explanation (the AUC form only).
     shuffled = ({"auc": _cell(g["calibration_shuffled"]["auc"]), **_test(reads),
-                 "reads_explanation": bool(reads["ci"] and reads["ci"][0] > 0 and significant(reads["p_permutation"]))}
+                 "reads_explanation": significant(reads, reads["p_permutation"]) and bool(reads["ci"] and reads["ci"][0] > 0)}
                 if reads and reads["difference"] is not None and metric == "auc" else None)
     # The judge on calibration units given their true explanations: None where not scored.
     ceiling = ({"units": [u.label for u in UNITS], "n_units": fmt_count(given["n_units"]),

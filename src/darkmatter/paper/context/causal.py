@@ -23,7 +23,7 @@ def _space(s: dict) -> dict:
         "ica_vs_sae": difference(s["tests"]["ica_vs_sae"]), "ica_vs_random": difference(s["tests"]["ica_vs_random"]),
         "spearman": fmt_fixed(s["ranking_agreement"]["spearman"], 2), "ranked_units": fmt_count(s["ranking_agreement"]["n_units"]),
         "spearman_p": fmt_p(s["ranking_agreement"]["p"]),
-        "ranking_agrees": s["ranking_agreement"]["spearman"] > 0 and significant(s["ranking_agreement"]["p"]),
+        "ranking_agrees": significant(s["ranking_agreement"], s["ranking_agreement"]["p"]) and s["ranking_agreement"]["spearman"] > 0,
         "partial": [{"m": m, "vs_pca": ci_side(sub[m]["ica_minus_pca"]), "vs_random": ci_side(sub[m]["ica_minus_random"])}
                     for m in sizes if m != k],
         "k": k,

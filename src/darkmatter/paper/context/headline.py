@@ -50,6 +50,24 @@ def detection(d: dict | None, run: dict) -> dict | None:
                        else fmt_pct(d["boundary"][str(rate)], 1)} for rate in rates]}
 
 
+def ellipticity(e: dict | None) -> dict | None:
+    """The ellipticity test (``metrics/runs/<run>/ellipticity.json``; None where it has not run): its
+    verdict (``elliptical``, ``directional``, ``mixed``) and the numbers its sentence embeds."""
+    if e is None:
+        return None
+
+    def reading(r: dict) -> dict:
+        return {"observed": fmt_fixed(r["observed"], 2), "null": fmt_fixed(r["null_mean"], 2),
+                "difference": fmt_fixed(r["difference"], 2), "ci": fmt_ci(r["ci"], 2), "p": fmt_p(r["p_two_sided"]),
+                "side": ci_side(r)}
+
+    kept = e["norms_kept"]
+    return {"verdict": e["verdict"], "k": fmt_count(e["k"]), "predicted": fmt_fixed(e["predicted"], 2),
+            "random_mean": fmt_fixed(e["random_mean"], 2), "sphere": fmt_fixed(e["sphere_kurtosis"], 3),
+            "kept": reading(kept), "radial": reading(e["radial_removed"]), "surrogates": fmt_count(kept["n_surrogates"]),
+            "tokens": fmt_count(kept["n_tokens"]), "documents": fmt_count(kept["n_clusters"])}
+
+
 def macro_context(run: dict, limits: dict | None = None) -> dict:
     """Verdict keys (and the numbers their wording embeds) of the main run; ``limits``: the committed
     detection-limit bench result (``bench/detection.json``), if any."""
@@ -59,8 +77,8 @@ def macro_context(run: dict, limits: dict | None = None) -> dict:
     ratio = gap["seed_definition"]["ratio_of_medians"]
     return {
         "fits": {
-            "novel": across_fits([p_side(f["novel_fraction"]["p_more"], f["novel_fraction"]["p_fewer"]) for f in fits]),
-            "closer": across_fits([p_side(f["median_max_cos"]["p_closer"], f["median_max_cos"]["p_farther"]) for f in fits]),
+            "novel": across_fits([p_side(f["novel_fraction"], "p_more", "p_fewer") for f in fits]),
+            "closer": across_fits([p_side(f["median_max_cos"], "p_closer", "p_farther") for f in fits]),
             "tails": across_fits([ci_side(f["ica_vs_random_whitened"]) for f in fits]),
         },
         "residual_shape": ci_side(res["shape"]),
@@ -80,6 +98,7 @@ def macro_context(run: dict, limits: dict | None = None) -> dict:
         "outliers_excluded": res["tokens"]["outliers_excluded"],
         "ica_target": ica["target"],
         "detection": detection(limits, run),
+        "ellipticity": ellipticity(run.get("ellipticity")),
     }
 
 

@@ -61,16 +61,18 @@ def seed_spread(spread: dict | None, key: str, digits: int = 3) -> dict | None:
     return None if span is None else {"n": str(spread[key]["n"]), "span": span}
 
 
-def novelty_key(fraction: float, null_mean: float, p_two_sided: float) -> str:
-    """ICA's novel fraction against its rotation null: ``"above"``, ``"below"`` (two-sided p < ALPHA) or ``"neither"``."""
-    return ("above" if fraction > null_mean else "below") if significant(p_two_sided) else "neither"
+def novelty_key(point: dict) -> str:
+    """An SAE's ICA novel fraction against its rotation null: ``"above"``, ``"below"`` (two-sided p, adjusted
+    for the paper's family, below ALPHA) or ``"neither"``."""
+    above = point["ica_novel_fraction"] > point["ica_novel_null_mean"]
+    return ("above" if above else "below") if significant(point, point["ica_novel_p_two_sided"]) else "neither"
 
 
 def novelty_keys(points: list[dict]) -> list[str] | None:
     """Each SAE's ICA novelty verdict (:func:`novelty_key`), or None where any of them had no ICA."""
     if any("ica_novel_p_two_sided" not in p for p in points):
         return None
-    return [novelty_key(p["ica_novel_fraction"], p["ica_novel_null_mean"], p["ica_novel_p_two_sided"]) for p in points]
+    return [novelty_key(p) for p in points]
 
 
 def seed_novelty(axes: dict) -> dict | None:
