@@ -441,3 +441,35 @@ def test_the_ellipticity_verdict_follows_its_intervals(workspace, tmp_path):
         generate(params, metrics, out, sections=SECTIONS)
         text = (out / "macros.tex").read_text()
         assert words in text and "difference 0.05, \\dmCILevel{} CI " + f"[{ci[0]:.2f}, {ci[1]:.2f}]" in text
+
+
+def test_the_k_sweep_is_quoted_with_the_rule_and_the_sae_it_was_measured_on(workspace, tmp_path):
+    """bench/k_sweep.json, when committed, gives the rule's uncapped k, each k's numbers and the k with the
+    largest stable share, labelled by the SAE it ran on; without it the paper says ICA was not refitted."""
+    metrics = tmp_path / "metrics"
+    shutil.copytree(workspace / "metrics", metrics)
+    out = tmp_path / "generated"
+    params = load_params(REPO / "params.yaml")
+    generate(params, metrics, out, sections=SECTIONS)
+    assert "ICA was not refitted at other $k$ for this build" in (out / "macros.tex").read_text()
+    ev = json.loads((metrics / "runs" / params.main_run / "sae_eval.json").read_text())
+
+    def point(k, stable):
+        return {"k": k, "variance_kept": k / 400, "n_stable": stable, "stable_fraction": stable / k, "novel_fraction": 0.5,
+                "novel_null_mean": 0.55, "novel_p_two_sided": 0.3, "seconds": k / 2, "converged": k < 64}
+
+    sweep = {"points": [point(32, 8), point(64, 8)], "k_run": 64, "auto_variance": 0.5, "k_auto_uncapped": 107,
+             "max_components": 64, "n_tokens": 65536, "commit": "abc1234",
+             "identity": {"run": params.main_run, "sae_fvu": ev["fvu"], "sae_l0": ev["l0"], "ica_k": 64}}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/k_sweep.json").write_text(json.dumps(sweep))
+    generate(params, metrics, out, sections=SECTIONS)
+    text = (out / "macros.tex").read_text()
+    assert "holding 50\\% of its variance, 107 here, capped at 64: $k$ is the cap" in text
+    assert "on this build's SAE" in text and "$k=32$ keeps 8\\% of the variance, 8 of its components are stable" in text
+    assert "The largest stable share is at $k=32$ (25\\%)" in text
+    assert "(rotations: 55\\%, $p=0.300$; 32~s of fits, not all converged)" in text
+    sweep["identity"]["sae_l0"] += 1  # another SAE's sweep: labelled, not passed off as this build's
+    (tmp_path / "bench/k_sweep.json").write_text(json.dumps(sweep))
+    generate(params, metrics, out, sections=SECTIONS)
+    assert "on the SAE of an earlier build" in (out / "macros.tex").read_text()

@@ -43,7 +43,8 @@ from darkmatter.paper.templates import SECTIONS, Templates
 LATER = ("autointerp", "probes", "causal", "ellipticity")
 #: Committed bench results the paper quotes (repository-relative): measured outside ``dvc repro``, labelled so.
 DETECTION = "bench/detection.json"
-BENCH_RESULTS = (DETECTION,)
+K_SWEEP = "bench/k_sweep.json"
+BENCH_RESULTS = (DETECTION, K_SWEEP)
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -73,12 +74,12 @@ def _source(path: Path) -> str:
 # ---- macros and the runs of the tables --------------------------------------------------------
 
 def macros(templates: Templates, params, main: dict, corpus: dict, ladder: list, axes: dict,
-           limits: dict | None = None) -> dict[str, str]:
+           limits: dict | None = None, ks: dict | None = None) -> dict[str, str]:
     """Every ``\\dm`` macro: the numbers, and the wordings the ``macros_*.tex.j2`` templates choose."""
     ev, train = main["sae_eval"], main["sae"]
     numbers = {**context.headline.macro_numbers(main, params.main, corpus), **context.headline.ladder_numbers(ladder),
                **context.instrument.macro_numbers(ev, train, axes), **family_numbers()}
-    words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main, limits)),
+    words = {**templates.words("macros_headline.tex.j2", context.headline.macro_context(main, limits, ks)),
              **templates.words("macros_instrument.tex.j2", context.instrument.macro_context(ev, train, axes))}
     both = sorted(numbers.keys() & words.keys())
     if both:
@@ -184,12 +185,12 @@ def _render(params, metrics_root: Path, recorder: Recorder, templates: Templates
         if not corpus_path.exists():
             raise UserError(f"{corpus_path} is missing; run `dvc repro corpus@{params.main_run}` before generating the paper")
         corpus = track(json.loads(corpus_path.read_text()), _source(corpus_path))
-        # A bench result the paper quotes, committed (not a stage output: too slow for the default build).
-        limits_path = metrics_root.resolve().parent / DETECTION
-        limits = track(json.loads(limits_path.read_text()), DETECTION) if limits_path.exists() else None
+        # Bench results the paper quotes, committed (not stage outputs: too slow for the default build).
+        limits, ks = (track(json.loads(path.read_text()), name) if (path := metrics_root.resolve().parent / name).exists()
+                      else None for name in (DETECTION, K_SWEEP))
     builders = {
         "macros.tex": lambda: templates.render("macros.tex.j2", {"macros": macros(templates, params, main, corpus, ladder,
-                                                                                  axes, limits)}),
+                                                                                  axes, limits, ks)}),
         "tab_dark_matter.tex": lambda: templates.render("tab_dark_matter.tex.j2", context.tables.dark_matter(main["residual"])),
         "tab_compare.tex": lambda: templates.render("tab_compare.tex.j2", context.tables.compare(main["compare"])),
         "tab_ladder.tex": lambda: templates.render("tab_ladder.tex.j2", context.tables.ladder(

@@ -50,6 +50,25 @@ def detection(d: dict | None, run: dict) -> dict | None:
                        else fmt_pct(d["boundary"][str(rate)], 1)} for rate in rates]}
 
 
+def k_sweep(d: dict | None, run: dict) -> dict | None:
+    """ICA refitted at other k (``bench/bench_k_sweep.py``; None where it has not run): per k the variance
+    kept, the components stable across two restarts, novelty against rotations and the fits' time, and
+    whether it was measured on this build's SAE."""
+    if d is None:
+        return None
+    ident, ev = d["identity"], run["sae_eval"]
+    points = [{"k": fmt_count(p["k"]), "kept": fmt_pct(p["variance_kept"], 0), "stable": fmt_count(p["n_stable"]),
+               "novel": fmt_pct(p["novel_fraction"], 0), "null": fmt_pct(p["novel_null_mean"], 0),
+               "p": fmt_p(p["novel_p_two_sided"]), "seconds": fmt_count(round(p["seconds"])), "converged": p["converged"]}
+              for p in d["points"]]
+    most = max(d["points"], key=lambda p: (p["stable_fraction"], -p["k"]))
+    return {"current": (ident["sae_fvu"], ident["sae_l0"]) == (ev["fvu"], ev["l0"]), "measured_fvu": fmt_fixed(ident["sae_fvu"]),
+            "commit": d["commit"], "tokens": fmt_count(d["n_tokens"]), "points": points, "run_k": fmt_count(d["k_run"]),
+            "auto": fmt_count(d["k_auto_uncapped"]), "share": fmt_pct(d["auto_variance"], 0), "cap": fmt_count(d["max_components"]),
+            "capped": d["k_auto_uncapped"] > d["max_components"], "most_stable_k": fmt_count(most["k"]),
+            "most_stable_fraction": fmt_pct(most["stable_fraction"], 0)}
+
+
 def ellipticity(e: dict | None) -> dict | None:
     """The ellipticity test (``metrics/runs/<run>/ellipticity.json``; None where it has not run): its
     verdict (``elliptical``, ``directional``, ``mixed``) and the numbers its sentence embeds."""
@@ -68,9 +87,10 @@ def ellipticity(e: dict | None) -> dict | None:
             "tokens": fmt_count(kept["n_tokens"]), "documents": fmt_count(kept["n_clusters"])}
 
 
-def macro_context(run: dict, limits: dict | None = None) -> dict:
-    """Verdict keys (and the numbers their wording embeds) of the main run; ``limits``: the committed
-    detection-limit bench result (``bench/detection.json``), if any."""
+def macro_context(run: dict, limits: dict | None = None, ks: dict | None = None) -> dict:
+    """Verdict keys (and the numbers their wording embeds) of the main run; ``limits`` and ``ks``: the
+    committed bench results of the detection limits (``bench/detection.json``) and of the k sweep
+    (``bench/k_sweep.json``), if any."""
     res, ica, cmp_ = run["residual"], run["ica"], run["compare"]
     gap, fits = cmp_["kurtosis_gap"], cmp_["ica_fits"]
     measured = ica["stability"]["measured"]
@@ -99,6 +119,7 @@ def macro_context(run: dict, limits: dict | None = None) -> dict:
         "ica_target": ica["target"],
         "detection": detection(limits, run),
         "ellipticity": ellipticity(run.get("ellipticity")),
+        "k_sweep": k_sweep(ks, run),
     }
 
 
