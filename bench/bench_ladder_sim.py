@@ -209,6 +209,7 @@ def sim_sizes(tokens: int, context: int = 1024) -> dict:
         "residual": {},
         "ica": {"n_components": 128, "max_components": 128, "max_tokens": train_tokens // 3},
         "compare": {"n_random": 1000, "n_rotations": 20, "n_bootstrap": 200},
+        "ellipticity": {"n_surrogates": 20, "n_bootstrap": 200},
         "examples": {"n_random_units": 200},
         "autointerp": {"n_ica_units": 128, "n_random_units": 200},
         "causal": {"attribution_rows": 1, "rows": 2, "batch_rows": 1, "exact_top": 2, "exact_random": 1, "n_steer": 1,

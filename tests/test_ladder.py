@@ -27,6 +27,7 @@ SMALL = {
     "residual": {"n_random_directions": 16},
     "ica": {"max_tokens": 1500, "max_components": 8, "seeds": 2, "resamples": 1},
     "compare": {"n_random": 100, "n_rotations": 100, "n_bootstrap": 200},
+    "ellipticity": {"n_surrogates": 20, "n_bootstrap": 200},
     "examples": {"top_k": 5, "n_quantiles": 4, "per_quantile": 1, "n_non_activating": 4, "n_random_units": 4},
     "autointerp": {"n_ica_units": 8, "n_random_units": 4, "explain_top": 3, "detect_positives": 2,
                    "detect_negatives": 2, "n_bootstrap": 200},

@@ -73,3 +73,11 @@ def test_independent_sparse_sources_are_directional():
 def test_too_few_tokens_stop_with_the_fix():
     with pytest.raises(UserError, match="heldout_fraction"):
         ellipticity(np.zeros((50, K)), np.eye(K), np.zeros(50, int), 10, 20, 10, 0)
+
+
+def test_too_few_documents_give_no_interval_and_no_verdict():
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((2000, K))
+    out = ellipticity(z, np.eye(K), np.arange(2000) % 3, n_random=50, n_surrogates=20, n_boot=100, seed=0)
+    assert out["norms_kept"]["ci"] is None and out["norms_kept"]["p_two_sided"] is None
+    assert verdict(out) == "unmeasured"

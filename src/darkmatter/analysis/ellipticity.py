@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from darkmatter.errors import UserError, cli
-from darkmatter.stats import monte_carlo_p
+from darkmatter.stats import MIN_N_FOR_CI, monte_carlo_p
 
 
 def mahalanobis_sq(z: np.ndarray) -> np.ndarray:
@@ -87,23 +87,26 @@ def spherical_null(q: np.ndarray, white: np.ndarray, n_surrogates: int, rng: np.
 
 def directional_excess(s: np.ndarray, null: np.ndarray, clusters: np.ndarray, n_boot: int,
                        rng: np.random.Generator) -> dict:
-    """T − mean(null) with a BCa cluster-bootstrap interval and a two-sided bootstrap p-value."""
+    """T − mean(null) with a BCa cluster-bootstrap interval and a two-sided bootstrap p-value (neither with
+    fewer than ``MIN_N_FOR_CI`` clusters: a bootstrap of 2-4 documents is noise)."""
     from scipy.stats import bootstrap
 
     n_clusters = int(clusters.max()) + 1
     sums = moment_sums(s, clusters, n_clusters)
     offset = float(null.mean())
+    observed = median_kurtosis(s)
+    out = {"observed": observed, "null_mean": offset, "null_sd": float(null.std(ddof=1)), "difference": observed - offset,
+           "ci": None, "p_two_sided": None, "n_tokens": int(len(s)), "n_clusters": n_clusters, "n_surrogates": int(len(null))}
+    if n_clusters < MIN_N_FOR_CI:
+        return out
 
     def statistic(chosen):
         return float(np.median(kurtosis_from_sums(sums[chosen].sum(axis=0)))) - offset
 
-    observed = median_kurtosis(s)
     result = bootstrap((np.arange(n_clusters),), statistic, n_resamples=n_boot, method="BCa", vectorized=False, rng=rng)
     ci, draws = result.confidence_interval, result.bootstrap_distribution
     p = min(1.0, 2 * min(monte_carlo_p(draws, 0.0), monte_carlo_p(-draws, 0.0)))
-    return {"observed": observed, "null_mean": offset, "null_sd": float(null.std(ddof=1)),
-            "difference": observed - offset, "ci": [float(ci.low), float(ci.high)], "p_two_sided": p,
-            "n_tokens": int(len(s)), "n_clusters": n_clusters, "n_surrogates": int(len(null))}
+    return out | {"ci": [float(ci.low), float(ci.high)], "p_two_sided": p}
 
 
 def ellipticity(z: np.ndarray, white: np.ndarray, clusters: np.ndarray, n_random: int, n_surrogates: int,
@@ -137,7 +140,10 @@ def ellipticity(z: np.ndarray, white: np.ndarray, clusters: np.ndarray, n_random
 
 def verdict(result: dict) -> str:
     """``"elliptical"`` (no direction heavier-tailed than the norms explain, both readings),
-    ``"directional"`` (ICA's directions carry tails beyond the radial part in both), or ``"mixed"``."""
+    ``"directional"`` (ICA's directions carry tails beyond the radial part in both), ``"mixed"``, or
+    ``"unmeasured"`` (too few held-out documents for intervals)."""
+    if any(r["ci"] is None for r in (result["norms_kept"], result["radial_removed"])):
+        return "unmeasured"
     above = [r["ci"][0] > 0 for r in (result["norms_kept"], result["radial_removed"])]
     inside = [r["ci"][0] <= 0 <= r["ci"][1] for r in (result["norms_kept"], result["radial_removed"])]
     return "directional" if all(above) else "elliptical" if all(inside) else "mixed"
