@@ -150,8 +150,8 @@ def generate(params, metrics_root: Path, out: Path, recorder: Recorder | None = 
     # Pass 1 collects the family of verdict tests (its reads go to a scratch recorder); pass 2 words
     # every verdict from the family's adjusted p-values (format.Family).
     collected = Family()
-    for scratch, family in ((Recorder(), collected), (recorder, None)):
-        token, family_token = RECORDER.set(scratch), FAMILY.set(family or collected.adjusted())
+    for scratch, verdicts in ((Recorder(), collected), (recorder, None)):
+        token, family_token = RECORDER.set(scratch), FAMILY.set(verdicts or collected.adjusted())
         try:
             files = _render(params, metrics_root, scratch, templates)
         finally:

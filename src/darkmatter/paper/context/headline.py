@@ -34,15 +34,21 @@ def stable_key(ica: dict) -> str:
     return "most" if stable > 0.5 else "minority" if stable >= 0.25 else "small_minority" if stable > 0 else "none"
 
 
+def on_this_builds_sae(identity: dict, run: dict) -> bool:
+    """Whether a committed bench result ran on this build's SAE (its held-out FVU and L0)."""
+    ev = run["sae_eval"]
+    return (identity["sae_fvu"], identity["sae_l0"]) == (ev["fvu"], ev["l0"])
+
+
 def detection(d: dict | None, run: dict) -> dict | None:
     """The detection limits measured by ``bench/bench_detection.py`` (None where it has not run): each
     firing rate's boundary share of var(r), and whether it was measured on this build's SAE and k."""
     if d is None:
         return None
-    ident, ev, ica = d["identity"], run["sae_eval"], run["ica"]
-    current = (ident["sae_fvu"], ident["sae_l0"], ident["ica_k"]) == (ev["fvu"], ev["l0"], ica["n_components"])
+    ident = d["identity"]
     shares = sorted({c["share"] for c in d["cells"]})
     rates = sorted({c["rate"] for c in d["cells"]})
+    current = on_this_builds_sae(ident, run) and ident["ica_k"] == run["ica"]["n_components"]
     return {"current": current, "measured_fvu": fmt_fixed(ident["sae_fvu"]), "commit": d["commit"],
             "k": fmt_count(d["k"]), "threshold": fmt_fixed(d["threshold"], 1), "sources": fmt_count(d["n_sources"]),
             "tokens": fmt_count(d["n_tokens"]), "largest": fmt_pct(shares[-1], 1), "smallest": fmt_pct(shares[0], 1),
@@ -56,13 +62,13 @@ def k_sweep(d: dict | None, run: dict) -> dict | None:
     whether it was measured on this build's SAE."""
     if d is None:
         return None
-    ident, ev = d["identity"], run["sae_eval"]
+    ident = d["identity"]
     points = [{"k": fmt_count(p["k"]), "kept": fmt_pct(p["variance_kept"], 0), "stable": fmt_count(p["n_stable"]),
                "novel": fmt_pct(p["novel_fraction"], 0), "null": fmt_pct(p["novel_null_mean"], 0),
                "p": fmt_p(p["novel_p_two_sided"]), "seconds": fmt_count(round(p["seconds"])), "converged": p["converged"]}
               for p in d["points"]]
     most = max(d["points"], key=lambda p: (p["stable_fraction"], -p["k"]))
-    return {"current": (ident["sae_fvu"], ident["sae_l0"]) == (ev["fvu"], ev["l0"]), "measured_fvu": fmt_fixed(ident["sae_fvu"]),
+    return {"current": on_this_builds_sae(ident, run), "measured_fvu": fmt_fixed(ident["sae_fvu"]),
             "commit": d["commit"], "tokens": fmt_count(d["n_tokens"]), "points": points, "run_k": fmt_count(d["k_run"]),
             "auto": fmt_count(d["k_auto_uncapped"]), "share": fmt_pct(d["auto_variance"], 0), "cap": fmt_count(d["max_components"]),
             "capped": d["k_auto_uncapped"] > d["max_components"], "most_stable_k": fmt_count(most["k"]),
